@@ -1,0 +1,46 @@
+# Everything a user or CI needs goes through these targets; each one builds .venv itself.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest chaos bench soak clean tools
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+$(BIN)/helm: $(STAMP) scripts/get-helm.sh
+	bash scripts/get-helm.sh $(BIN)
+
+tools: $(STAMP) $(BIN)/helm
+
+run: $(STAMP)
+	$(BIN)/registry-proxy dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy chaos tests bench
+	$(BIN)/ruff format --check proxy chaos
+
+typecheck: $(STAMP)
+	$(BIN)/mypy proxy chaos
+
+pytest: tools
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+
+test: lint typecheck pytest
+
+chaos: tools
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m chaos
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
