@@ -81,11 +81,8 @@ class EmbeddedPostgres:
 
     def _run(self, exe: str, *args: str, timeout: float = 60) -> None:
         cmd = [str(self._bin / exe), *args]
-        kwargs: dict[str, object] = {}
-        if self._user:
-            kwargs["user"] = self._user
         subprocess.run(  # noqa: S603 - fixed binaries from the wheel
-            cmd, check=True, capture_output=True, timeout=timeout, cwd="/", **kwargs
+            cmd, check=True, capture_output=True, timeout=timeout, cwd="/", user=self._user
         )
 
     def init(self) -> None:

@@ -1,0 +1,226 @@
+"""`registry-proxy`: serve, migrate, dev, config show|check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+from pydantic import SecretStr, ValidationError
+
+from proxy.settings import Settings, masked
+
+EXIT_CONFIG = 2
+
+
+def _config_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        return f"invalid configuration: {where + ': ' if where else ''}{msg}"
+    return f"invalid configuration: {exc}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)
+
+
+def _fail(message: str) -> int:
+    print(f"registry-proxy: {message}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+        from proxy.http.auth import TokenStore
+
+        tokens = TokenStore.from_json(settings.tokens_json())
+    except (ValidationError, ValueError, OSError) as exc:
+        return _fail(_config_error(exc))
+    if args.action == "show":
+        print(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    problems = []
+    if settings.database_url is None:
+        problems.append("no database: set REGISTRY_PROXY_DATABASE_URL")
+    if len(tokens) == 0:
+        problems.append("no tokens: set REGISTRY_PROXY_TOKENS or REGISTRY_PROXY_TOKENS_FILE")
+    if problems:
+        return _fail("invalid configuration: " + "; ".join(problems))
+    print("configuration ok")
+    return 0
+
+
+async def _migrate(dsn: str) -> list[str]:
+    import asyncpg
+
+    from proxy.store.migrate import migrate
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        return _fail(_config_error(exc))
+    if settings.database_url is None:
+        return _fail("invalid configuration: no database: set REGISTRY_PROXY_DATABASE_URL")
+    applied = asyncio.run(_migrate(settings.database_url.get_secret_value()))
+    print(f"applied: {', '.join(applied) if applied else 'nothing, schema is current'}")
+    return 0
+
+
+async def serve(settings: Settings, *, banner: str | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish
+    within `request.drain_timeout_s`, close journal and pool. A second signal exits at once."""
+    from proxy.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        shutdown_timeout=settings.request.drain_timeout_s,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+    await site.start()
+    log = structlog.get_logger("registry_proxy")
+    if settings.host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("listening on a non-loopback address", host=settings.host)
+    log.info("serving", url=f"http://{settings.host}:{settings.port}")
+    if banner:
+        print(banner, flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("second signal: exiting at once", signal=signame)
+            os._exit(1)
+        log.info("draining", signal=signame, drain_timeout_s=settings.request.drain_timeout_s)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+def _run(coro: Any) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return int(asyncio.run(coro))
+    return int(uvloop.run(coro))
+
+
+def _configure_logging(settings: Settings) -> None:
+    from proxy.observability.logging import configure
+
+    configure(level=settings.log.level, fmt=settings.log.format)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    try:
+        settings = load_settings(**overrides)
+        from proxy.http.auth import TokenStore
+
+        TokenStore.from_json(settings.tokens_json())
+    except (ValidationError, ValueError, OSError) as exc:
+        return _fail(_config_error(exc))
+    if settings.database_url is None:
+        return _fail("invalid configuration: no database: set REGISTRY_PROXY_DATABASE_URL")
+    _configure_logging(settings)
+    return _run(serve(settings))
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """A throwaway PostgreSQL (unless REGISTRY_PROXY_DATABASE_URL is set), a dev admin token."""
+    from proxy.store.embedded import EmbeddedPostgres
+
+    token = "dev-" + secrets.token_urlsafe(24)
+    workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-dev-"))
+    pg: EmbeddedPostgres | None = None
+    overrides: dict[str, Any] = {
+        "tokens": SecretStr(orjson.dumps([{"token": token, "tenant": "dev", "role": "admin",
+                                           "id": "dev-admin"}]).decode()),
+    }
+    if args.port is not None:
+        overrides["port"] = args.port
+    if not os.environ.get("REGISTRY_PROXY_JOURNAL__DIR"):
+        overrides["journal"] = {"dir": workdir / "journal"}
+    if not os.environ.get("REGISTRY_PROXY_DATABASE_URL"):
+        print("starting an embedded PostgreSQL ...", flush=True)
+        pg = EmbeddedPostgres(root=workdir / "pg")
+        pg.start()
+        overrides["database_url"] = SecretStr(pg.dsn)
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        if pg is not None:
+            pg.cleanup()
+        return _fail(_config_error(exc))
+    _configure_logging(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    banner = (
+        f"\nregistry-proxy is serving at {url}\n"
+        f"  admin token (tenant 'dev'): {token}\n"
+        f"  try: curl -s -H 'Authorization: Bearer {token}' {url}/v1/status\n"
+        f"  API document: {url}/openapi.json    Ctrl-C stops the sidecar and the database.\n"
+    )
+    try:
+        return _run(serve(settings, banner=banner))
+    finally:
+        if pg is not None:
+            pg.cleanup()
+        with contextlib.suppress(OSError):
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="registry-proxy", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the sidecar, configured from the environment")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(fn=cmd_serve)
+    p = sub.add_parser("migrate", help="apply the schema to REGISTRY_PROXY_DATABASE_URL")
+    p.set_defaults(fn=cmd_migrate)
+    p = sub.add_parser("dev", help="one-command demo on an embedded PostgreSQL")
+    p.add_argument("--port", type=int)
+    p.set_defaults(fn=cmd_dev)
+    p = sub.add_parser("config", help="show or check the effective configuration")
+    p.add_argument("action", choices=["show", "check"])
+    p.set_defaults(fn=cmd_config)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

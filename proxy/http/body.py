@@ -1,0 +1,79 @@
+"""Reading request bodies and query strings: strict, bounded, with field-level errors."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from proxy.http.problems import ProblemError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False, include_context=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        out.append({"field": loc, "message": err["msg"]})
+    return out
+
+
+def check_shape(value: Any, *, max_depth: int, max_items: int, depth: int = 1) -> None:
+    """Reject pathological JSON before validation spends time on it."""
+    if depth > max_depth:
+        raise ProblemError(422, f"JSON nested deeper than {max_depth} levels")
+    if isinstance(value, dict):
+        if len(value) > max_items:
+            raise ProblemError(422, f"JSON object with more than {max_items} members")
+        for v in value.values():
+            if isinstance(v, dict | list):
+                check_shape(v, max_depth=max_depth, max_items=max_items, depth=depth + 1)
+    elif isinstance(value, list):
+        if len(value) > max_items:
+            raise ProblemError(422, f"JSON array with more than {max_items} items")
+        for v in value:
+            if isinstance(v, dict | list):
+                check_shape(v, max_depth=max_depth, max_items=max_items, depth=depth + 1)
+
+
+async def read_json(
+    request: web.Request,
+    *,
+    max_bytes: int,
+    max_depth: int,
+    max_items: int,
+    allow_empty: bool = False,
+) -> Any:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ProblemError(413, f"body of {request.content_length} bytes exceeds {max_bytes}")
+    if not request.body_exists:
+        if allow_empty:
+            return {}
+        raise ProblemError(400, "a JSON body is required")
+    if request.content_type != "application/json":
+        raise ProblemError(415, f"Content-Type {request.content_type!r} is not application/json")
+    raw = await request.content.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise ProblemError(413, f"body exceeds {max_bytes} bytes")
+    if not raw.strip():
+        if allow_empty:
+            return {}
+        raise ProblemError(400, "a JSON body is required")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProblemError(400, f"body is not valid JSON: {exc.msg}") from None
+    check_shape(value, max_depth=max_depth, max_items=max_items)
+    return value
+
+
+def validate(model: type[M], value: Any) -> M:
+    if not isinstance(value, dict):
+        raise ProblemError(422, "body must be a JSON object")
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise ProblemError(422, "the request has invalid fields", errors=field_errors(exc)) from None

@@ -1,0 +1,24 @@
+"""Per-token token buckets, with an injectable clock so tests are exact."""
+
+from __future__ import annotations
+
+from proxy.resilience.clock import SYSTEM_CLOCK, Clock
+
+
+class RateLimiter:
+    def __init__(self, *, rate_per_s: float, burst: int, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 when allowed; otherwise the seconds until one token is available."""
+        now = self.clock.monotonic()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1.0:
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0
+        self._buckets[key] = (tokens, now)
+        return (1.0 - tokens) / self.rate

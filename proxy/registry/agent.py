@@ -1,0 +1,148 @@
+"""One agent as stored, and its public form with derived load and performance.
+
+`AgentRecord` is what both the PostgreSQL path and the local replica hold, so every answer is
+derived by the same code whichever source served it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+# An agent that has not sent a heartbeat for this long is reported as unresponsive.
+HEARTBEAT_TIMEOUT = timedelta(minutes=5)
+
+
+@dataclass(slots=True, frozen=True)
+class AgentRecord:
+    tenant_id: str
+    agent_id: str
+    name: str
+    model_family: str
+    task_types: tuple[str, ...]
+    languages: tuple[str, ...]
+    specializations: tuple[str, ...]
+    max_concurrent_tasks: int
+    active_tasks: int
+    queued_tasks: int
+    load_observed_at: datetime | None
+    registered_at: datetime
+    last_heartbeat_at: datetime
+    updated_at: datetime
+    version: int
+    deleted_at: datetime | None
+    task_count: int
+    success_count: int
+    quality_sum: float
+    latency_ms_sum: float
+
+    @property
+    def utilization(self) -> float:
+        return min(1.0, self.active_tasks / self.max_concurrent_tasks)
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.success_count / self.task_count if self.task_count else None
+
+    def status(self, now: datetime) -> str:
+        return "active" if now - self.last_heartbeat_at <= HEARTBEAT_TIMEOUT else "unresponsive"
+
+    def performance(self) -> dict[str, Any]:
+        n = self.task_count
+        return {
+            "task_count": n,
+            "success_rate": self.success_count / n if n else None,
+            "average_quality": self.quality_sum / n if n else None,
+            "average_latency_ms": self.latency_ms_sum / n if n else None,
+        }
+
+    def to_public(self, now: datetime) -> dict[str, Any]:
+        """The agent document of the API (see `proxy.registry.models.Agent`)."""
+        return {
+            "agent_id": self.agent_id,
+            "name": self.name,
+            "model_family": self.model_family,
+            "capabilities": {
+                "task_types": list(self.task_types),
+                "languages": list(self.languages),
+                "specializations": list(self.specializations),
+            },
+            "max_concurrent_tasks": self.max_concurrent_tasks,
+            "status": self.status(now),
+            "registered_at": self.registered_at,
+            "last_heartbeat_at": self.last_heartbeat_at,
+            "updated_at": self.updated_at,
+            "version": self.version,
+            "load": {
+                "active_tasks": self.active_tasks,
+                "queued_tasks": self.queued_tasks,
+                "utilization": self.utilization,
+            },
+            "performance": self.performance(),
+        }
+
+    def to_snapshot(self) -> list[Any]:
+        """Compact positional form for the replica snapshot file."""
+        return [
+            self.tenant_id,
+            self.agent_id,
+            self.name,
+            self.model_family,
+            list(self.task_types),
+            list(self.languages),
+            list(self.specializations),
+            self.max_concurrent_tasks,
+            self.active_tasks,
+            self.queued_tasks,
+            _ts(self.load_observed_at),
+            _ts(self.registered_at),
+            _ts(self.last_heartbeat_at),
+            _ts(self.updated_at),
+            self.version,
+            _ts(self.deleted_at),
+            self.task_count,
+            self.success_count,
+            self.quality_sum,
+            self.latency_ms_sum,
+        ]
+
+    @classmethod
+    def from_snapshot(cls, row: list[Any]) -> AgentRecord:
+        return cls(
+            tenant_id=row[0],
+            agent_id=row[1],
+            name=row[2],
+            model_family=row[3],
+            task_types=tuple(row[4]),
+            languages=tuple(row[5]),
+            specializations=tuple(row[6]),
+            max_concurrent_tasks=row[7],
+            active_tasks=row[8],
+            queued_tasks=row[9],
+            load_observed_at=_dt(row[10]),
+            registered_at=_req_dt(row[11]),
+            last_heartbeat_at=_req_dt(row[12]),
+            updated_at=_req_dt(row[13]),
+            version=row[14],
+            deleted_at=_dt(row[15]),
+            task_count=row[16],
+            success_count=row[17],
+            quality_sum=row[18],
+            latency_ms_sum=row[19],
+        )
+
+    def evolve(self, **changes: Any) -> AgentRecord:
+        return replace(self, **changes)
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
+def _req_dt(value: str) -> datetime:
+    return datetime.fromisoformat(value)

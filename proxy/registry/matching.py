@@ -1,0 +1,129 @@
+"""Capability matching: the hard filters, the score and the order of a capability query.
+
+Filters (all must hold):
+- the agent handles ``task_type`` (when given);
+- it speaks every requested language and has every requested specialization;
+- its utilization (active / max_concurrent) is strictly below ``max_utilization`` (when given);
+- its success rate is at least ``min_success_rate`` (when given); an agent without any task
+  outcome has no success rate and passes only when ``min_success_rate`` is 0.
+
+Score, in [0, 1]::
+
+    score = 0.5 * smoothed_success + 0.2 * smoothed_quality + 0.3 * free_capacity
+
+- ``smoothed_success = (success_count + PRIOR_WEIGHT * PRIOR) / (task_count + PRIOR_WEIGHT)``,
+  a Bayesian average: an agent with no history scores PRIOR (0.5), so it is never ranked above an
+  agent with a proven record, and one lucky task does not make an agent perfect.
+- ``smoothed_quality`` is the same average over quality scores.
+- ``free_capacity = 1 - utilization``.
+
+Order: score descending, then agent id ascending, so the order is total and deterministic. Scores
+are compared after rounding to 9 decimals so the database path and the replica path, which compute
+the same floats in the same way, can never disagree because of the last bit.
+
+The database path filters in SQL and calls `rank` on the rows of that single query; the replica
+path filters with `matches` and calls the same `rank`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from proxy.registry.agent import AgentRecord
+from proxy.registry.models import AgentQuery
+
+PRIOR = 0.5
+PRIOR_WEIGHT = 5.0
+W_SUCCESS = 0.5
+W_QUALITY = 0.2
+W_CAPACITY = 0.3
+
+
+def matches(rec: AgentRecord, q: AgentQuery) -> bool:
+    if rec.deleted_at is not None:
+        return False
+    if q.task_type is not None and q.task_type not in rec.task_types:
+        return False
+    if q.languages and not set(q.languages).issubset(rec.languages):
+        return False
+    if q.specializations and not set(q.specializations).issubset(rec.specializations):
+        return False
+    if q.max_utilization is not None and not rec.utilization < q.max_utilization:
+        return False
+    if q.min_success_rate is not None and q.min_success_rate > 0:
+        rate = rec.success_rate
+        if rate is None or rate < q.min_success_rate:
+            return False
+    return True
+
+
+def score(rec: AgentRecord) -> float:
+    n = rec.task_count
+    success = (rec.success_count + PRIOR_WEIGHT * PRIOR) / (n + PRIOR_WEIGHT)
+    quality = (rec.quality_sum + PRIOR_WEIGHT * PRIOR) / (n + PRIOR_WEIGHT)
+    free = 1.0 - rec.utilization
+    return W_SUCCESS * success + W_QUALITY * quality + W_CAPACITY * free
+
+
+def sort_key(rec: AgentRecord) -> tuple[float, str]:
+    return (-round(score(rec), 9), rec.agent_id)
+
+
+def reasons(rec: AgentRecord, q: AgentQuery) -> list[str]:
+    out: list[str] = []
+    if q.task_type is not None:
+        out.append(f"handles task type {q.task_type}")
+    if q.languages:
+        out.append("speaks " + ", ".join(q.languages))
+    if q.specializations:
+        out.append("specializes in " + ", ".join(q.specializations))
+    rate = rec.success_rate
+    if rate is None:
+        out.append("no task history yet (neutral prior)")
+    else:
+        out.append(f"success rate {rate:.0%} over {rec.task_count} tasks")
+        out.append(f"average quality {rec.quality_sum / rec.task_count:.2f}")
+    out.append(f"utilization {rec.utilization:.0%} ({rec.active_tasks}/{rec.max_concurrent_tasks})")
+    return out
+
+
+def rank(
+    records: Iterable[AgentRecord], q: AgentQuery, now: datetime
+) -> list[dict[str, Any]]:
+    """Best match first, at most ``q.limit`` results, each with its score and reasons."""
+    ordered = sorted(records, key=sort_key)[: q.limit]
+    return [
+        {
+            "agent": rec.to_public(now),
+            "match_score": round(score(rec), 6),
+            "match_reasons": reasons(rec, q),
+        }
+        for rec in ordered
+    ]
+
+
+def stats(records: Iterable[AgentRecord], now: datetime) -> dict[str, Any]:
+    total = active = idle = rated = 0
+    util_sum = success_sum = 0.0
+    for rec in records:
+        if rec.deleted_at is not None:
+            continue
+        total += 1
+        util_sum += rec.utilization
+        if rec.status(now) == "active":
+            active += 1
+            if rec.active_tasks == 0:
+                idle += 1
+        rate = rec.success_rate
+        if rate is not None:
+            rated += 1
+            success_sum += rate
+    return {
+        "total_agents": total,
+        "active_agents": active,
+        "idle_agents": idle,
+        "average_utilization": util_sum / total if total else 0.0,
+        "average_success_rate": success_sum / rated if rated else None,
+    }

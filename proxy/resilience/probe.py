@@ -1,0 +1,148 @@
+"""Background health probe: while the breaker is open, find out as soon as the dependency is back.
+
+Without it an open breaker would learn of recovery only when its open period ends and real
+requests are risked as trials. The probe runs a cheap ``check`` (``SELECT 1`` for PostgreSQL)
+every ``interval_s`` while the breaker is ``open`` and moves it to ``half_open`` on the first
+answer; the trial calls then decide whether it closes.
+
+It costs nothing while the breaker is closed: the task waits on an :class:`asyncio.Event` that a
+breaker listener sets on every transition, so there is no polling. After the breaker opens the
+first probe comes one interval later, not at once: the failure that tripped it was just seen, and
+probing in the same instant would mostly repeat it. ``forced_open`` is not probed: an operator
+chose it and only :meth:`CircuitBreaker.automatic` leaves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from proxy.resilience.breaker import BreakerState, CircuitBreaker, Transition
+from proxy.resilience.clock import Clock, Sleep
+from proxy.resilience.errors import describe
+
+__all__ = ["HealthProbe"]
+
+
+class HealthProbe:
+    """Probes ``check(timeout_s)`` every ``interval_s`` while ``breaker`` is open.
+
+    ``on_probe(ok, duration_s)``, when given, is called after each probe (for metrics); its
+    exceptions are ignored.
+    """
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        check: Callable[[float], Awaitable[None]],
+        *,
+        interval_s: float = 0.25,
+        timeout_s: float = 0.5,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock | None = None,
+        on_probe: Callable[[bool, float], None] | None = None,
+    ) -> None:
+        if interval_s < 0:
+            raise ValueError("interval_s must not be negative")
+        if not timeout_s > 0:
+            raise ValueError("timeout_s must be positive")
+        self.breaker = breaker
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._check = check
+        self._sleep = sleep
+        self._clock = clock if clock is not None else breaker.clock
+        self._on_probe = on_probe
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.probes_total = 0
+        self.probe_failures = 0
+        self.last_error: str | None = None
+        self.last_success_at: float | None = None
+        """Wall-clock time of the last probe that answered."""
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        """Start the background task (needs a running event loop). Idempotent."""
+        if self.running:
+            return
+        if self._unsubscribe is None:
+            self._unsubscribe = self.breaker.add_listener(self._on_transition)
+        # The breaker may already be open (say, it tripped during startup).
+        self._wake.set()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"health-probe:{self.breaker.name}"
+        )
+
+    async def stop(self) -> None:
+        """Cancel the background task and wait for it to end. Idempotent."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            # Swallow only the cancellation we asked for; if stop() itself is being
+            # cancelled, that must propagate.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+
+    def _on_transition(self, transition: Transition) -> None:
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            if self.breaker.state is not BreakerState.OPEN:
+                # No await between the check and clear(), so a transition cannot slip between.
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._sleep(self.interval_s)
+            if self.breaker.state is BreakerState.OPEN:
+                await self.probe_once()
+
+    async def probe_once(self) -> bool:
+        """Run the check once; on success tell the breaker. Returns whether it answered."""
+        self.probes_total += 1
+        started = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._check(self.timeout_s)
+        except Exception as exc:
+            self.probe_failures += 1
+            self.last_error = describe(exc)
+            self._notify(ok=False, duration=self._clock.monotonic() - started)
+            return False
+        self.last_error = None
+        self.last_success_at = self._clock.wall()
+        self._notify(ok=True, duration=self._clock.monotonic() - started)
+        self.breaker.probe_succeeded()
+        return True
+
+    def _notify(self, *, ok: bool, duration: float) -> None:
+        if self._on_probe is None:
+            return
+        with contextlib.suppress(Exception):
+            self._on_probe(ok, duration)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "interval_s": self.interval_s,
+            "timeout_s": self.timeout_s,
+            "probes_total": self.probes_total,
+            "probe_failures": self.probe_failures,
+            "last_error": self.last_error,
+            "last_success_at": self.last_success_at,
+        }

@@ -1,0 +1,136 @@
+"""The connection pool to PostgreSQL, opened in the background.
+
+The sidecar must start (and report not ready) when PostgreSQL is not there yet, and connect as
+soon as it appears, without a restart; so the pool is created by a background task that retries
+until it succeeds, then applies migrations once. The pool is also the bulkhead: a bounded number
+of connections and a bounded wait for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import structlog
+
+from proxy.resilience.errors import BulkheadFull
+from proxy.store.migrate import migrate
+
+log = structlog.get_logger(__name__)
+
+
+class DatabaseNotConnected(ConnectionError):
+    """No pool yet: PostgreSQL has not been reachable since the sidecar started."""
+
+
+class Database:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        acquire_timeout_s: float = 0.1,
+        connect_timeout_s: float = 1.0,
+        statement_cache_size: int = 256,
+        reconnect_interval_s: float = 0.5,
+        run_migrations: bool = True,
+        on_ready: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._min = min_size
+        self._max = max_size
+        self.acquire_timeout_s = acquire_timeout_s
+        self._connect_timeout = connect_timeout_s
+        self._cache = statement_cache_size
+        self._interval = reconnect_interval_s
+        self._migrate = run_migrations
+        self._on_ready = on_ready
+        self.pool: asyncpg.Pool | None = None
+        self.ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error: str | None = None
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._open_loop(), name="database-open")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self.ready.wait()
+        return self.ready.is_set()
+
+    async def _open_loop(self) -> None:
+        while self.pool is None:
+            try:
+                pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=self._min,
+                    max_size=self._max,
+                    timeout=self._connect_timeout,
+                    statement_cache_size=self._cache,
+                    # A connection idle for a while may be on the far side of a dead network.
+                    max_inactive_connection_lifetime=60.0,
+                )
+                if self._migrate:
+                    async with pool.acquire() as conn:
+                        applied = await migrate(conn)
+                        if applied:
+                            log.info("schema migrated", versions=applied)
+                self.pool = pool
+                self.last_error = None
+            except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("database not reachable yet", error=self.last_error)
+                await asyncio.sleep(self._interval)
+        self.ready.set()
+        log.info("database pool open", max_size=self._max)
+        if self._on_ready is not None:
+            await self._on_ready()
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+        pool = self.pool
+        if pool is None:
+            raise DatabaseNotConnected(self.last_error or "database not connected yet")
+        wait = self.acquire_timeout_s if timeout is None else min(timeout, self.acquire_timeout_s)
+        try:
+            conn = await pool.acquire(timeout=wait)
+        except TimeoutError:
+            # Every connection busy with real work: the bulkhead is full, the database is not
+            # necessarily sick. Otherwise the wait was spent connecting: that is a failure.
+            if pool.get_idle_size() == 0 and pool.get_size() >= self._max:
+                raise BulkheadFull("all database connections are busy", retry_after=0.1) from None
+            raise
+        try:
+            yield conn
+        finally:
+            await pool.release(conn)
+
+    def stats(self) -> dict[str, Any]:
+        pool = self.pool
+        if pool is None:
+            return {"connected": False, "in_use": 0, "idle": 0, "max": self._max,
+                    "last_error": self.last_error}
+        size, idle = pool.get_size(), pool.get_idle_size()
+        return {"connected": True, "in_use": size - idle, "idle": idle, "max": self._max,
+                "last_error": self.last_error}
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.pool is not None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self.pool.close()
+            except TimeoutError:
+                self.pool.terminate()

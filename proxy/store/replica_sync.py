@@ -1,0 +1,207 @@
+"""Keeps the replica in step with PostgreSQL: initial load, LISTEN/NOTIFY, catch-up, resync.
+
+A dedicated connection (outside the pool, so a saturated pool cannot starve it) listens on the
+``registry_agents`` channel. While it lives, a short ping every fraction of the staleness bound
+proves the replica is current. When it dies, the replica ages; on reconnect it fetches every row
+changed after its watermark, then listens again. A full resync at an interval repairs anything a
+catch-up could miss (a transaction that drew its version before, but committed after, the
+watermark was taken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+
+from proxy.registry.agent import AgentRecord
+from proxy.store import repository
+from proxy.store.replica import Replica
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "registry_agents"
+CATCH_UP_BATCH = 5_000
+
+
+def record_from_json(row: dict[str, Any]) -> AgentRecord:
+    """A row as `row_to_json` renders it in the notification payload."""
+
+    def ts(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    def req_ts(value: str) -> datetime:
+        return datetime.fromisoformat(value)
+
+    return AgentRecord(
+        tenant_id=row["tenant_id"],
+        agent_id=row["agent_id"],
+        name=row["name"],
+        model_family=row["model_family"],
+        task_types=tuple(row["task_types"]),
+        languages=tuple(row["languages"]),
+        specializations=tuple(row["specializations"]),
+        max_concurrent_tasks=row["max_concurrent_tasks"],
+        active_tasks=row["active_tasks"],
+        queued_tasks=row["queued_tasks"],
+        load_observed_at=ts(row["load_observed_at"]),
+        registered_at=req_ts(row["registered_at"]),
+        last_heartbeat_at=req_ts(row["last_heartbeat_at"]),
+        updated_at=req_ts(row["updated_at"]),
+        version=int(row["version"]),
+        deleted_at=ts(row["deleted_at"]),
+        task_count=int(row["task_count"]),
+        success_count=int(row["success_count"]),
+        quality_sum=float(row["quality_sum"]),
+        latency_ms_sum=float(row["latency_ms_sum"]),
+    )
+
+
+class ReplicaSync:
+    def __init__(
+        self,
+        replica: Replica,
+        dsn: str,
+        *,
+        tenants: list[str],
+        max_staleness_s: float = 1.0,
+        resync_interval_s: float = 60.0,
+        connect_timeout_s: float = 1.0,
+        reconnect_interval_s: float = 0.5,
+        on_change: Callable[[AgentRecord], None] | None = None,
+    ) -> None:
+        self.replica = replica
+        self._dsn = dsn
+        self.tenants = sorted(set(tenants))
+        self._tenant_set = set(self.tenants)
+        self._ping_every = max(0.05, min(max_staleness_s / 2, 1.0))
+        self._resync_every = resync_interval_s
+        self._connect_timeout = connect_timeout_s
+        self._reconnect_every = reconnect_interval_s
+        self._on_change = on_change
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+        self._fetch_queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.synced = asyncio.Event()
+        self.resyncs = 0
+        self.catch_ups = 0
+        self.notifications = 0
+        self._resync_now = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="replica-sync")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._drop()
+
+    def request_resync(self) -> None:
+        self._resync_now.set()
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self.replica.connected = False
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: the connection is gone, start over
+                if self.replica.connected:
+                    log.warning("replica listener lost", error=f"{type(exc).__name__}: {exc}")
+                await self._drop()
+            await asyncio.sleep(self._reconnect_every)
+
+    async def _session(self) -> None:
+        conn = await asyncpg.connect(
+            self._dsn, timeout=self._connect_timeout, statement_cache_size=0
+        )
+        self._conn = conn
+        await conn.add_listener(CHANNEL, self._notified)
+        # Listen first, then read: a change committed in between arrives twice, never zero times.
+        if self.replica.warm and not self.replica.from_snapshot:
+            await self._catch_up(conn)
+        elif self.replica.from_snapshot:
+            await self._catch_up(conn)
+            await self._resync(conn)
+        else:
+            await self._resync(conn)
+        self.replica.connected = True
+        self.replica.touch()
+        self.synced.set()
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time() + self._resync_every
+        while True:
+            try:
+                async with asyncio.timeout(self._ping_every):
+                    await self._resync_now.wait()
+            except TimeoutError:
+                pass
+            if self._resync_now.is_set() or loop.time() >= next_resync:
+                self._resync_now.clear()
+                await self._resync(conn)
+                next_resync = loop.time() + self._resync_every
+            async with asyncio.timeout(max(self._ping_every, 0.5)):
+                await conn.execute("SELECT 1")
+            await self._fetch_pending(conn)
+            self.replica.touch()
+
+    async def _resync(self, conn: asyncpg.Connection) -> None:
+        records = await repository.fetch_all(conn, self.tenants, self.replica.max_agents + 1)
+        self.replica.replace_all(self.tenants, records)
+        self.resyncs += 1
+        log.debug("replica resynced", agents=self.replica.size, partial=self.replica.partial)
+
+    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+        while True:
+            batch = await repository.fetch_changes_since(
+                conn, self.tenants, self.replica.watermark, CATCH_UP_BATCH
+            )
+            for rec in batch:
+                self._apply(rec)
+            if len(batch) < CATCH_UP_BATCH:
+                break
+        self.catch_ups += 1
+
+    def _apply(self, rec: AgentRecord) -> None:
+        if self.replica.upsert(rec) and self._on_change is not None:
+            self._on_change(rec)
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.notifications += 1
+        try:
+            data = orjson.loads(payload)
+            row = data.get("row")
+            if row is not None:
+                if row["tenant_id"] in self._tenant_set:
+                    self._apply(record_from_json(row))
+            elif data.get("tenant_id") in self._tenant_set:
+                self._fetch_queue.put_nowait((data["tenant_id"], data["agent_id"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable change notification", error=str(exc))
+
+    async def _fetch_pending(self, conn: asyncpg.Connection) -> None:
+        """Rows too large to ride in their notification are fetched here."""
+        while not self._fetch_queue.empty():
+            tenant, agent_id = self._fetch_queue.get_nowait()
+            row = await conn.fetchrow(
+                f"SELECT {repository.COLUMNS} FROM agents WHERE tenant_id = $1 AND agent_id = $2",
+                tenant,
+                agent_id,
+            )
+            if row is not None:
+                self._apply(repository.record_from_row(row))
