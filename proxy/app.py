@@ -59,12 +59,14 @@ def create_app(
         },
     )
     app[keys.SETTINGS] = settings
-    app[keys.TOKENS] = tokens if tokens is not None else TokenStore.from_json(
-        settings.tokens_json()
+    app[keys.TOKENS] = (
+        tokens if tokens is not None else TokenStore.from_json(settings.tokens_json())
     )
     app[keys.METRICS] = metrics or Metrics()
     rl = settings.rate_limit
-    app[keys.LIMITER] = RateLimiter(rate_per_s=rl.rate_per_s, burst=rl.burst) if rl.enabled else None
+    app[keys.LIMITER] = (
+        RateLimiter(rate_per_s=rl.rate_per_s, burst=rl.burst) if rl.enabled else None
+    )
     add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
@@ -94,8 +96,13 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
     def on_transition(t: Transition) -> None:
         metrics.breaker_transitions.labels(breaker.name, t.from_state.value, t.to_state.value).inc()
         metrics.set_breaker_state(breaker.name, t.to_state.value)
-        log.warning("breaker transition", dependency=breaker.name, from_state=t.from_state.value,
-                    to_state=t.to_state.value, cause=t.cause)
+        log.warning(
+            "breaker transition",
+            dependency=breaker.name,
+            from_state=t.from_state.value,
+            to_state=t.to_state.value,
+            cause=t.cause,
+        )
 
     breaker.add_listener(on_transition)
 
@@ -146,8 +153,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     dsn = settings.database_url.get_secret_value()
     breaker = _breaker(settings)
     r = settings.retry
-    budget = RetryBudget(ratio=r.budget_ratio, min_per_s=r.budget_min_per_s,
-                         window_s=r.budget_window_s)
+    budget = RetryBudget(
+        ratio=r.budget_ratio, min_per_s=r.budget_min_per_s, window_s=r.budget_window_s
+    )
     journal = await Journal.open(settings.journal.dir, fsync=settings.journal.fsync)
     replica: Replica | None = None
     if settings.replica.enabled:
@@ -156,8 +164,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         snap = await asyncio.to_thread(read_snapshot, settings.journal.dir)
         if snap is not None:
             replica.load_snapshot(snap.data, watermark=snap.watermark, written_at=snap.written_at)
-            log.info("replica loaded from snapshot", agents=replica.size,
-                     watermark=snap.watermark)
+            log.info("replica loaded from snapshot", agents=replica.size, watermark=snap.watermark)
     hooks = _instrument(metrics, breaker)
     db = Database(
         dsn,
@@ -170,8 +177,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         run_migrations=settings.migrate_on_start,
     )
     service = RegistryService(
-        settings=settings, database=db, breaker=breaker, budget=budget, replica=replica,
-        journal=journal, hooks=hooks,
+        settings=settings,
+        database=db,
+        breaker=breaker,
+        budget=budget,
+        replica=replica,
+        journal=journal,
+        hooks=hooks,
     )
     db._on_ready = _wake(service)
 
@@ -183,8 +195,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await conn.close(timeout=timeout)
 
     b = settings.breaker
-    probe = HealthProbe(breaker, check, interval_s=b.probe_interval_ms / 1000,
-                        timeout_s=b.probe_timeout_ms / 1000)
+    probe = HealthProbe(
+        breaker, check, interval_s=b.probe_interval_ms / 1000, timeout_s=b.probe_timeout_ms / 1000
+    )
     sync: ReplicaSync | None = None
     if replica is not None:
         sync = ReplicaSync(
@@ -201,6 +214,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[keys.PROBE] = probe
     app[keys.SYNC] = sync
 
+    background: set[asyncio.Task[None]] = set()
+    if replica is not None:
+        rep = replica
+
+        def snapshot_on_open(t: Transition) -> None:
+            # The last moment the replica is known good: keep it for a restart mid-outage.
+            if t.to_state.value == "open" and rep.connected:
+                task = asyncio.create_task(_write_snapshot(settings, rep))
+                background.add(task)
+                task.add_done_callback(background.discard)
+
+        breaker.add_listener(snapshot_on_open)
+
     db.start()
     if sync is not None:
         sync.start()
@@ -208,10 +234,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     service.start()
     snapshots = (
         asyncio.create_task(_snapshot_loop(settings, replica), name="replica-snapshot")
-        if replica is not None else None
+        if replica is not None
+        else None
     )
-    log.info("sidecar started", read_mode=settings.read_mode.value,
-             write_fallback=settings.write_fallback.value, journal_depth=journal.depth)
+    log.info(
+        "sidecar started",
+        read_mode=settings.read_mode.value,
+        write_fallback=settings.write_fallback.value,
+        journal_depth=journal.depth,
+    )
     try:
         yield
     finally:

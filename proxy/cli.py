@@ -166,8 +166,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-dev-"))
     pg: EmbeddedPostgres | None = None
     overrides: dict[str, Any] = {
-        "tokens": SecretStr(orjson.dumps([{"token": token, "tenant": "dev", "role": "admin",
-                                           "id": "dev-admin"}]).decode()),
+        "tokens": SecretStr(
+            orjson.dumps(
+                [{"token": token, "tenant": "dev", "role": "admin", "id": "dev-admin"}]
+            ).decode()
+        ),
     }
     if args.port is not None:
         overrides["port"] = args.port

@@ -130,9 +130,7 @@ class Settings(BaseSettings):
     )
     database_url: SecretStr | None = Field(None, description="PostgreSQL DSN")
     database_url_file: Path | None = Field(None, description="file holding the DSN")
-    tokens: SecretStr | None = Field(
-        None, description='JSON list of {"token", "tenant", "role"}'
-    )
+    tokens: SecretStr | None = Field(None, description='JSON list of {"token", "tenant", "role"}')
     tokens_file: Path | None = Field(None, description="file holding that JSON list")
     read_mode: ReadMode = ReadMode.DATABASE
     write_fallback: WriteFallback = WriteFallback.JOURNAL
@@ -154,7 +152,9 @@ class Settings(BaseSettings):
             try:
                 text = self.database_url_file.read_text().strip()
             except OSError as exc:
-                raise ValueError(f"database_url_file: cannot read {self.database_url_file}") from exc
+                raise ValueError(
+                    f"database_url_file: cannot read {self.database_url_file}"
+                ) from exc
             self.database_url = SecretStr(text)
         if self.database_url is not None:
             url = self.database_url.get_secret_value()

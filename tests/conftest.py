@@ -79,8 +79,12 @@ class Tokens:
                 {"token": self.reader, "tenant": self.tenant, "role": "reader", "id": "reader"},
                 {"token": self.writer, "tenant": self.tenant, "role": "writer", "id": "writer"},
                 {"token": self.admin, "tenant": self.tenant, "role": "admin", "id": "admin"},
-                {"token": self.other_writer, "tenant": self.other_tenant, "role": "writer",
-                 "id": "other-writer"},
+                {
+                    "token": self.other_writer,
+                    "tenant": self.other_tenant,
+                    "role": "writer",
+                    "id": "other-writer",
+                },
             ]
         ).decode()
 
@@ -128,7 +132,11 @@ class Api:
         return h
 
     async def call(
-        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None,
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
         **kw: Any,
     ) -> tuple[int, Any, Any]:
         resp = await self.client.request(
@@ -170,8 +178,9 @@ async def make_api(
     """Build a sidecar app with settings overrides and wait until it can serve."""
     retry.set_testing(False)
 
-    async def factory(dsn: str | None = None, *, wait_replica: bool = True,
-                      **overrides: Any) -> Api:
+    async def factory(
+        dsn: str | None = None, *, wait_replica: bool = True, **overrides: Any
+    ) -> Api:
         settings = make_settings(dsn or _migrated, tokens, tmp_path / "journal", **overrides)
         app = create_app(settings)
         client = await aiohttp_client(app)

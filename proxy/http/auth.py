@@ -81,7 +81,9 @@ class TokenStore:
             # pydantic echoes input values; never let a token reach a message
             first: dict[str, Any] = getattr(exc, "errors", lambda: [{}])()[0]
             where = ".".join(str(p) for p in first.get("loc", ()))
-            raise TokenError(f"invalid token list at {where or 'top'}: {first.get('msg')}") from None
+            raise TokenError(
+                f"invalid token list at {where or 'top'}: {first.get('msg')}"
+            ) from None
 
     def lookup(self, presented: str) -> Principal | None:
         # The lookup compares digests, never the secret: its timing says nothing about how

@@ -76,4 +76,6 @@ def validate(model: type[M], value: Any) -> M:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise ProblemError(422, "the request has invalid fields", errors=field_errors(exc)) from None
+        raise ProblemError(
+            422, "the request has invalid fields", errors=field_errors(exc)
+        ) from None

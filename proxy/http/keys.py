@@ -7,13 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from proxy.http.auth import Principal, TokenStore
-    from proxy.http.ratelimit import RateLimiter
-    from proxy.observability.metrics import Metrics
-    from proxy.resilience.probe import HealthProbe
-    from proxy.service.registry import RegistryService, RequestContext
-    from proxy.settings import Settings
-    from proxy.store.replica_sync import ReplicaSync
+    pass
 
 SETTINGS = web.AppKey["Settings"]("settings")
 TOKENS = web.AppKey["TokenStore"]("tokens")

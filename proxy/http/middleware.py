@@ -75,8 +75,11 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem(413, "request body too large")
     except web.HTTPException as exc:
         if exc.status >= 400:
-            return problem(exc.status, exc.reason, headers={"Allow": exc.headers["Allow"]}
-                           if "Allow" in exc.headers else None)
+            return problem(
+                exc.status,
+                exc.reason,
+                headers={"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None,
+            )
         raise
     except Exception:
         log.exception("unhandled error", route=_route_name(request))
@@ -95,24 +98,32 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ProblemError(401, "send Authorization: Bearer <token>",
-                           headers={"WWW-Authenticate": 'Bearer realm="registry-proxy"'})
+        raise ProblemError(
+            401,
+            "send Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": 'Bearer realm="registry-proxy"'},
+        )
     principal = request.app[keys.TOKENS].lookup(token.strip())
     if principal is None:
-        raise ProblemError(401, "unknown token",
-                           headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        raise ProblemError(
+            401, "unknown token", headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
     request[keys.PRINCIPAL] = principal
     if principal.role < required:
         raise ProblemError(
-            403, f"role {principal.role.name.lower()} may not call {route}; "
-            f"it needs {required.name.lower()}"
+            403,
+            f"role {principal.role.name.lower()} may not call {route}; "
+            f"it needs {required.name.lower()}",
         )
     limiter = request.app[keys.LIMITER]
     if limiter is not None:
         wait = limiter.take(principal.token_id)
         if wait > 0:
-            raise ProblemError(429, "rate limit exceeded for this token",
-                               headers={"Retry-After": str(max(1, round(wait + 0.5)))})
+            raise ProblemError(
+                429,
+                "rate limit exceeded for this token",
+                headers={"Retry-After": str(max(1, round(wait + 0.5)))},
+            )
     settings = request.app[keys.SETTINGS]
     timeout_ms = settings.request.default_timeout_ms
     raw = request.headers.get("X-Request-Timeout")
@@ -120,7 +131,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             asked = int(raw)
         except ValueError:
-            raise ProblemError(400, "X-Request-Timeout must be an integer of milliseconds") from None
+            raise ProblemError(
+                400, "X-Request-Timeout must be an integer of milliseconds"
+            ) from None
         if asked < 1:
             raise ProblemError(400, "X-Request-Timeout must be at least 1 ms")
         timeout_ms = min(timeout_ms, asked)

@@ -39,15 +39,19 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _problem(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/problem+json": {"schema": _ref("Problem")}}}
+    return {
+        "description": description,
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
 
 
 @functools.cache
 def document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(m, "validation" if m.__name__.endswith(("Request", "Command")) else "serialization")
-         for m in _COMPONENTS],
+        [
+            (m, "validation" if m.__name__.endswith(("Request", "Command")) else "serialization")
+            for m in _COMPONENTS
+        ],
         ref_template="#/components/schemas/{model}",
     )
     paths: dict[str, dict[str, Any]] = {}
@@ -56,22 +60,53 @@ def document() -> dict[str, Any]:
         params: list[dict[str, Any]] = []
         for name in ("agent_id", "op_id"):
             if "{" + name + "}" in r.path:
-                params.append({"name": name, "in": "path", "required": True,
-                               "schema": {"type": "string", "pattern": models.ID_PATTERN}})
+                params.append(
+                    {
+                        "name": name,
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": models.ID_PATTERN},
+                    }
+                )
         if r.name == "query_agents":
             for name, schema in models.AgentQuery.model_json_schema()["properties"].items():
-                params.append({"name": name, "in": "query", "required": False,
-                               "schema": schema, "explode": False})
+                params.append(
+                    {
+                        "name": name,
+                        "in": "query",
+                        "required": False,
+                        "schema": schema,
+                        "explode": False,
+                    }
+                )
         if r.role is not None:
             op["security"] = [{"bearer": []}]
-            params.append({"name": "X-Request-Timeout", "in": "header", "required": False,
-                           "schema": {"type": "integer", "minimum": 1}})
+            params.append(
+                {
+                    "name": "X-Request-Timeout",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            )
         if r.method in ("POST", "PATCH", "PUT", "DELETE") and r.role is not None:
-            params.append({"name": "Idempotency-Key", "in": "header", "required": False,
-                           "schema": {"type": "string", "pattern": models.ID_PATTERN}})
+            params.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "pattern": models.ID_PATTERN},
+                }
+            )
         if r.name == "patch_agent":
-            params.append({"name": "If-Match", "in": "header", "required": False,
-                           "schema": {"type": "string"}})
+            params.append(
+                {
+                    "name": "If-Match",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                }
+            )
         if params:
             op["parameters"] = params
         if r.body is not None:
@@ -99,8 +134,11 @@ def document() -> dict[str, Any]:
         paths.setdefault(r.path, {})[r.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "registry-proxy", "version": __version__,
-                 "description": "Resilience sidecar for the agent registry."},
+        "info": {
+            "title": "registry-proxy",
+            "version": __version__,
+            "description": "Resilience sidecar for the agent registry.",
+        },
         "servers": [{"url": "http://127.0.0.1:3580"}],
         "paths": paths,
         "components": {

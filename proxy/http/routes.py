@@ -96,7 +96,7 @@ def _if_match(request: web.Request) -> int | None:
         return None
     m = _ETAG.match(raw.strip())
     if not m:
-        raise ProblemError(400, "If-Match must be an ETag of this API, like \"12\"")
+        raise ProblemError(400, 'If-Match must be an ETag of this API, like "12"')
     return int(m.group(1))
 
 
@@ -155,7 +155,8 @@ def _query_params(request: web.Request) -> AgentQuery:
             data[key] = items
         elif len(values) > 1:
             raise ProblemError(
-                422, f"{key} given more than once",
+                422,
+                f"{key} given more than once",
                 errors=[{"field": key, "message": "give it once"}],
             )
         else:
@@ -163,7 +164,9 @@ def _query_params(request: web.Request) -> AgentQuery:
     try:
         return AgentQuery.model_validate(data)
     except ValidationError as exc:
-        raise ProblemError(422, "the query has invalid parameters", errors=field_errors(exc)) from None
+        raise ProblemError(
+            422, "the query has invalid parameters", errors=field_errors(exc)
+        ) from None
 
 
 async def query_agents(request: web.Request) -> web.Response:
@@ -235,9 +238,16 @@ def status_document(app: web.Application) -> dict[str, Any]:
     probe = app[keys.PROBE]
     sync = app[keys.SYNC]
     journal = service.journal
-    replica_stats = service.replica.stats() if service.replica is not None else {
-        "agents": 0, "age_seconds": None, "partial": False, "warm": False,
-    }
+    replica_stats = (
+        service.replica.stats()
+        if service.replica is not None
+        else {
+            "agents": 0,
+            "age_seconds": None,
+            "partial": False,
+            "warm": False,
+        }
+    )
     if sync is not None:
         replica_stats.update(
             resyncs=sync.resyncs, catch_ups=sync.catch_ups, notifications=sync.notifications
@@ -256,8 +266,9 @@ def status_document(app: web.Application) -> dict[str, Any]:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(status_document(request.app)),
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(status_document(request.app)), content_type="application/json"
+    )
 
 
 async def admin_breaker(request: web.Request) -> web.Response:
@@ -265,8 +276,9 @@ async def admin_breaker(request: web.Request) -> web.Response:
     service = request.app[keys.SERVICE]
     principal = request[keys.PRINCIPAL]
     service.set_breaker(body.state, body.reason or f"{body.state} by {principal.token_id}")
-    return web.Response(body=orjson.dumps(service.breaker.snapshot()),
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(service.breaker.snapshot()), content_type="application/json"
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -276,7 +288,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     service = request.app[keys.SERVICE]
     db_ok = service.db.pool is not None and service.breaker.state.value in (
-        "closed", "half_open", "disabled"
+        "closed",
+        "half_open",
+        "disabled",
     )
     replica_ok = service.replica is not None and service.replica.warm
     ready = db_ok or replica_ok
@@ -314,28 +328,89 @@ async def openapi(request: web.Request) -> web.Response:
 R, W, A = Role.READER, Role.WRITER, Role.ADMIN
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/agents", register, W, "register", "Register an agent",
-          RegisterRequest, "Agent"),
-    Route("GET", "/v1/agents", query_agents, R, "query_agents",
-          "Capability query, best match first", None, "QueryAnswer"),
+    Route(
+        "POST", "/v1/agents", register, W, "register", "Register an agent", RegisterRequest, "Agent"
+    ),
+    Route(
+        "GET",
+        "/v1/agents",
+        query_agents,
+        R,
+        "query_agents",
+        "Capability query, best match first",
+        None,
+        "QueryAnswer",
+    ),
     Route("GET", "/v1/agents/{agent_id}", get_agent, R, "get_agent", "One agent", None, "Agent"),
-    Route("PATCH", "/v1/agents/{agent_id}", patch_agent, W, "patch_agent",
-          "Change name, capabilities or max_concurrent_tasks", PatchRequest, "Agent"),
-    Route("PUT", "/v1/agents/{agent_id}/load", put_load, W, "put_load",
-          "Report active and queued tasks (last writer wins by observed_at)", LoadRequest,
-          "Agent"),
-    Route("POST", "/v1/agents/{agent_id}/heartbeat", heartbeat, W, "heartbeat",
-          "Liveness of the agent", HeartbeatRequest, "HeartbeatAnswer"),
-    Route("POST", "/v1/agents/{agent_id}/performance", post_performance, W, "post_performance",
-          "One task outcome", PerformanceRequest, "PerformanceAnswer"),
-    Route("DELETE", "/v1/agents/{agent_id}", delete_agent, W, "delete_agent",
-          "Unregister (idempotent)"),
+    Route(
+        "PATCH",
+        "/v1/agents/{agent_id}",
+        patch_agent,
+        W,
+        "patch_agent",
+        "Change name, capabilities or max_concurrent_tasks",
+        PatchRequest,
+        "Agent",
+    ),
+    Route(
+        "PUT",
+        "/v1/agents/{agent_id}/load",
+        put_load,
+        W,
+        "put_load",
+        "Report active and queued tasks (last writer wins by observed_at)",
+        LoadRequest,
+        "Agent",
+    ),
+    Route(
+        "POST",
+        "/v1/agents/{agent_id}/heartbeat",
+        heartbeat,
+        W,
+        "heartbeat",
+        "Liveness of the agent",
+        HeartbeatRequest,
+        "HeartbeatAnswer",
+    ),
+    Route(
+        "POST",
+        "/v1/agents/{agent_id}/performance",
+        post_performance,
+        W,
+        "post_performance",
+        "One task outcome",
+        PerformanceRequest,
+        "PerformanceAnswer",
+    ),
+    Route(
+        "DELETE",
+        "/v1/agents/{agent_id}",
+        delete_agent,
+        W,
+        "delete_agent",
+        "Unregister (idempotent)",
+    ),
     Route("GET", "/v1/stats", stats, R, "stats", "Registry totals", None, "Stats"),
-    Route("GET", "/v1/operations/{op_id}", operation, R, "operation",
-          "State of a journaled write", None, "Operation"),
+    Route(
+        "GET",
+        "/v1/operations/{op_id}",
+        operation,
+        R,
+        "operation",
+        "State of a journaled write",
+        None,
+        "Operation",
+    ),
     Route("GET", "/v1/status", status, R, "status", "Breaker, budget, replica, journal, pool"),
-    Route("POST", "/v1/admin/breaker", admin_breaker, A, "admin_breaker",
-          "Force the breaker open, disable it, or return it to automatic", BreakerCommand),
+    Route(
+        "POST",
+        "/v1/admin/breaker",
+        admin_breaker,
+        A,
+        "admin_breaker",
+        "Force the breaker open, disable it, or return it to automatic",
+        BreakerCommand,
+    ),
     Route("GET", "/healthz", healthz, None, "healthz", "Liveness"),
     Route("GET", "/readyz", readyz, None, "readyz", "Readiness"),
     Route("GET", "/metrics", metrics, None, "metrics", "Prometheus metrics"),

@@ -13,7 +13,20 @@ BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 
 # Sub-millisecond resolution matters: the sidecar's own overhead is a fraction of a millisecond.
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 
@@ -22,41 +35,60 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            PREFIX + "requests", "HTTP requests answered",
-            ["route", "method", "status", "source"], registry=r,
+            PREFIX + "requests",
+            "HTTP requests answered",
+            ["route", "method", "status", "source"],
+            registry=r,
         )
         self.request_duration = Histogram(
-            PREFIX + "request_duration_seconds", "HTTP request latency",
-            ["route", "method", "source"], buckets=LATENCY_BUCKETS, registry=r,
+            PREFIX + "request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.breaker_state = Gauge(
-            PREFIX + "breaker_state", "1 for the breaker's current state, 0 otherwise",
-            ["dependency", "state"], registry=r,
+            PREFIX + "breaker_state",
+            "1 for the breaker's current state, 0 otherwise",
+            ["dependency", "state"],
+            registry=r,
         )
         self.breaker_transitions = Counter(
-            PREFIX + "breaker_transitions", "Breaker state transitions",
-            ["dependency", "from_state", "to_state"], registry=r,
+            PREFIX + "breaker_transitions",
+            "Breaker state transitions",
+            ["dependency", "from_state", "to_state"],
+            registry=r,
         )
         self.retries = Counter(
-            PREFIX + "retries", "Retried database calls by what happened next", ["outcome"],
+            PREFIX + "retries",
+            "Retried database calls by what happened next",
+            ["outcome"],
             registry=r,
         )
         self.retry_budget_exhausted = Counter(
-            PREFIX + "retry_budget_exhausted", "Retries refused because the budget was spent",
+            PREFIX + "retry_budget_exhausted",
+            "Retries refused because the budget was spent",
             registry=r,
         )
         self.db_call_duration = Histogram(
-            PREFIX + "db_call_duration_seconds", "Database call latency",
-            ["operation", "outcome"], buckets=LATENCY_BUCKETS, registry=r,
+            PREFIX + "db_call_duration_seconds",
+            "Database call latency",
+            ["operation", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.pool_connections = Gauge(
-            PREFIX + "pool_connections", "Connection pool use", ["state"], registry=r,
+            PREFIX + "pool_connections",
+            "Connection pool use",
+            ["state"],
+            registry=r,
         )
         self.replica_agents = Gauge(
             PREFIX + "replica_agents", "Agents held by the local replica", registry=r
         )
         self.replica_age = Gauge(
-            PREFIX + "replica_age_seconds", "Time since the replica last heard from PostgreSQL",
+            PREFIX + "replica_age_seconds",
+            "Time since the replica last heard from PostgreSQL",
             registry=r,
         )
         self.replica_max_staleness = Gauge(

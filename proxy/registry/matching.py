@@ -89,9 +89,7 @@ def reasons(rec: AgentRecord, q: AgentQuery) -> list[str]:
     return out
 
 
-def rank(
-    records: Iterable[AgentRecord], q: AgentQuery, now: datetime
-) -> list[dict[str, Any]]:
+def rank(records: Iterable[AgentRecord], q: AgentQuery, now: datetime) -> list[dict[str, Any]]:
     """Best match first, at most ``q.limit`` results, each with its score and reasons."""
     ordered = sorted(records, key=sort_key)[: q.limit]
     return [

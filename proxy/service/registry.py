@@ -112,8 +112,13 @@ class RegistryService:
         self._replay_lock = asyncio.Lock()
         self._replay_wake = asyncio.Event()
         self._replay_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.replays: dict[str, Any] = {
-            "runs": 0, "applied": 0, "rejected": 0, "failed": 0, "last_error": None
+            "runs": 0,
+            "applied": 0,
+            "rejected": 0,
+            "failed": 0,
+            "last_error": None,
         }
         self.on_replayed: Callable[[], None] | None = None
         breaker.add_listener(self._on_transition)
@@ -139,7 +144,9 @@ class RegistryService:
             self._replay_wake.set()
         if transition.to_state is BreakerState.OPEN and self.db.pool is not None:
             # Connections opened before the fault may be half-dead; start the recovery fresh.
-            self.db.pool.expire_connections()
+            task = asyncio.create_task(self.db.pool.expire_connections())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def wake_replay(self) -> None:
         self._replay_wake.set()
@@ -211,9 +218,7 @@ class RegistryService:
 
     def _unavailable(self, exc: DatabaseUnavailable | None, what: str) -> errors.Unavailable:
         retry_after = exc.retry_after if exc is not None else max(1.0, self.breaker.retry_after())
-        return errors.Unavailable(
-            f"PostgreSQL is unavailable and {what}", retry_after=retry_after
-        )
+        return errors.Unavailable(f"PostgreSQL is unavailable and {what}", retry_after=retry_after)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -289,8 +294,9 @@ class RegistryService:
         if rep is None or not self._replica_serves(ctx.tenant):
             raise self._unavailable(exc, "the local replica has no copy of this tenant")
         self.hooks.replica_hit("stats")
-        return Answer(200, matching.stats(rep.all(ctx.tenant), _now()), "replica",
-                      self._replica_headers())
+        return Answer(
+            200, matching.stats(rep.all(ctx.tenant), _now()), "replica", self._replica_headers()
+        )
 
     async def operation(self, ctx: RequestContext, op_id: str) -> Answer:
         if self.journal is not None:
@@ -313,8 +319,12 @@ class RegistryService:
             raise self._unavailable(exc, "this operation is not in the local journal") from exc
         if row is None:
             raise errors.NotFound(f"no operation {op_id!r}")
-        body = {"op_id": op_id, "status": row["status"], "kind": row["kind"],
-                "reason": row["reason"]}
+        body = {
+            "op_id": op_id,
+            "status": row["status"],
+            "kind": row["kind"],
+            "reason": row["reason"],
+        }
         return Answer(200, body, "database")
 
     # -- writes ----------------------------------------------------------------------------
@@ -474,7 +484,9 @@ class RegistryService:
         meta = entry.payload
         op_id = entry.op_id.partition("/")[2]
         wctx = repository.WriteContext(
-            entry.tenant, meta.get("actor", "journal"), meta.get("request_id"),
+            entry.tenant,
+            meta.get("actor", "journal"),
+            meta.get("request_id"),
             self.settings.max_agents,
         )
         deadline = Deadline.after(self.settings.request.default_timeout_ms / 1000)

@@ -117,11 +117,21 @@ class Database:
     def stats(self) -> dict[str, Any]:
         pool = self.pool
         if pool is None:
-            return {"connected": False, "in_use": 0, "idle": 0, "max": self._max,
-                    "last_error": self.last_error}
+            return {
+                "connected": False,
+                "in_use": 0,
+                "idle": 0,
+                "max": self._max,
+                "last_error": self.last_error,
+            }
         size, idle = pool.get_size(), pool.get_idle_size()
-        return {"connected": True, "in_use": size - idle, "idle": idle, "max": self._max,
-                "last_error": self.last_error}
+        return {
+            "connected": True,
+            "in_use": size - idle,
+            "idle": idle,
+            "max": self._max,
+            "last_error": self.last_error,
+        }
 
     async def close(self, timeout: float = 5.0) -> None:
         if self._task is not None and not self._task.done():

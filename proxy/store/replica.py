@@ -221,9 +221,7 @@ class Replica:
         out = []
         for agent_id in ids:
             rec = (
-                self._view(t, tenant, agent_id)
-                if agent_id in t.pending
-                else t.agents.get(agent_id)
+                self._view(t, tenant, agent_id) if agent_id in t.pending else t.agents.get(agent_id)
             )
             if rec is not None and matches(rec, q):
                 out.append(rec)

@@ -74,9 +74,7 @@ async def fetch_agent(conn: asyncpg.Connection, tenant: str, agent_id: str) -> A
     return record_from_row(row) if row else None
 
 
-async def query_agents(
-    conn: asyncpg.Connection, tenant: str, q: AgentQuery
-) -> list[AgentRecord]:
+async def query_agents(conn: asyncpg.Connection, tenant: str, q: AgentQuery) -> list[AgentRecord]:
     """Rows that pass every hard filter (see `proxy.registry.matching`); ranking is done on them."""
     min_rate = q.min_success_rate if q.min_success_rate else None
     rows = await conn.fetch(
@@ -135,9 +133,7 @@ async def fetch_changes_since(
     return [record_from_row(r) for r in rows]
 
 
-async def fetch_all(
-    conn: asyncpg.Connection, tenants: list[str], limit: int
-) -> list[AgentRecord]:
+async def fetch_all(conn: asyncpg.Connection, tenants: list[str], limit: int) -> list[AgentRecord]:
     rows = await conn.fetch(
         f"SELECT {COLUMNS} FROM agents WHERE tenant_id = ANY($1::text[]) AND deleted_at IS NULL "
         "ORDER BY version LIMIT $2",
@@ -267,8 +263,7 @@ async def _patch(
     if row is None:
         current = await _missing_or_stale(conn, ctx, p["agent_id"])
         raise errors.PreconditionFailed(
-            f"If-Match version {p.get('if_match')} does not match current version "
-            f"{current.version}"
+            f"If-Match version {p.get('if_match')} does not match current version {current.version}"
         )
     return 200, None, record_from_row(row)
 
@@ -477,8 +472,15 @@ async def execute_write(
             if body is None and rec is not None and status != 204:
                 body = render(rec)
             await _record(
-                conn, ctx, op_id=op_id, kind=kind, target=target, req_hash=req_hash,
-                status=status, body=body, problem=None,
+                conn,
+                ctx,
+                op_id=op_id,
+                kind=kind,
+                target=target,
+                req_hash=req_hash,
+                status=status,
+                body=body,
+                problem=None,
             )
         return WriteOutcome(status=status, body=body, record=rec, applied=True)
     except asyncpg.UniqueViolationError as exc:
@@ -491,15 +493,26 @@ async def execute_write(
     try:
         async with conn.transaction():
             reason = await _record(
-                conn, ctx, op_id=op_id, kind=kind, target=target, req_hash=req_hash,
-                status=problem.status, body=body, problem=problem,
+                conn,
+                ctx,
+                op_id=op_id,
+                kind=kind,
+                target=target,
+                req_hash=req_hash,
+                status=problem.status,
+                body=body,
+                problem=problem,
             )
     except asyncpg.UniqueViolationError as exc:
         if not _is_ledger_conflict(exc):
             raise
         return await _from_ledger(conn, ctx.tenant, op_id, req_hash)
     return WriteOutcome(
-        status=problem.status, body=body, record=None, applied=False, reason=reason,
+        status=problem.status,
+        body=body,
+        record=None,
+        applied=False,
+        reason=reason,
         problem=problem,
     )
 
