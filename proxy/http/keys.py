@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
-if TYPE_CHECKING:
-    pass
+from proxy.http.auth import Principal, TokenStore
+from proxy.http.ratelimit import RateLimiter
+from proxy.observability.metrics import Metrics
+from proxy.resilience.probe import HealthProbe
+from proxy.service.registry import RegistryService, RequestContext
+from proxy.settings import Settings
+from proxy.store.replica_sync import ReplicaSync
 
-SETTINGS = web.AppKey["Settings"]("settings")
-TOKENS = web.AppKey["TokenStore"]("tokens")
-METRICS = web.AppKey["Metrics"]("metrics")
-SERVICE = web.AppKey["RegistryService"]("service")
-LIMITER = web.AppKey["RateLimiter | None"]("limiter")
-PROBE = web.AppKey["HealthProbe"]("probe")
-SYNC = web.AppKey["ReplicaSync | None"]("replica_sync")
-STARTED = web.AppKey["float"]("started")
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", TokenStore)
+METRICS = web.AppKey("metrics", Metrics)
+SERVICE = web.AppKey("service", RegistryService)
+LIMITER: web.AppKey[RateLimiter | None] = web.AppKey("limiter")
+PROBE = web.AppKey("probe", HealthProbe)
+SYNC: web.AppKey[ReplicaSync | None] = web.AppKey("replica_sync")
 
-PRINCIPAL = web.RequestKey["Principal"]("principal")
-CONTEXT = web.RequestKey["RequestContext"]("context")
-REQUEST_ID = web.RequestKey[str]("request_id")
+PRINCIPAL = web.RequestKey("principal", Principal)
+CONTEXT = web.RequestKey("context", RequestContext)
+REQUEST_ID = web.RequestKey("request_id", str)
