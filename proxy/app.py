@@ -137,6 +137,7 @@ async def _write_snapshot(settings: Settings, replica: Replica) -> None:
     # A replica still running on an old snapshot is not written back: it would refresh the
     # snapshot's timestamp without refreshing its content.
     if not replica.warm or replica.from_snapshot:
+        log.debug("replica snapshot skipped", warm=replica.warm)
         return
     try:
         await write_snapshot_async(
@@ -144,6 +145,8 @@ async def _write_snapshot(settings: Settings, replica: Replica) -> None:
         )
     except OSError as exc:
         log.error("replica snapshot failed", error=str(exc))
+    else:
+        log.info("replica snapshot written", agents=replica.size, watermark=replica.watermark)
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -208,6 +211,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             resync_interval_s=settings.replica.resync_interval_s,
             connect_timeout_s=settings.database.connect_timeout_ms / 1000,
             reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
+            schema_ready=db.ready,
         )
         service.on_replayed = sync.request_resync
     app[keys.SERVICE] = service
@@ -220,7 +224,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
         def snapshot_on_open(t: Transition) -> None:
             # The last moment the replica is known good: keep it for a restart mid-outage.
-            if t.to_state.value == "open" and rep.connected:
+            if t.to_state.value == "open":
                 task = asyncio.create_task(_write_snapshot(settings, rep))
                 background.add(task)
                 task.add_done_callback(background.discard)

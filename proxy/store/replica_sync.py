@@ -75,6 +75,7 @@ class ReplicaSync:
         connect_timeout_s: float = 1.0,
         reconnect_interval_s: float = 0.5,
         on_change: Callable[[AgentRecord], None] | None = None,
+        schema_ready: asyncio.Event | None = None,
     ) -> None:
         self.replica = replica
         self._dsn = dsn
@@ -93,6 +94,7 @@ class ReplicaSync:
         self.catch_ups = 0
         self.notifications = 0
         self._resync_now = asyncio.Event()
+        self._schema_ready = schema_ready
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="replica-sync")
@@ -115,14 +117,21 @@ class ReplicaSync:
                 conn.terminate()
 
     async def _run(self) -> None:
+        if self._schema_ready is not None:
+            # Until the schema exists there is nothing to listen to; the snapshot (if any)
+            # serves meanwhile.
+            await self._schema_ready.wait()
         while True:
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: the connection is gone, start over
+                error = f"{type(exc).__name__}: {exc}"
                 if self.replica.connected:
-                    log.warning("replica listener lost", error=f"{type(exc).__name__}: {exc}")
+                    log.warning("replica listener lost", error=error)
+                else:
+                    log.debug("replica listener cannot connect", error=error)
                 await self._drop()
             await asyncio.sleep(self._reconnect_every)
 

@@ -1,0 +1,1 @@
+"""Packaging and deployment checks: Dockerfile, Helm chart, config files."""

@@ -108,7 +108,9 @@ def test_multi_stage_on_a_pinned_slim_python_311() -> None:
     assert len(stages) >= 2
     assert stages[0].name == "builder"
     for stage in stages:
-        assert re.fullmatch(r"python:3\.11(\.\d+)?-slim(-bookworm)?(@sha256:[0-9a-f]{64})?", stage.base)
+        assert re.fullmatch(
+            r"python:3\.11(\.\d+)?-slim(-bookworm)?(@sha256:[0-9a-f]{64})?", stage.base
+        )
     assert stages[0].base == stages[-1].base, "the venv needs the same interpreter path"
 
 
@@ -253,3 +255,19 @@ def test_every_copied_path_exists_and_reaches_the_context() -> None:
             for source in sources:
                 assert (REPO_ROOT / source).exists(), source
                 assert not _ignored(source.rstrip("/")), f"{source} is excluded by .dockerignore"
+
+
+def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
+    # Negative control: the linter runs and fails on a Dockerfile with known issues.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN cd /tmp && pip install requests\n")
+    result = subprocess.run(
+        [str(_binary("hadolint")), "--no-color", "--format", "json", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    codes = {finding["code"] for finding in json.loads(result.stdout)}
+    assert result.returncode != 0
+    assert {"DL3007", "DL3003"} <= codes, codes
