@@ -65,6 +65,8 @@ async def read_json(
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if "depth" in exc.msg:
+            raise ProblemError(422, f"JSON nested deeper than {max_depth} levels") from None
         raise ProblemError(400, f"body is not valid JSON: {exc.msg}") from None
     check_shape(value, max_depth=max_depth, max_items=max_items)
     return value

@@ -142,5 +142,6 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         actor=principal.token_id,
         request_id=request[keys.REQUEST_ID],
         deadline=Deadline.after(timeout_ms / 1000),
+        client_deadline=timeout_ms < settings.request.default_timeout_ms,
     )
     return await handler(request)

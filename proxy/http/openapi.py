@@ -30,8 +30,10 @@ _COMPONENTS = (
 )
 
 _SUCCESS = {"POST /v1/agents": "201", "DELETE /v1/agents/{agent_id}": "204"}
+# Answers besides the main one: a performance event counted now is a 201 (already counted: 200).
+_ALSO = {"POST /v1/agents/{agent_id}/performance": ("201", "PerformanceAnswer")}
 _WRITE_ERRORS = ("400", "401", "403", "404", "409", "412", "413", "415", "422", "429", "503")
-_READ_ERRORS = ("401", "403", "404", "422", "429", "503")
+_READ_ERRORS = ("400", "401", "403", "404", "422", "429", "503")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -119,6 +121,12 @@ def document() -> dict[str, Any]:
         if r.answer is not None:
             success["content"] = {"application/json": {"schema": _ref(r.answer)}}
         responses: dict[str, Any] = {code: success}
+        extra = _ALSO.get(f"{r.method} {r.path}")
+        if extra is not None:
+            responses[extra[0]] = {
+                "description": "success",
+                "content": {"application/json": {"schema": _ref(extra[1])}},
+            }
         is_write = r.method != "GET" and r.role is not None and r.name != "admin_breaker"
         if is_write:
             responses["202"] = {

@@ -37,7 +37,9 @@ from proxy.store.repository import request_hash
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = re.compile(ID_PATTERN)
-_ETAG = re.compile(r'^(?:W/)?"?(\d{1,19})"?$')
+_ETAG = re.compile(r'(?:W/)?"?(\d{1,19})"?')
+_MAX_VERSION = 2**63 - 1
+_MAX_VERSION = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def _ctx(request: web.Request) -> RequestContext:
 
 def _agent_id(request: web.Request) -> str:
     agent_id = request.match_info["agent_id"]
-    if not _ID.match(agent_id):
+    if not _ID.fullmatch(agent_id):
         raise ProblemError(
             422,
             "agent_id is not a valid id",
@@ -81,7 +83,7 @@ def _idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get("Idempotency-Key")
     if key is None:
         return None
-    if not _ID.match(key):
+    if not _ID.fullmatch(key):
         raise ProblemError(
             422,
             "Idempotency-Key is not valid",
@@ -94,8 +96,8 @@ def _if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None or raw.strip() == "*":
         return None
-    m = _ETAG.match(raw.strip())
-    if not m:
+    m = _ETAG.fullmatch(raw.strip())
+    if not m or int(m.group(1)) > _MAX_VERSION:
         raise ProblemError(400, 'If-Match must be an ETag of this API, like "12"')
     return int(m.group(1))
 
@@ -222,7 +224,7 @@ async def stats(request: web.Request) -> web.Response:
 
 async def operation(request: web.Request) -> web.Response:
     op_id = request.match_info["op_id"]
-    if not _ID.match(op_id):
+    if not _ID.fullmatch(op_id):
         raise ProblemError(
             422, "op_id is not valid", errors=[{"field": "op_id", "message": "not an op id"}]
         )

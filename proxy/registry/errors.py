@@ -70,6 +70,12 @@ class Unprocessable(RegistryError):
     title = "Request has invalid fields"
 
 
+class DeadlineExceeded(RegistryError):
+    status = 504
+    slug = "deadline-exceeded"
+    title = "Deadline exceeded"
+
+
 class MalformedRequest(RegistryError):
     status = 400
     slug = "malformed-request"

@@ -6,7 +6,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -33,10 +33,21 @@ def _printable(value: str) -> str:
     return value
 
 
+def _capability(value: str) -> str:
+    # Query strings list capabilities separated by commas, so a comma cannot be part of one.
+    if "," in value:
+        raise ValueError("must not contain a comma")
+    if not value.isprintable():
+        raise ValueError("must contain printable characters only")
+    if value != value.strip():
+        raise ValueError("must not start or end with white space")
+    return value
+
+
 AgentId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 EventId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Capability = Annotated[
-    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_printable)
+    str, StringConstraints(min_length=1, max_length=64), AfterValidator(_capability)
 ]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_printable)]
 ModelFamily = Annotated[
@@ -49,6 +60,20 @@ def _unique(values: list[str]) -> list[str]:
         raise ValueError("values must be unique")
     return values
 
+
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _sane_time(value: datetime) -> datetime:
+    # PostgreSQL's range is wider, but times outside this one are mistakes, and the extremes
+    # (datetime.max) would come back from the driver as 'infinity'.
+    if not _EARLIEST <= value <= _LATEST:
+        raise ValueError("must be between 2000-01-01 and 9000-01-01")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, AfterValidator(_sane_time)]
 
 CapabilityList = Annotated[
     list[Capability], Field(max_length=MAX_LIST_ITEMS), AfterValidator(_unique)
@@ -96,20 +121,20 @@ class PatchRequest(Strict):
 class LoadRequest(Strict):
     active_tasks: int = Field(ge=0, le=MAX_ACTIVE_TASKS, strict=True)
     queued_tasks: int = Field(ge=0, le=MAX_ACTIVE_TASKS, strict=True)
-    observed_at: AwareDatetime
+    observed_at: Timestamp
 
 
 class HeartbeatRequest(Strict):
     """An empty body is fine; `observed_at` lets a relayed heartbeat keep its own time."""
 
-    observed_at: AwareDatetime | None = None
+    observed_at: Timestamp | None = None
 
 
 class PerformanceRequest(Strict):
     event_id: EventId | None = None
     success: bool = Field(strict=True)
-    quality_score: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
-    latency_ms: float = Field(ge=0.0, le=86_400_000.0, allow_inf_nan=False)
+    quality_score: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)
+    latency_ms: float = Field(ge=0.0, le=86_400_000.0, allow_inf_nan=False, strict=True)
     task_type: Capability | None = None
 
 

@@ -33,6 +33,7 @@ from proxy.resilience import retry
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
 from proxy.resilience.deadline import Deadline
+from proxy.resilience.deadline import DeadlineExceeded as DeadlineExceededError
 from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
 from proxy.settings import ReadMode, Settings, WriteFallback
 from proxy.store import repository
@@ -53,6 +54,9 @@ class RequestContext:
     actor: str
     request_id: str
     deadline: Deadline
+    client_deadline: bool = False
+    """True when the caller shortened the deadline (X-Request-Timeout): running out of it then
+    says nothing about PostgreSQL, so it is not counted against it."""
 
 
 @dataclass(slots=True)
@@ -76,9 +80,16 @@ class ServiceHooks:
 
 
 class DatabaseUnavailable(Exception):
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, *, caller_deadline: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.caller_deadline = caller_deadline
+
+
+def _caller_bound(exc: BaseException) -> ErrorKind:
+    if isinstance(exc, DeadlineExceededError):
+        return ErrorKind.REJECTED
+    return classify(exc)
 
 
 def _now() -> datetime:
@@ -158,6 +169,8 @@ class RegistryService:
         deadline: Deadline,
         operation: str,
         fn: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        caller_deadline: bool = False,
     ) -> T:
         async def attempt(timeout: float) -> T:
             async with self.db.connection(timeout) as conn:
@@ -175,9 +188,13 @@ class RegistryService:
                 base_s=r.base_ms / 1000,
                 max_s=r.max_ms / 1000,
                 hooks=self.hooks.retry,
+                classify=_caller_bound if caller_deadline else classify,
             )
         except Exception as exc:
             kind = classify(exc)
+            if caller_deadline and isinstance(exc, DeadlineExceededError):
+                self.hooks.db_call(operation, "deadline", self.breaker.clock.monotonic() - started)
+                raise DatabaseUnavailable(describe(exc), 1.0, caller_deadline=True) from exc
             self.hooks.db_call(operation, kind.value, self.breaker.clock.monotonic() - started)
             if isinstance(exc, errors.RegistryError):
                 raise
@@ -230,6 +247,7 @@ class RegistryService:
                 ctx.deadline,
                 "get_agent",
                 lambda c: repository.fetch_agent(c, ctx.tenant, agent_id),
+                caller_deadline=ctx.client_deadline,
             )
         except DatabaseUnavailable as exc:
             return self._agent_from_replica(ctx, agent_id, exc)
@@ -259,7 +277,10 @@ class RegistryService:
             return self._query_from_replica(ctx, q, None)
         try:
             rows = await self._db(
-                ctx.deadline, "query", lambda c: repository.query_agents(c, ctx.tenant, q)
+                ctx.deadline,
+                "query",
+                lambda c: repository.query_agents(c, ctx.tenant, q),
+                caller_deadline=ctx.client_deadline,
             )
         except DatabaseUnavailable as exc:
             return self._query_from_replica(ctx, q, exc)
@@ -283,7 +304,10 @@ class RegistryService:
             return self._stats_from_replica(ctx, None)
         try:
             body = await self._db(
-                ctx.deadline, "stats", lambda c: repository.fetch_stats(c, ctx.tenant)
+                ctx.deadline,
+                "stats",
+                lambda c: repository.fetch_stats(c, ctx.tenant),
+                caller_deadline=ctx.client_deadline,
             )
         except DatabaseUnavailable as exc:
             return self._stats_from_replica(ctx, exc)
@@ -359,8 +383,17 @@ class RegistryService:
                     op_id=op_id,
                     req_hash=req_hash,
                 ),
+                caller_deadline=ctx.client_deadline,
             )
         except DatabaseUnavailable as exc:
+            if exc.caller_deadline:
+                # The caller gave up first; the write may or may not commit. Journaling it
+                # would turn the caller's impatience into a 202 it did not ask for.
+                raise errors.DeadlineExceeded(
+                    "X-Request-Timeout passed before PostgreSQL answered; the write may still "
+                    f"commit: its op id is {op_id}, and retrying with the same Idempotency-Key "
+                    "is safe"
+                ) from exc
             return await self._journal_write(ctx, kind, payload, op_id, target, req_hash, exc)
         return self._written(outcome)
 

@@ -191,17 +191,6 @@ async def _register(
 ) -> tuple[int, Any, AgentRecord | None]:
     body = p["body"]
     caps = body["capabilities"]
-    taken = await conn.fetchval(
-        "INSERT INTO tenants AS t (tenant_id, agent_count) VALUES ($1, 1) "
-        "ON CONFLICT (tenant_id) DO UPDATE SET agent_count = t.agent_count + 1 "
-        "WHERE t.agent_count < $2 RETURNING agent_count",
-        ctx.tenant,
-        ctx.max_agents,
-    )
-    if taken is None:
-        raise errors.RegistryFull(
-            f"tenant {ctx.tenant!r} already has the maximum of {ctx.max_agents} agents"
-        )
     row = await conn.fetchrow(
         "INSERT INTO agents AS a (tenant_id, agent_id, name, model_family, task_types, languages,"
         " specializations, max_concurrent_tasks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
@@ -225,6 +214,19 @@ async def _register(
     )
     if row is None:
         raise errors.DuplicateAgent(f"agent {body['agent_id']!r} is already registered")
+    # The capacity slot is taken after the duplicate check (a duplicate is a duplicate even
+    # in a full tenant); the tenant row lock still serializes concurrent registrations.
+    taken = await conn.fetchval(
+        "INSERT INTO tenants AS t (tenant_id, agent_count) VALUES ($1, 1) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET agent_count = t.agent_count + 1 "
+        "WHERE t.agent_count < $2 RETURNING agent_count",
+        ctx.tenant,
+        ctx.max_agents,
+    )
+    if taken is None:
+        raise errors.RegistryFull(
+            f"tenant {ctx.tenant!r} already has the maximum of {ctx.max_agents} agents"
+        )
     rec = record_from_row(row)
     return 201, None, rec
 
