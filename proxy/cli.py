@@ -120,6 +120,25 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
+
+    def on_hup() -> None:
+        from proxy.http import keys
+        from proxy.http.auth import TokenError, TokenStore
+
+        if settings.tokens_file is None:
+            log.warning("SIGHUP: tokens come from the environment; nothing to reload")
+            return
+        try:
+            fresh = TokenStore.from_json(settings.tokens_file.read_text())
+        except (OSError, TokenError) as exc:
+            log.error(
+                "SIGHUP: tokens file not reloaded, keeping the current tokens", error=str(exc)
+            )
+            return
+        app[keys.TOKENS].replace_with(fresh)
+        log.info("SIGHUP: tokens reloaded", tokens=len(fresh))
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     await runner.cleanup()
     return 0

@@ -85,6 +85,10 @@ class TokenStore:
                 f"invalid token list at {where or 'top'}: {first.get('msg')}"
             ) from None
 
+    def replace_with(self, other: TokenStore) -> None:
+        """Swap in a reloaded token list; one assignment, so no request sees half of each."""
+        self._by_digest = other._by_digest
+
     def lookup(self, presented: str) -> Principal | None:
         # The lookup compares digests, never the secret: its timing says nothing about how
         # much of a presented token was right.

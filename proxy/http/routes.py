@@ -11,12 +11,19 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from proxy.http import keys
 from proxy.http.auth import Role
@@ -278,9 +285,47 @@ async def admin_breaker(request: web.Request) -> web.Response:
     service = request.app[keys.SERVICE]
     principal = request[keys.PRINCIPAL]
     service.set_breaker(body.state, body.reason or f"{body.state} by {principal.token_id}")
-    return web.Response(
-        body=orjson.dumps(service.breaker.snapshot()), content_type="application/json"
+    recorded = await service.record_admin(
+        _ctx(request), f"breaker.{body.state}", "breaker:postgres"
     )
+    return web.Response(
+        body=orjson.dumps(service.breaker.snapshot()),
+        content_type="application/json",
+        headers={"X-Registry-Source": recorded.source},
+    )
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: Annotated[str, StringConstraints(max_length=128)] | None = None
+    action: Annotated[str, StringConstraints(max_length=64)] | None = None
+    target: Annotated[str, StringConstraints(max_length=128)] | None = None
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    after_id: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+async def audit(request: web.Request) -> web.Response:
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if len(values) > 1:
+            raise ProblemError(
+                422,
+                f"{key} given more than once",
+                errors=[{"field": key, "message": "give it once"}],
+            )
+        data[key] = values[0]
+    try:
+        q = AuditQuery.model_validate(data)
+    except ValidationError as exc:
+        raise ProblemError(
+            422, "the query has invalid parameters", errors=field_errors(exc)
+        ) from None
+    answer = await request.app[keys.SERVICE].audit(_ctx(request), **q.model_dump())
+    return _json(answer, request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -412,6 +457,15 @@ ROUTES: tuple[Route, ...] = (
         "admin_breaker",
         "Force the breaker open, disable it, or return it to automatic",
         BreakerCommand,
+    ),
+    Route(
+        "GET",
+        "/v1/audit",
+        audit,
+        A,
+        "audit",
+        "Audit log of this tenant: filters actor, action, target, since, until; "
+        "paging with after_id and limit",
     ),
     Route("GET", "/healthz", healthz, None, "healthz", "Liveness"),
     Route("GET", "/readyz", readyz, None, "readyz", "Readiness"),

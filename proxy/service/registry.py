@@ -361,11 +361,14 @@ class RegistryService:
         *,
         req_hash: str,
         idempotency_key: str | None = None,
+        always_journal: bool = False,
     ) -> Answer:
         op_id = idempotency_key or uuid.uuid4().hex
         target = repository.target_of(kind, payload)
         if self.replica is not None and self.replica.has_pending(ctx.tenant, target):
-            return await self._journal_write(ctx, kind, payload, op_id, target, req_hash, None)
+            return await self._journal_write(
+                ctx, kind, payload, op_id, target, req_hash, None, always_journal
+            )
         wctx = repository.WriteContext(
             ctx.tenant, ctx.actor, ctx.request_id, self.settings.max_agents
         )
@@ -394,7 +397,9 @@ class RegistryService:
                     f"commit: its op id is {op_id}, and retrying with the same Idempotency-Key "
                     "is safe"
                 ) from exc
-            return await self._journal_write(ctx, kind, payload, op_id, target, req_hash, exc)
+            return await self._journal_write(
+                ctx, kind, payload, op_id, target, req_hash, exc, always_journal
+            )
         return self._written(outcome)
 
     def _written(self, outcome: repository.WriteOutcome) -> Answer:
@@ -420,9 +425,11 @@ class RegistryService:
         target: str,
         req_hash: str,
         exc: DatabaseUnavailable | None,
+        always_journal: bool = False,
     ) -> Answer:
         journal = self.journal
-        if journal is None or self.settings.write_fallback is WriteFallback.REJECT:
+        rejecting = self.settings.write_fallback is WriteFallback.REJECT and not always_journal
+        if journal is None or rejecting:
             raise self._unavailable(exc, "write_fallback is 'reject'")
         jid = journal_id(ctx.tenant, op_id)
         known = journal.get(jid)
@@ -461,7 +468,7 @@ class RegistryService:
         )
 
     def _overlay(self, entry: JournalEntry) -> None:
-        if self.replica is None:
+        if self.replica is None or entry.kind not in repository.REGISTRY_KINDS:
             return
         op_id = entry.op_id.partition("/")[2]
         self.replica.add_pending(
@@ -571,6 +578,31 @@ class RegistryService:
         return True
 
     # -- admin -----------------------------------------------------------------------------
+
+    async def audit(self, ctx: RequestContext, **filters: Any) -> Answer:
+        try:
+            rows = await self._db(
+                ctx.deadline,
+                "audit",
+                lambda c: repository.fetch_audit(c, ctx.tenant, **filters),
+                caller_deadline=ctx.client_deadline,
+            )
+        except DatabaseUnavailable as exc:
+            raise self._unavailable(exc, "the audit log lives there") from exc
+        next_after = rows[-1]["id"] if len(rows) == filters["limit"] else None
+        return Answer(200, {"entries": rows, "next_after_id": next_after}, "database")
+
+    async def record_admin(self, ctx: RequestContext, action: str, target: str) -> Answer:
+        """An admin action's audit row: committed now, or journaled whatever write_fallback
+        says (it guards the registry's writes, not the record of what an operator did)."""
+        payload = {"action": action, "target": target}
+        return await self.write(
+            ctx,
+            "admin",
+            payload,
+            req_hash=repository.request_hash("admin", target, payload),
+            always_journal=True,
+        )
 
     def set_breaker(self, state: str, reason: str | None) -> None:
         cause = reason or f"set to {state} by an admin"

@@ -143,6 +143,36 @@ async def fetch_all(conn: asyncpg.Connection, tenants: list[str], limit: int) ->
     return [record_from_row(r) for r in rows]
 
 
+async def fetch_audit(
+    conn: asyncpg.Connection,
+    tenant: str,
+    *,
+    actor: str | None,
+    action: str | None,
+    target: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after_id: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT id, actor, action, target, outcome, request_id, op_id, at FROM audit_log "
+        "WHERE tenant_id = $1 AND id > $2 AND ($3::text IS NULL OR actor = $3) "
+        "AND ($4::text IS NULL OR action = $4) AND ($5::text IS NULL OR target = $5) "
+        "AND ($6::timestamptz IS NULL OR at >= $6) AND ($7::timestamptz IS NULL OR at < $7) "
+        "ORDER BY id LIMIT $8",
+        tenant,
+        after_id,
+        actor,
+        action,
+        target,
+        since,
+        until,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
 async def fetch_operation(
     conn: asyncpg.Connection, tenant: str, op_id: str
 ) -> Mapping[str, Any] | None:
@@ -363,6 +393,13 @@ async def _performance(
     return 201, performance_body(rec, body["event_id"], True), rec
 
 
+async def _admin(
+    conn: asyncpg.Connection, ctx: WriteContext, p: dict[str, Any]
+) -> tuple[int, Any, AgentRecord | None]:
+    """An admin action has no effect on the registry; it is here for its audit row."""
+    return 204, None, None
+
+
 async def _unregister(
     conn: asyncpg.Connection, ctx: WriteContext, p: dict[str, Any]
 ) -> tuple[int, Any, AgentRecord | None]:
@@ -388,10 +425,14 @@ WRITES: dict[str, WriteFn] = {
     "heartbeat": _heartbeat,
     "performance": _performance,
     "unregister": _unregister,
+    "admin": _admin,
 }
+REGISTRY_KINDS = frozenset(WRITES) - {"admin"}
 
 
 def target_of(kind: str, payload: dict[str, Any]) -> str:
+    if kind == "admin":
+        return str(payload["target"])
     if kind == "register":
         return str(payload["body"]["agent_id"])
     return str(payload["agent_id"])
@@ -407,7 +448,7 @@ _RECORD_SQL = (
     " INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, reason,"
     " response_status, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)) "
     "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, op_id) "
-    "VALUES ($1, $9, $3, $10, $11, $12, $2)"
+    "VALUES ($1, $9, $13, $10, $11, $12, $2)"
 )
 
 
@@ -422,6 +463,7 @@ async def _record(
     status: int,
     body: Any,
     problem: errors.RegistryError | None,
+    action: str,
 ) -> str | None:
     reason = None if problem is None else f"{problem.slug}: {problem.detail}"
     await conn.execute(
@@ -438,6 +480,7 @@ async def _record(
         target,
         "applied" if problem is None else f"rejected:{problem.slug}",
         ctx.request_id,
+        action,
     )
     return reason
 
@@ -465,6 +508,7 @@ async def execute_write(
     outcome too: it is recorded with its reason, so a rejected replay leaves a readable trace.
     """
     target = target_of(kind, payload)
+    action = f"admin:{payload['action']}" if kind == "admin" else kind
     try:
         async with conn.transaction():
             try:
@@ -483,6 +527,7 @@ async def execute_write(
                 status=status,
                 body=body,
                 problem=None,
+                action=action,
             )
         return WriteOutcome(status=status, body=body, record=rec, applied=True)
     except asyncpg.UniqueViolationError as exc:
@@ -504,6 +549,7 @@ async def execute_write(
                 status=problem.status,
                 body=body,
                 problem=problem,
+                action=action,
             )
     except asyncpg.UniqueViolationError as exc:
         if not _is_ledger_conflict(exc):
