@@ -32,7 +32,20 @@ _COMPONENTS = (
 _SUCCESS = {"POST /v1/agents": "201", "DELETE /v1/agents/{agent_id}": "204"}
 # Answers besides the main one: a performance event counted now is a 201 (already counted: 200).
 _ALSO = {"POST /v1/agents/{agent_id}/performance": ("201", "PerformanceAnswer")}
-_WRITE_ERRORS = ("400", "401", "403", "404", "409", "412", "413", "415", "422", "429", "503")
+_WRITE_ERRORS = (
+    "400",
+    "401",
+    "403",
+    "404",
+    "409",
+    "412",
+    "413",
+    "415",
+    "422",
+    "429",
+    "503",
+    "504",
+)
 _READ_ERRORS = ("400", "401", "403", "404", "422", "429", "503")
 
 

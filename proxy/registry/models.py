@@ -6,7 +6,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -62,14 +62,15 @@ def _unique(values: list[str]) -> list[str]:
 
 
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+# A report from the future would win every last-writer-wins comparison until that date.
+_MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _sane_time(value: datetime) -> datetime:
-    # PostgreSQL's range is wider, but times outside this one are mistakes, and the extremes
-    # (datetime.max) would come back from the driver as 'infinity'.
-    if not _EARLIEST <= value <= _LATEST:
-        raise ValueError("must be between 2000-01-01 and 9000-01-01")
+    if value < _EARLIEST:
+        raise ValueError("must not be before 2000-01-01")
+    if value > datetime.now(UTC) + _MAX_CLOCK_SKEW:
+        raise ValueError("must not be more than 5 minutes in the future")
     return value
 
 

@@ -6,7 +6,6 @@ of writes in PostgreSQL itself through the `db` connection, not only through the
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 
 from proxy.http.routes import ROUTES
 from proxy.registry.models import ID_PATTERN
-from tests.conftest import Api, AppFactory, Tokens, agent_body, app_of, eventually
+from tests.conftest import Api, AppFactory, Tokens, agent_body, eventually
 
 PROBLEM_BASE = "https://registry-proxy.dev/problems/"
 
@@ -47,9 +46,7 @@ async def agent_row(db: asyncpg.Connection, tenant: str, agent_id: str) -> dict[
 
 async def tenant_state(db: asyncpg.Connection, tenant: str) -> dict[str, Any]:
     """Everything PostgreSQL holds for one tenant, in a comparable form."""
-    agents = await db.fetch(
-        "SELECT * FROM agents WHERE tenant_id = $1 ORDER BY agent_id", tenant
-    )
+    agents = await db.fetch("SELECT * FROM agents WHERE tenant_id = $1 ORDER BY agent_id", tenant)
     events = await db.fetch(
         "SELECT * FROM performance_events WHERE tenant_id = $1 ORDER BY event_id", tenant
     )
@@ -70,8 +67,9 @@ def load_body(active: int, queued: int = 0, at: datetime | None = None) -> dict[
     return {"active_tasks": active, "queued_tasks": queued, "observed_at": when.isoformat()}
 
 
-def perf_body(success: bool = True, quality: float = 0.8, latency: float = 120.0,
-              event_id: str | None = None) -> dict[str, Any]:
+def perf_body(
+    success: bool = True, quality: float = 0.8, latency: float = 120.0, event_id: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"success": success, "quality_score": quality, "latency_ms": latency}
     if event_id is not None:
         body["event_id"] = event_id
@@ -94,8 +92,13 @@ def ids(body: dict[str, Any]) -> list[str]:
 async def test_register_answers_201_with_location_etag_and_the_agent(
     api: Api, db: asyncpg.Connection, tokens: Tokens
 ) -> None:
-    sent = agent_body("reg-1", task_types=["code", "review"], languages=["python", "go"],
-                      specializations=["security"], max_concurrent_tasks=4)
+    sent = agent_body(
+        "reg-1",
+        task_types=["code", "review"],
+        languages=["python", "go"],
+        specializations=["security"],
+        max_concurrent_tasks=4,
+    )
     status, body, headers = await api.call("POST", "/v1/agents", sent)
     assert status == 201, body
     assert headers["Location"] == "/v1/agents/reg-1"
@@ -109,7 +112,9 @@ async def test_register_answers_201_with_location_etag_and_the_agent(
     assert body["status"] == "active"
     assert body["load"] == {"active_tasks": 0, "queued_tasks": 0, "utilization": 0.0}
     assert body["performance"] == {
-        "task_count": 0, "success_rate": None, "average_quality": None,
+        "task_count": 0,
+        "success_rate": None,
+        "average_quality": None,
         "average_latency_ms": None,
     }
     row = await agent_row(db, tokens.tenant, "reg-1")
@@ -140,9 +145,10 @@ async def test_register_duplicate_is_409_duplicate_agent_and_keeps_the_first(
     assert row["name"] == first["name"]
     assert row["languages"] == ["python"]
     assert row["version"] == first["version"]
-    assert await db.fetchval(
-        "SELECT agent_count FROM tenants WHERE tenant_id = $1", tokens.tenant
-    ) == 1
+    assert (
+        await db.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = $1", tokens.tenant)
+        == 1
+    )
 
 
 async def test_register_when_full_is_409_registry_full(
@@ -154,20 +160,18 @@ async def test_register_when_full_is_409_registry_full(
     status, body, headers = await api.call("POST", "/v1/agents", agent_body("full-3"))
     assert_problem(status, body, headers, 409, "registry-full")
     assert await agent_row(db, tokens.tenant, "full-3") is None
-    assert await db.fetchval(
-        "SELECT count(*) FROM agents WHERE tenant_id = $1 AND deleted_at IS NULL", tokens.tenant
-    ) == 2
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM agents WHERE tenant_id = $1 AND deleted_at IS NULL", tokens.tenant
+        )
+        == 2
+    )
     # unregistering frees a place
     status, _, _ = await api.call("DELETE", "/v1/agents/full-1")
     assert status == 204
     await register(api, "full-3")
 
 
-@pytest.mark.xfail(
-    reason="BUG: repository._register takes the capacity slot before the duplicate check, so "
-    "re-registering an existing agent in a full tenant says registry-full, not duplicate-agent",
-    strict=True,
-)
 async def test_register_existing_agent_in_a_full_tenant_is_a_duplicate(
     make_api: AppFactory,
 ) -> None:
@@ -185,8 +189,12 @@ async def test_get_answers_the_agent_with_derived_load_and_performance(api: Api)
     await register(api, "g1", max_concurrent_tasks=4)
     status, _, _ = await api.call("PUT", "/v1/agents/g1/load", load_body(3, 2))
     assert status == 200
-    for success, quality, latency in ((True, 0.9, 100.0), (False, 0.3, 300.0),
-                                      (True, 0.6, 200.0), (True, 0.2, 400.0)):
+    for success, quality, latency in (
+        (True, 0.9, 100.0),
+        (False, 0.3, 300.0),
+        (True, 0.6, 200.0),
+        (True, 0.2, 400.0),
+    ):
         status, body, _ = await api.call(
             "POST", "/v1/agents/g1/performance", perf_body(success, quality, latency)
         )
@@ -225,13 +233,18 @@ async def test_get_invalid_agent_id_is_422(api: Api) -> None:
 
 
 async def _query_fixture(api: Api) -> None:
-    await register(api, "q-py", task_types=["code"], languages=["python"],
-                   specializations=["web"])
-    await register(api, "q-pygo", task_types=["code", "review"], languages=["python", "go"],
-                   specializations=["web", "security"])
+    await register(api, "q-py", task_types=["code"], languages=["python"], specializations=["web"])
+    await register(
+        api,
+        "q-pygo",
+        task_types=["code", "review"],
+        languages=["python", "go"],
+        specializations=["web", "security"],
+    )
     await register(api, "q-go", task_types=["review"], languages=["go"])
-    await register(api, "q-rust", task_types=["code"], languages=["rust"],
-                   specializations=["security"])
+    await register(
+        api, "q-rust", task_types=["code"], languages=["rust"], specializations=["security"]
+    )
 
 
 async def test_query_without_filters_returns_every_agent_with_score_and_reasons(
@@ -307,8 +320,7 @@ async def test_query_min_success_rate(api: Api) -> None:
     await register(api, "s-half")
     await register(api, "s-all")
     for success in (True, False):
-        status, _, _ = await api.call("POST", "/v1/agents/s-half/performance",
-                                      perf_body(success))
+        status, _, _ = await api.call("POST", "/v1/agents/s-half/performance", perf_body(success))
         assert status == 201
     status, _, _ = await api.call("POST", "/v1/agents/s-all/performance", perf_body(True))
     assert status == 201
@@ -327,8 +339,7 @@ async def test_query_limit_and_order(api: Api) -> None:
         await register(api, f"lim-{i}")
     # lim-3 gets a proven record, lim-1 gets load: both move
     for _ in range(3):
-        status, _, _ = await api.call("POST", "/v1/agents/lim-3/performance",
-                                      perf_body(True, 1.0))
+        status, _, _ = await api.call("POST", "/v1/agents/lim-3/performance", perf_body(True, 1.0))
         assert status == 201
     status, _, _ = await api.call("PUT", "/v1/agents/lim-1/load", load_body(8))
     assert status == 200
@@ -343,8 +354,16 @@ async def test_query_limit_and_order(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=0", "limit=101", "limit=x", "max_utilization=1.5", "min_success_rate=-0.1",
-     "max_utilization=nan", "task_type=a&task_type=b", "unknown=1"],
+    [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "max_utilization=1.5",
+        "min_success_rate=-0.1",
+        "max_utilization=nan",
+        "task_type=a&task_type=b",
+        "unknown=1",
+    ],
 )
 async def test_query_invalid_parameters_are_422(api: Api, query: str) -> None:
     status, body, headers = await api.call("GET", "/v1/agents?" + query)
@@ -352,21 +371,21 @@ async def test_query_invalid_parameters_are_422(api: Api, query: str) -> None:
     assert body["errors"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: a capability containing ',' can be registered but never queried "
-    "(routes._query_params splits every languages/specializations value on ',')",
-    strict=True,
-)
-async def test_a_registrable_capability_is_queryable(api: Api) -> None:
-    status, body, _ = await api.call(
+async def test_a_capability_with_a_comma_is_refused(
+    api: Api, db: asyncpg.Connection, tokens: Tokens
+) -> None:
+    """Query strings separate capabilities with commas, so such a value could never be found."""
+    status, body, headers = await api.call(
         "POST", "/v1/agents", agent_body("comma", languages=["c,d"])
     )
-    if status == 422:
-        return  # rejecting such a value at registration is a correct fix too
-    assert status == 201, body
-    status, body, _ = await api.call("GET", "/v1/agents", params={"languages": "c,d"})
-    assert status == 200
-    assert ids(body) == ["comma"]
+    assert_problem(status, body, headers, 422)
+    assert "capabilities.languages.0" in {e["field"] for e in body["errors"]}
+    assert await agent_row(db, tokens.tenant, "comma") is None
+    await register(api, "no-comma", languages=["c"])
+    status, body, headers = await api.call(
+        "PATCH", "/v1/agents/no-comma", {"capabilities": {"task_types": ["a,b"]}}
+    )
+    assert_problem(status, body, headers, 422)
 
 
 # ---- patch -----------------------------------------------------------------------------------
@@ -376,16 +395,22 @@ async def test_patch_changes_fields_and_bumps_version(
     api: Api, db: asyncpg.Connection, tokens: Tokens
 ) -> None:
     before = await register(api, "p1")
-    patch = {"name": "Renamed", "max_concurrent_tasks": 3,
-             "capabilities": {"task_types": ["plan"], "languages": ["go"]}}
+    patch = {
+        "name": "Renamed",
+        "max_concurrent_tasks": 3,
+        "capabilities": {"task_types": ["plan"], "languages": ["go"]},
+    }
     status, body, headers = await api.call("PATCH", "/v1/agents/p1", patch)
     assert status == 200, body
     assert body["version"] > before["version"]
     assert headers["ETag"] == f'"{body["version"]}"'
     assert body["name"] == "Renamed"
     assert body["max_concurrent_tasks"] == 3
-    assert body["capabilities"] == {"task_types": ["plan"], "languages": ["go"],
-                                    "specializations": []}
+    assert body["capabilities"] == {
+        "task_types": ["plan"],
+        "languages": ["go"],
+        "specializations": [],
+    }
     assert body["model_family"] == before["model_family"]
     row = await agent_row(db, tokens.tenant, "p1")
     assert row is not None
@@ -401,7 +426,9 @@ async def test_patch_with_matching_if_match(api: Api) -> None:
     )
     assert status == 200, body
     status, body2, _ = await api.call(
-        "PATCH", "/v1/agents/p-if", {"name": "weak"},
+        "PATCH",
+        "/v1/agents/p-if",
+        {"name": "weak"},
         headers={"If-Match": f'W/"{body["version"]}"'},
     )
     assert status == 200, body2
@@ -420,7 +447,9 @@ async def test_patch_with_stale_if_match_is_412_and_changes_nothing(
     assert status == 200
     before = await agent_row(db, tokens.tenant, "p-stale")
     status, body, headers = await api.call(
-        "PATCH", "/v1/agents/p-stale", {"name": "third"},
+        "PATCH",
+        "/v1/agents/p-stale",
+        {"name": "third"},
         headers={"If-Match": f'"{first["version"]}"'},
     )
     assert_problem(status, body, headers, 412, "precondition-failed")
@@ -443,24 +472,30 @@ async def test_patch_with_malformed_if_match_is_400(
     assert await agent_row(db, tokens.tenant, "p-bad") == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: If-Match beyond bigint passes routes._ETAG and reaches asyncpg: answered 422 "
-    "with the driver's message ('invalid input for query argument $3') instead of 400/412",
-    strict=True,
-)
-async def test_patch_with_if_match_beyond_bigint_is_a_client_error(api: Api) -> None:
+async def test_patch_with_if_match_beyond_bigint_is_400(
+    api: Api, db: asyncpg.Connection, tokens: Tokens
+) -> None:
     await register(api, "p-big")
-    status, body, _ = await api.call(
-        "PATCH", "/v1/agents/p-big", {"name": "x"}, headers={"If-Match": '"9999999999999999999"'}
-    )
-    assert status in (400, 412), body
-    assert "query argument" not in body["detail"]
+    before = await agent_row(db, tokens.tenant, "p-big")
+    for value in ('"9223372036854775808"', '"9999999999999999999"'):
+        status, body, headers = await api.call(
+            "PATCH", "/v1/agents/p-big", {"name": "x"}, headers={"If-Match": value}
+        )
+        assert_problem(status, body, headers, 400)
+        assert "query argument" not in body["detail"]
+    assert await agent_row(db, tokens.tenant, "p-big") == before
 
 
 @pytest.mark.parametrize(
     "patch",
-    [{}, {"name": None}, {"max_concurrent_tasks": 0}, {"capabilities": {"task_types": []}},
-     {"agent_id": "renamed"}, {"status": "active"}],
+    [
+        {},
+        {"name": None},
+        {"max_concurrent_tasks": 0},
+        {"capabilities": {"task_types": []}},
+        {"agent_id": "renamed"},
+        {"status": "active"},
+    ],
 )
 async def test_patch_empty_or_invalid_is_422(
     api: Api, db: asyncpg.Connection, tokens: Tokens, patch: dict[str, Any]
@@ -526,9 +561,7 @@ async def test_put_load_unknown_agent_is_404(api: Api) -> None:
 # ---- heartbeat -------------------------------------------------------------------------------
 
 
-async def test_heartbeat_with_empty_body(
-    api: Api, db: asyncpg.Connection, tokens: Tokens
-) -> None:
+async def test_heartbeat_with_empty_body(api: Api, db: asyncpg.Connection, tokens: Tokens) -> None:
     before = await register(api, "h1")
     status, body, _ = await api.call("POST", "/v1/agents/h1/heartbeat")
     assert status == 200, body
@@ -554,7 +587,8 @@ async def test_heartbeat_with_json_empty_object_and_observed_at(api: Api) -> Non
     assert datetime.fromisoformat(body["last_heartbeat_at"]) == later
     # an older relayed heartbeat never moves it back
     status, body, _ = await api.call(
-        "POST", "/v1/agents/h2/heartbeat",
+        "POST",
+        "/v1/agents/h2/heartbeat",
         {"observed_at": (later - timedelta(minutes=1)).isoformat()},
     )
     assert status == 200
@@ -578,9 +612,15 @@ async def test_performance_is_counted_once_per_event_id(
     )
     assert status == 201, body
     assert body == {
-        "agent_id": "perf", "event_id": "ev-1", "counted": True,
-        "performance": {"task_count": 1, "success_rate": 1.0, "average_quality": 0.8,
-                        "average_latency_ms": 100.0},
+        "agent_id": "perf",
+        "event_id": "ev-1",
+        "counted": True,
+        "performance": {
+            "task_count": 1,
+            "success_rate": 1.0,
+            "average_quality": 0.8,
+            "average_latency_ms": 100.0,
+        },
     }
     status, again, _ = await api.call(
         "POST", "/v1/agents/perf/performance", perf_body(False, 0.1, 999.0, "ev-1")
@@ -594,9 +634,12 @@ async def test_performance_is_counted_once_per_event_id(
     assert row is not None
     assert (row["task_count"], row["success_count"]) == (1, 1)
     assert row["quality_sum"] == pytest.approx(0.8)
-    assert await db.fetchval(
-        "SELECT count(*) FROM performance_events WHERE tenant_id = $1", tokens.tenant
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM performance_events WHERE tenant_id = $1", tokens.tenant
+        )
+        == 1
+    )
 
 
 async def test_performance_without_event_id_gets_one_generated(
@@ -604,7 +647,8 @@ async def test_performance_without_event_id_gets_one_generated(
 ) -> None:
     await register(api, "perf-gen")
     status, body, _ = await api.call(
-        "POST", "/v1/agents/perf-gen/performance",
+        "POST",
+        "/v1/agents/perf-gen/performance",
         {**perf_body(False, 0.2, 50.0), "task_type": "code"},
     )
     assert status == 201, body
@@ -612,7 +656,8 @@ async def test_performance_without_event_id_gets_one_generated(
     assert re.match(ID_PATTERN, body["event_id"])
     row = await db.fetchrow(
         "SELECT * FROM performance_events WHERE tenant_id = $1 AND event_id = $2",
-        tokens.tenant, body["event_id"],
+        tokens.tenant,
+        body["event_id"],
     )
     assert row is not None
     assert row["agent_id"] == "perf-gen"
@@ -634,9 +679,12 @@ async def test_performance_unknown_agent_is_404_and_records_no_event(
         "POST", "/v1/agents/ghost/performance", perf_body(event_id="ev-ghost")
     )
     assert_problem(status, body, headers, 404, "not-found")
-    assert await db.fetchval(
-        "SELECT count(*) FROM performance_events WHERE tenant_id = $1", tokens.tenant
-    ) == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM performance_events WHERE tenant_id = $1", tokens.tenant
+        )
+        == 0
+    )
 
 
 # ---- delete ----------------------------------------------------------------------------------
@@ -670,9 +718,10 @@ async def test_delete_is_idempotent_and_allows_re_registering(
     row = await agent_row(db, tokens.tenant, "d1")
     assert row is not None
     assert row["deleted_at"] is None
-    assert await db.fetchval(
-        "SELECT agent_count FROM tenants WHERE tenant_id = $1", tokens.tenant
-    ) == 1
+    assert (
+        await db.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = $1", tokens.tenant)
+        == 1
+    )
 
 
 async def test_delete_never_registered_is_204(api: Api) -> None:
@@ -689,8 +738,13 @@ async def test_stats_match_the_registered_agents(
 ) -> None:
     status, empty, _ = await api.call("GET", "/v1/stats")
     assert status == 200
-    assert empty == {"total_agents": 0, "active_agents": 0, "idle_agents": 0,
-                     "average_utilization": 0.0, "average_success_rate": None}
+    assert empty == {
+        "total_agents": 0,
+        "active_agents": 0,
+        "idle_agents": 0,
+        "average_utilization": 0.0,
+        "average_success_rate": None,
+    }
     for agent_id in ("st-a", "st-b", "st-c", "st-d", "st-gone"):
         await register(api, agent_id, max_concurrent_tasks=10)
     for agent_id, active in (("st-a", 5), ("st-c", 10), ("st-d", 2)):
@@ -848,7 +902,7 @@ async def test_forced_open_serves_reads_from_replica_and_journals_writes(
     assert row["name"] == created["name"]
     status, doc, _ = await api.call("GET", "/v1/status")
     assert doc["breaker"]["state"] == "forced_open"
-    assert doc["journal"]["depth"] == 1
+    assert doc["journal"]["depth"] >= 1  # the patch (and anything else journaled meanwhile)
 
     status, body, _ = await admin.call("POST", "/v1/admin/breaker", {"state": "automatic"})
     assert status == 200
@@ -863,8 +917,13 @@ async def test_forced_open_serves_reads_from_replica_and_journals_writes(
     assert row is not None
     assert row["name"] == "offline"
     assert row["version"] > created["version"]
+
+    async def drained() -> bool:
+        _, doc, _ = await api.call("GET", "/v1/status")
+        return doc["journal"]["depth"] == 0
+
+    await eventually(drained, message="journal drained")
     status, doc, _ = await api.call("GET", "/v1/status")
-    assert doc["journal"]["depth"] == 0
     moves = [(t["from"], t["to"]) for t in doc["breaker"]["transitions"]]
     assert ("closed", "forced_open") in moves
     assert ("forced_open", "closed") in moves
@@ -875,23 +934,35 @@ async def test_forced_open_serves_reads_from_replica_and_journals_writes(
     assert body["name"] == "offline"
 
 
-@pytest.mark.xfail(
-    reason="BUG: a caller's own X-Request-Timeout counts as a PostgreSQL failure "
-    "(DeadlineExceeded during_call -> INFRASTRUCTURE): 5 impatient requests open the breaker "
-    "for every client and their writes are journaled (202)",
-    strict=True,
-)
-async def test_short_client_deadlines_do_not_open_the_breaker(api: Api) -> None:
+async def test_short_client_deadlines_do_not_open_the_breaker(
+    api: Api, db: asyncpg.Connection, tokens: Tokens
+) -> None:
     await register(api, "impatient")
     answers = []
-    for _ in range(8):
-        status, body, _ = await api.call(
-            "PUT", "/v1/agents/impatient/load", load_body(1), headers={"X-Request-Timeout": "1"}
+    # PostgreSQL is healthy; the agent's row is merely locked for a while by another session,
+    # so each write outlives the short deadline its caller chose
+    async with db.transaction():
+        await db.execute(
+            "SELECT 1 FROM agents WHERE tenant_id = $1 AND agent_id = 'impatient' FOR UPDATE",
+            tokens.tenant,
         )
-        answers.append(status)
+        for _ in range(6):
+            status, body, headers = await api.call(
+                "PUT",
+                "/v1/agents/impatient/load",
+                load_body(1),
+                headers={"X-Request-Timeout": "100"},
+            )
+            answers.append((status, (body or {}).get("type")))
     _, doc, _ = await api.call("GET", "/v1/status")
     assert doc["breaker"]["state"] == "closed", (answers, doc["breaker"]["transitions"])
-    assert 202 not in answers
+    assert doc["journal"]["depth"] == 0
+    assert all(status == 504 for status, _ in answers), answers
+    assert all(kind.endswith("/deadline-exceeded") for _, kind in answers), answers
+    # and the next caller is served by PostgreSQL at once
+    status, body, headers = await api.call("PUT", "/v1/agents/impatient/load", load_body(2))
+    assert status == 200, body
+    assert headers["X-Registry-Source"] == "database"
 
 
 # ---- probes, metrics, document ---------------------------------------------------------------
@@ -935,10 +1006,13 @@ async def test_idempotency_key_same_body_replays_without_a_second_effect(
     assert headers2.get("Idempotent-Replayed") == "true"
     assert headers2["Location"] == headers1["Location"]
     assert await tenant_state(db, tokens.tenant) == state
-    assert await db.fetchval(
-        "SELECT count(*) FROM operations WHERE tenant_id = $1 AND op_id = 'reg-key-1'",
-        tokens.tenant,
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM operations WHERE tenant_id = $1 AND op_id = 'reg-key-1'",
+            tokens.tenant,
+        )
+        == 1
+    )
 
 
 async def test_idempotency_key_replays_performance_without_counting_twice(
@@ -946,20 +1020,19 @@ async def test_idempotency_key_replays_performance_without_counting_twice(
 ) -> None:
     await register(api, "idem-perf")
     key = {"Idempotency-Key": "perf-key-1"}
-    status1, body1, _ = await api.call(
-        "POST", "/v1/agents/idem-perf/performance", perf_body(), key
-    )
+    status1, body1, _ = await api.call("POST", "/v1/agents/idem-perf/performance", perf_body(), key)
     assert status1 == 201
-    status2, body2, _ = await api.call(
-        "POST", "/v1/agents/idem-perf/performance", perf_body(), key
-    )
+    status2, body2, _ = await api.call("POST", "/v1/agents/idem-perf/performance", perf_body(), key)
     assert (status2, body2) == (status1, body1)
     row = await agent_row(db, tokens.tenant, "idem-perf")
     assert row is not None
     assert row["task_count"] == 1
-    assert await db.fetchval(
-        "SELECT count(*) FROM performance_events WHERE tenant_id = $1", tokens.tenant
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM performance_events WHERE tenant_id = $1", tokens.tenant
+        )
+        == 1
+    )
 
 
 async def test_idempotency_key_with_a_different_body_is_422(
@@ -1033,10 +1106,15 @@ async def test_foreign_tenant_gets_404_and_changes_nothing(
     api: Api, db: asyncpg.Connection, tokens: Tokens
 ) -> None:
     await register(api, "mine", languages=["python"])
-    status, _, _ = await api.call("POST", "/v1/agents/mine/performance", perf_body())
+    status, _, _ = await api.call(
+        "POST", "/v1/agents/mine/performance", perf_body(), {"Idempotency-Key": "mine-op"}
+    )
     assert status == 201
     state = await tenant_state(db, tokens.tenant)
     other = api.as_token(tokens.other_writer)
+    # operations are per tenant too
+    status, body, headers = await other.call("GET", "/v1/operations/mine-op")
+    assert_problem(status, body, headers, 404)
     status, body, headers = await other.call("GET", "/v1/agents/mine")
     assert_problem(status, body, headers, 404)
     for method, path, json in [
@@ -1064,14 +1142,18 @@ async def test_foreign_tenant_gets_404_and_changes_nothing(
     assert body["capabilities"]["languages"] == ["python"]
 
 
-async def test_missing_or_unknown_token_is_401(api: Api, db: asyncpg.Connection,
-                                               tokens: Tokens) -> None:
+async def test_missing_or_unknown_token_is_401(
+    api: Api, db: asyncpg.Connection, tokens: Tokens
+) -> None:
     state = await tenant_state(db, tokens.tenant)
-    for headers in ({}, {"Authorization": "Bearer not-a-token"},
-                    {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer "}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer "},
+    ):
         for method, path in (("GET", "/v1/agents"), ("POST", "/v1/agents")):
-            resp = await api.client.request(method, path, headers=headers,
-                                            json=agent_body("anon"))
+            resp = await api.client.request(method, path, headers=headers, json=agent_body("anon"))
             body = await resp.json(content_type=None)
             assert_problem(resp.status, body, resp.headers, 401, "unauthorized")
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
