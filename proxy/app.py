@@ -178,6 +178,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         statement_cache_size=settings.database.statement_cache_size,
         reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
         run_migrations=settings.migrate_on_start,
+        tenants=app[keys.TOKENS].tenants(),
     )
     service = RegistryService(
         settings=settings,
@@ -191,7 +192,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     db._on_ready = _wake(service)
 
     async def check(timeout: float) -> None:
-        conn = await asyncpg.connect(dsn, timeout=timeout)
+        conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=db.server_settings)
         try:
             await conn.execute("SELECT 1")
         finally:

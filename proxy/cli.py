@@ -121,6 +121,8 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig.name)
 
+    reloads: set[asyncio.Future[None]] = set()
+
     def on_hup() -> None:
         from proxy.http import keys
         from proxy.http.auth import TokenError, TokenStore
@@ -135,8 +137,18 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
                 "SIGHUP: tokens file not reloaded, keeping the current tokens", error=str(exc)
             )
             return
-        app[keys.TOKENS].replace_with(fresh)
+        tokens = app[keys.TOKENS]
+        changed = fresh.tenants() != tokens.tenants()
+        tokens.replace_with(fresh)
         log.info("SIGHUP: tokens reloaded", tokens=len(fresh))
+        if changed:
+            service = app[keys.SERVICE]
+            task = asyncio.ensure_future(service.db.set_tenants(fresh.tenants()))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+            sync = app[keys.SYNC]
+            if sync is not None:
+                sync.set_tenants(fresh.tenants())
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()

@@ -44,7 +44,7 @@ def pg_dsn() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def _migrated(pg_dsn: str) -> str:
+def migrated_dsn(pg_dsn: str) -> str:
     async def run() -> None:
         conn = await asyncpg.connect(pg_dsn)
         try:
@@ -57,9 +57,9 @@ def _migrated(pg_dsn: str) -> str:
 
 
 @pytest.fixture
-async def db(_migrated: str) -> AsyncIterator[asyncpg.Connection]:
+async def db(migrated_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection, to check what PostgreSQL really holds."""
-    conn = await asyncpg.connect(_migrated)
+    conn = await asyncpg.connect(migrated_dsn)
     yield conn
     await conn.close()
 
@@ -170,7 +170,7 @@ AppFactory = Callable[..., Awaitable[Api]]
 
 @pytest.fixture
 async def make_api(
-    _migrated: str,
+    migrated_dsn: str,
     tokens: Tokens,
     tmp_path: Path,
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
@@ -181,7 +181,7 @@ async def make_api(
     async def factory(
         dsn: str | None = None, *, wait_replica: bool = True, **overrides: Any
     ) -> Api:
-        settings = make_settings(dsn or _migrated, tokens, tmp_path / "journal", **overrides)
+        settings = make_settings(dsn or migrated_dsn, tokens, tmp_path / "journal", **overrides)
         app = create_app(settings)
         client = await aiohttp_client(app)
         service = app[keys.SERVICE]

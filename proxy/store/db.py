@@ -22,6 +22,18 @@ from proxy.store.migrate import migrate
 log = structlog.get_logger(__name__)
 
 
+TENANTS_SETTING = "registry_proxy.tenants"
+
+
+def tenant_settings(tenants: list[str]) -> dict[str, str]:
+    """Startup parameters naming the tenants a connection may see (row-level security).
+
+    A startup parameter is the session's reset value, so it survives the RESET ALL the pool runs
+    when a connection is released: the wall costs nothing per request.
+    """
+    return {TENANTS_SETTING: ",".join(sorted(set(tenants)))}
+
+
 class DatabaseNotConnected(ConnectionError):
     """No pool yet: PostgreSQL has not been reachable since the sidecar started."""
 
@@ -39,6 +51,7 @@ class Database:
         reconnect_interval_s: float = 0.5,
         run_migrations: bool = True,
         on_ready: Callable[[], Awaitable[None]] | None = None,
+        tenants: list[str] | None = None,
     ) -> None:
         self._dsn = dsn
         self._min = min_size
@@ -53,6 +66,7 @@ class Database:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
+        self.server_settings = tenant_settings(tenants or [])
 
     @property
     def dsn(self) -> str:
@@ -78,6 +92,7 @@ class Database:
                     statement_cache_size=self._cache,
                     # A connection idle for a while may be on the far side of a dead network.
                     max_inactive_connection_lifetime=60.0,
+                    server_settings=self.server_settings,
                 )
                 if self._migrate:
                     async with pool.acquire() as conn:
@@ -113,6 +128,13 @@ class Database:
             yield conn
         finally:
             await pool.release(conn)
+
+    async def set_tenants(self, tenants: list[str]) -> None:
+        """After a token reload: new connections carry the new tenant list, old ones go."""
+        self.server_settings = tenant_settings(tenants)
+        if self.pool is not None:
+            self.pool.set_connect_args(self._dsn, server_settings=self.server_settings)
+            await self.pool.expire_connections()
 
     def stats(self) -> dict[str, Any]:
         pool = self.pool

@@ -22,6 +22,7 @@ import structlog
 
 from proxy.registry.agent import AgentRecord
 from proxy.store import repository
+from proxy.store.db import tenant_settings
 from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)
@@ -106,6 +107,13 @@ class ReplicaSync:
                 await self._task
         await self._drop()
 
+    def set_tenants(self, tenants: list[str]) -> None:
+        self.tenants = sorted(set(tenants))
+        self._tenant_set = set(self.tenants)
+        if self._conn is not None:
+            # Reconnect so the listener's session carries the new tenant list.
+            self._conn.terminate()
+
     def request_resync(self) -> None:
         self._resync_now.set()
 
@@ -137,7 +145,10 @@ class ReplicaSync:
 
     async def _session(self) -> None:
         conn = await asyncpg.connect(
-            self._dsn, timeout=self._connect_timeout, statement_cache_size=0
+            self._dsn,
+            timeout=self._connect_timeout,
+            statement_cache_size=0,
+            server_settings=tenant_settings(self.tenants),
         )
         self._conn = conn
         await conn.add_listener(CHANNEL, self._notified)
