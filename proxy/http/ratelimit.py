@@ -1,4 +1,9 @@
-"""Per-token token buckets, with an injectable clock so tests are exact."""
+"""Per-token token buckets, with an injectable clock so tests are exact.
+
+Hand-written because the sidecar must answer 429 at once with a Retry-After, never queue the
+request: limiters such as aiolimiter make the caller wait for capacity instead, and none takes
+an injectable clock. A dict of (tokens, last refill) per token is all it needs.
+"""
 
 from __future__ import annotations
 

@@ -38,6 +38,11 @@ slowly does not flap the breaker closed and open again.
 Every permit carries the generation (count of transitions) it was issued in. An outcome reported
 after the state changed is ignored: a slow call admitted while closed must not close or reopen a
 breaker that has moved on. Nothing here awaits, so each state change is atomic on the event loop.
+
+Written here rather than taken from a library: the breakers on PyPI (pybreaker, aiobreaker,
+circuitbreaker) count consecutive failures only, with no failure-rate or slow-call window, no
+bounded half-open admission, no growing jittered open period, no admin overrides and no
+injectable clock, and each of those is part of this product's contract.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ across all calls of a process. Within the sliding window a retry is allowed whil
 The floor (``min_per_s``) keeps retries possible when traffic is low, where the ratio alone
 would allow none. Counts live in a :class:`~proxy.resilience.clock.SlidingWindow`, so both
 recording and checking are O(1) with fixed memory.
+
+No library offers a retry budget (tenacity bounds one call's attempts, not a fleet's retry
+rate), so this small sliding-window counter is ours.
 """
 
 from __future__ import annotations
