@@ -31,6 +31,7 @@ from proxy.store.db import Database
 from proxy.store.journal import Journal
 from proxy.store.replica import Replica
 from proxy.store.replica_sync import ReplicaSync
+from proxy.store.repository import prune_ledger
 from proxy.store.snapshot import read_snapshot, write_snapshot_async
 
 log = structlog.get_logger(__name__)
@@ -125,6 +126,20 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
 def _both(a: Callable[[], None], b: Callable[[], None]) -> None:
     a()
     b()
+
+
+async def _prune_loop(settings: Settings, db: Database) -> None:
+    """Idempotency is remembered for `ledger_retention_hours`, not forever."""
+    await db.ready.wait()
+    while True:
+        try:
+            async with db.connection(timeout=30) as conn:
+                removed = await prune_ledger(conn, settings.database.ledger_retention_hours)
+            if removed:
+                log.info("operations ledger pruned", removed=removed)
+        except Exception as exc:  # maintenance must never take the sidecar down
+            log.warning("operations ledger not pruned", error=str(exc))
+        await asyncio.sleep(3600)
 
 
 async def _snapshot_loop(settings: Settings, replica: Replica) -> None:
@@ -242,6 +257,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if replica is not None
         else None
     )
+    pruning = asyncio.create_task(_prune_loop(settings, db), name="ledger-prune")
     log.info(
         "sidecar started",
         read_mode=settings.read_mode.value,
@@ -251,6 +267,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        pruning.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruning
         if snapshots is not None:
             snapshots.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -42,6 +42,9 @@ class DatabaseSettings(BaseModel):
     reconnect_interval_ms: int = Field(
         500, ge=10, le=60_000, description="pause between attempts to (re)open the pool"
     )
+    ledger_retention_hours: int = Field(
+        168, ge=1, le=87_600, description="how long op ids and Idempotency-Keys are remembered"
+    )
 
 
 class RequestSettings(BaseModel):

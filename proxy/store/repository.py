@@ -173,6 +173,22 @@ async def fetch_audit(
     return [dict(r) for r in rows]
 
 
+async def prune_ledger(conn: asyncpg.Connection, hours: int, batch: int = 5_000) -> int:
+    """Forget op ids older than the retention; in batches, so no long lock is held."""
+    removed = 0
+    while True:
+        status = await conn.execute(
+            "DELETE FROM operations WHERE ctid = ANY (ARRAY(SELECT ctid FROM operations "
+            "WHERE completed_at < now() - make_interval(hours => $1) LIMIT $2))",
+            hours,
+            batch,
+        )
+        count = int(status.split()[-1])
+        removed += count
+        if count < batch:
+            return removed
+
+
 async def fetch_operation(
     conn: asyncpg.Connection, tenant: str, op_id: str
 ) -> Mapping[str, Any] | None:

@@ -185,7 +185,7 @@ async def test_bandwidth_starvation_trips_the_slow_call_rule(
             "min_calls": 4,
         },
     )
-    await in_thread(pg_proxy.add_toxic, type="bandwidth", name="thin", attributes={"rate": 2})
+    await in_thread(pg_proxy.add_toxic, type="bandwidth", name="thin", attributes={"rate": 1})
     await drive_until(api, work, "open", timeout=40)
     cause = next(
         t.cause for t in app_of(api)[keys.SERVICE].breaker.transitions if t.to_state.value == "open"

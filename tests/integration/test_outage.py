@@ -287,3 +287,35 @@ async def test_idempotent_write_is_applied_once_across_journal_and_retry(
     )
     status, agent, _ = await api.call("GET", "/v1/agents/i1")
     assert status == 200 and agent["performance"]["task_count"] == 1
+
+
+async def test_ledger_forgets_operations_past_the_retention(
+    make_api: AppFactory, db: Any, tokens: Any
+) -> None:
+    from proxy.store.repository import prune_ledger
+
+    api = await make_api()
+    status, _, _ = await api.call(
+        "POST", "/v1/agents", agent_body("old"), headers={"Idempotency-Key": "old-key"}
+    )
+    assert status == 201
+    await db.execute(
+        "UPDATE operations SET completed_at = now() - interval '200 hours' "
+        "WHERE tenant_id = $1 AND op_id = 'old-key'",
+        tokens.tenant,
+    )
+    assert await prune_ledger(db, 168) >= 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM operations WHERE tenant_id = $1 AND op_id = 'old-key'",
+            tokens.tenant,
+        )
+        == 0
+    )
+    status, _, _ = await api.call("POST", "/v1/agents", agent_body("new"))
+    assert status == 201
+    assert await prune_ledger(db, 168) == 0
+    assert (
+        await db.fetchval("SELECT count(*) FROM operations WHERE tenant_id = $1", tokens.tenant)
+        == 1
+    )

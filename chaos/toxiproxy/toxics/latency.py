@@ -1,0 +1,49 @@
+"""``latency``: holds each chunk until ``latency`` ms (+/- ``jitter``) after it was read.
+
+The delay is measured from the moment the chunk was read from the socket, so a burst is pipelined
+rather than serialised; the stage has a 1024-chunk buffer so the reader keeps reading meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from chaos.toxiproxy.stream import Chunk
+from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+
+__all__ = ["LatencyToxic"]
+
+
+class LatencyToxic(Toxic):
+    type_name = "latency"
+    go_name = "LatencyToxic"
+    attribute_kinds = (("latency", "int64"), ("jitter", "int64"))
+    buffer_size = 1024
+
+    latency: int
+    jitter: int
+
+    def _delay(self, stub: ToxicStub) -> float:
+        delay = self.latency
+        jitter = self.jitter
+        if jitter > 0:
+            # Uniform integer in [-jitter, +jitter), drawn per chunk.
+            delay += stub.rng.randrange(jitter * 2) - jitter
+        return delay / 1000
+
+    async def pipe(self, stub: ToxicStub) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            chunk = await stub.recv()
+            if not isinstance(chunk, Chunk):
+                if chunk is None:
+                    stub.close()
+                return
+            wait = self._delay(stub) - (loop.time() - chunk.timestamp)
+            if not await stub.sleep(wait):
+                # Interrupted (update or removal): release the held chunk at once.
+                await stub.send(chunk)
+                return
+            # Later latency stages measure from here, so chained latencies add up.
+            chunk.timestamp += wait
+            await stub.send(chunk)

@@ -1,0 +1,53 @@
+"""``limit_data``: forwards at most ``bytes`` bytes per connection in its direction, then closes.
+
+The count is per link and survives updates of the toxic (it is the stage's state). With
+``bytes`` <= 0 the first chunk closes the connection and nothing is forwarded.
+"""
+
+from __future__ import annotations
+
+from chaos.toxiproxy.stream import Chunk
+from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+
+__all__ = ["LimitDataToxic"]
+
+
+class _Transmitted:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class LimitDataToxic(Toxic):
+    type_name = "limit_data"
+    go_name = "LimitDataToxic"
+    attribute_kinds = (("bytes", "int64"),)
+    stateful = True
+
+    bytes: int
+
+    def new_state(self) -> object:
+        return _Transmitted()
+
+    async def pipe(self, stub: ToxicStub) -> None:
+        state = stub.state
+        if not isinstance(state, _Transmitted):
+            state = stub.state = _Transmitted()
+        remaining = self.bytes - state.count
+        while True:
+            chunk = await stub.recv()
+            if not isinstance(chunk, Chunk):
+                if chunk is None:
+                    stub.close()
+                return
+            remaining = max(remaining, 0)
+            if remaining < len(chunk.data):
+                chunk.data = chunk.data[:remaining]
+            if chunk.data:
+                await stub.send(chunk)
+                state.count += len(chunk.data)
+                remaining = self.bytes - state.count
+            if remaining <= 0:
+                stub.close()
+                return

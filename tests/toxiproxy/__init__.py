@@ -1,0 +1,1 @@
+"""Tests of the bundled Toxiproxy-compatible server in ``chaos/toxiproxy``."""
