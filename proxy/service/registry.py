@@ -210,6 +210,11 @@ class RegistryService:
         self.hooks.db_call(operation, "success", self.breaker.clock.monotonic() - started)
         return result
 
+    async def _read_db(
+        self, ctx: RequestContext, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]
+    ) -> T:
+        return await self._db(ctx.deadline, operation, fn, caller_deadline=ctx.client_deadline)
+
     # -- replica helpers -------------------------------------------------------------------
 
     def _replica_serves(self, tenant: str) -> bool:
@@ -228,6 +233,12 @@ class RegistryService:
             self.settings.replica.max_staleness_ms / 1000
         )
 
+    def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
+        rep = self.replica
+        if rep is None or not self._replica_serves(ctx.tenant):
+            raise self._unavailable(exc, "the local replica has no copy of this tenant")
+        return rep
+
     def _replica_headers(self) -> dict[str, str]:
         assert self.replica is not None
         age = self.replica.age()
@@ -243,11 +254,8 @@ class RegistryService:
         if self._replica_first(ctx.tenant, agent_id):
             return self._agent_from_replica(ctx, agent_id, None)
         try:
-            rec = await self._db(
-                ctx.deadline,
-                "get_agent",
-                lambda c: repository.fetch_agent(c, ctx.tenant, agent_id),
-                caller_deadline=ctx.client_deadline,
+            rec = await self._read_db(
+                ctx, "get_agent", lambda c: repository.fetch_agent(c, ctx.tenant, agent_id)
             )
         except DatabaseUnavailable as exc:
             return self._agent_from_replica(ctx, agent_id, exc)
@@ -258,9 +266,7 @@ class RegistryService:
     def _agent_from_replica(
         self, ctx: RequestContext, agent_id: str, exc: DatabaseUnavailable | None
     ) -> Answer:
-        rep = self.replica
-        if rep is None or not self._replica_serves(ctx.tenant):
-            raise self._unavailable(exc, "the local replica has no copy of this tenant")
+        rep = self._replica_for(ctx, exc)
         rec = rep.get(ctx.tenant, agent_id)
         if rec is None:
             if rep.partial:
@@ -276,11 +282,8 @@ class RegistryService:
         if self._replica_first(ctx.tenant):
             return self._query_from_replica(ctx, q, None)
         try:
-            rows = await self._db(
-                ctx.deadline,
-                "query",
-                lambda c: repository.query_agents(c, ctx.tenant, q),
-                caller_deadline=ctx.client_deadline,
+            rows = await self._read_db(
+                ctx, "query", lambda c: repository.query_agents(c, ctx.tenant, q)
             )
         except DatabaseUnavailable as exc:
             return self._query_from_replica(ctx, q, exc)
@@ -289,9 +292,7 @@ class RegistryService:
     def _query_from_replica(
         self, ctx: RequestContext, q: AgentQuery, exc: DatabaseUnavailable | None
     ) -> Answer:
-        rep = self.replica
-        if rep is None or not self._replica_serves(ctx.tenant):
-            raise self._unavailable(exc, "the local replica has no copy of this tenant")
+        rep = self._replica_for(ctx, exc)
         self.hooks.replica_hit("query")
         rows = rep.query(ctx.tenant, q)
         headers = self._replica_headers()
@@ -303,20 +304,15 @@ class RegistryService:
         if self._replica_first(ctx.tenant):
             return self._stats_from_replica(ctx, None)
         try:
-            body = await self._db(
-                ctx.deadline,
-                "stats",
-                lambda c: repository.fetch_stats(c, ctx.tenant),
-                caller_deadline=ctx.client_deadline,
+            body = await self._read_db(
+                ctx, "stats", lambda c: repository.fetch_stats(c, ctx.tenant)
             )
         except DatabaseUnavailable as exc:
             return self._stats_from_replica(ctx, exc)
         return Answer(200, body, "database")
 
     def _stats_from_replica(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Answer:
-        rep = self.replica
-        if rep is None or not self._replica_serves(ctx.tenant):
-            raise self._unavailable(exc, "the local replica has no copy of this tenant")
+        rep = self._replica_for(ctx, exc)
         self.hooks.replica_hit("stats")
         return Answer(
             200, matching.stats(rep.all(ctx.tenant), _now()), "replica", self._replica_headers()
@@ -581,11 +577,8 @@ class RegistryService:
 
     async def audit(self, ctx: RequestContext, **filters: Any) -> Answer:
         try:
-            rows = await self._db(
-                ctx.deadline,
-                "audit",
-                lambda c: repository.fetch_audit(c, ctx.tenant, **filters),
-                caller_deadline=ctx.client_deadline,
+            rows = await self._read_db(
+                ctx, "audit", lambda c: repository.fetch_audit(c, ctx.tenant, **filters)
             )
         except DatabaseUnavailable as exc:
             raise self._unavailable(exc, "the audit log lives there") from exc

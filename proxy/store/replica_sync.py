@@ -31,37 +31,16 @@ CHANNEL = "registry_agents"
 CATCH_UP_BATCH = 5_000
 
 
+_TIMESTAMPS = ("load_observed_at", "registered_at", "last_heartbeat_at", "updated_at", "deleted_at")
+
+
 def record_from_json(row: dict[str, Any]) -> AgentRecord:
     """A row as `row_to_json` renders it in the notification payload."""
-
-    def ts(value: str | None) -> datetime | None:
-        return datetime.fromisoformat(value) if value else None
-
-    def req_ts(value: str) -> datetime:
-        return datetime.fromisoformat(value)
-
-    return AgentRecord(
-        tenant_id=row["tenant_id"],
-        agent_id=row["agent_id"],
-        name=row["name"],
-        model_family=row["model_family"],
-        task_types=tuple(row["task_types"]),
-        languages=tuple(row["languages"]),
-        specializations=tuple(row["specializations"]),
-        max_concurrent_tasks=row["max_concurrent_tasks"],
-        active_tasks=row["active_tasks"],
-        queued_tasks=row["queued_tasks"],
-        load_observed_at=ts(row["load_observed_at"]),
-        registered_at=req_ts(row["registered_at"]),
-        last_heartbeat_at=req_ts(row["last_heartbeat_at"]),
-        updated_at=req_ts(row["updated_at"]),
-        version=int(row["version"]),
-        deleted_at=ts(row["deleted_at"]),
-        task_count=int(row["task_count"]),
-        success_count=int(row["success_count"]),
-        quality_sum=float(row["quality_sum"]),
-        latency_ms_sum=float(row["latency_ms_sum"]),
-    )
+    parsed = dict(row)
+    for key in _TIMESTAMPS:
+        if parsed[key] is not None:
+            parsed[key] = datetime.fromisoformat(parsed[key])
+    return repository.record_from_row(parsed)
 
 
 class ReplicaSync:
