@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import orjson
@@ -46,6 +47,7 @@ async def read_json(
     max_depth: int,
     max_items: int,
     allow_empty: bool = False,
+    read_timeout: float = 10.0,
 ) -> Any:
     if request.content_length is not None and request.content_length > max_bytes:
         raise ProblemError(413, f"body of {request.content_length} bytes exceeds {max_bytes}")
@@ -55,7 +57,12 @@ async def read_json(
         raise ProblemError(400, "a JSON body is required")
     if request.content_type != "application/json":
         raise ProblemError(415, f"Content-Type {request.content_type!r} is not application/json")
-    raw = await request.content.read(max_bytes + 1)
+    try:
+        async with asyncio.timeout(read_timeout):
+            raw = await request.content.read(max_bytes + 1)
+    except TimeoutError:
+        # A client that trickles its body must not hold a handler (and a deadline) open.
+        raise ProblemError(408, f"body not received within {read_timeout:g}s") from None
     if len(raw) > max_bytes:
         raise ProblemError(413, f"body exceeds {max_bytes} bytes")
     if not raw.strip():

@@ -117,6 +117,7 @@ async def _body(request: web.Request, model: type[BaseModel], *, allow_empty: bo
         max_depth=limits.max_json_depth,
         max_items=limits.max_array_items,
         allow_empty=allow_empty,
+        read_timeout=limits.read_timeout_s,
     )
     return validate(model, raw)
 
