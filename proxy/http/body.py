@@ -59,7 +59,9 @@ async def read_json(
         raise ProblemError(415, f"Content-Type {request.content_type!r} is not application/json")
     try:
         async with asyncio.timeout(read_timeout):
-            raw = await request.content.read(max_bytes + 1)
+            # The whole body, however many segments it arrives in; aiohttp stops at
+            # client_max_size (the app sets it to max_bytes) with a 413.
+            raw = await request.read()
     except TimeoutError:
         # A client that trickles its body must not hold a handler (and a deadline) open.
         raise ProblemError(408, f"body not received within {read_timeout:g}s") from None
