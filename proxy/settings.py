@@ -168,6 +168,11 @@ class Settings(BaseSettings):
                 f"host {self.host!r} is not a loopback address; "
                 "set REGISTRY_PROXY_ALLOW_NON_LOOPBACK=true to expose the sidecar"
             )
+        if self.tokens is not None and self.tokens_file is not None:
+            raise ValueError(
+                "set REGISTRY_PROXY_TOKENS or REGISTRY_PROXY_TOKENS_FILE, not both "
+                "(SIGHUP reloads the file, which would silently replace the variable)"
+            )
         if self.database.pool_min_size > self.database.pool_max_size:
             raise ValueError("database.pool_min_size must not exceed database.pool_max_size")
         if self.breaker.open_base_ms > self.breaker.open_max_ms:
@@ -204,11 +209,23 @@ def masked(settings: Settings) -> dict[str, Any]:
     return data
 
 
+_SECRET_PARAMS = ("password", "sslpassword")
+
+
 def mask_dsn(dsn: str) -> str:
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db"""
+    """postgresql://user:secret@host/db?password=x -> postgresql://user:***@host/db?password=***"""
     scheme, sep, rest = dsn.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return dsn
-    creds, at, tail = rest.rpartition("@")
-    user, colon, _ = creds.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}{at}{tail}"
+    base, qmark, query = rest.partition("?")
+    if "@" in base:
+        creds, at, tail = base.rpartition("@")
+        user, colon, _ = creds.partition(":")
+        base = f"{user}{':***' if colon else ''}{at}{tail}"
+    if qmark:
+        params = []
+        for pair in query.split("&"):
+            key, eq, _value = pair.partition("=")
+            params.append(f"{key}=***" if eq and key.lower() in _SECRET_PARAMS else pair)
+        query = "&".join(params)
+    return f"{scheme}://{base}{qmark}{query}"

@@ -56,7 +56,8 @@ class TokenError(ValueError):
 
 
 def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # Header bytes that are not UTF-8 arrive surrogate-escaped; they hash, and match nothing.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class TokenStore:

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from proxy.http.problems import ProblemError
@@ -62,6 +63,8 @@ async def read_json(
             # The whole body, however many segments it arrives in; aiohttp stops at
             # client_max_size (the app sets it to max_bytes) with a 413.
             raw = await request.read()
+    except RequestPayloadError as exc:
+        raise ProblemError(400, f"body cannot be read: {exc}") from None
     except TimeoutError:
         # A client that trickles its body must not hold a handler (and a deadline) open.
         raise ProblemError(408, f"body not received within {read_timeout:g}s") from None

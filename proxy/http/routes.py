@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -296,14 +297,23 @@ async def admin_breaker(request: web.Request) -> web.Response:
     )
 
 
+def _in_range(value: datetime) -> datetime:
+    if not datetime(2000, 1, 1, tzinfo=UTC) <= value <= datetime(9000, 1, 1, tzinfo=UTC):
+        raise ValueError("must be between 2000-01-01 and 9000-01-01")
+    return value
+
+
+AuditTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
+
+
 class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     actor: Annotated[str, StringConstraints(max_length=128)] | None = None
     action: Annotated[str, StringConstraints(max_length=64)] | None = None
     target: Annotated[str, StringConstraints(max_length=128)] | None = None
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: AuditTime | None = None
+    until: AuditTime | None = None
     after_id: int = Field(0, ge=0, le=2**63 - 1)
     limit: int = Field(100, ge=1, le=1000)
 

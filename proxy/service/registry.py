@@ -524,6 +524,7 @@ class RegistryService:
             meta.get("actor", "journal"),
             meta.get("request_id"),
             self.settings.max_agents,
+            at=datetime.fromisoformat(meta["received_at"]) if "received_at" in meta else None,
         )
         deadline = Deadline.after(self.settings.request.default_timeout_ms / 1000)
         now = _now()

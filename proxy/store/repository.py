@@ -220,6 +220,8 @@ class WriteContext:
     actor: str
     request_id: str | None
     max_agents: int
+    at: datetime | None = None
+    """When the write was asked for, if not now (a journaled write being replayed)."""
 
 
 WriteFn = Callable[
@@ -463,8 +465,8 @@ _RECORD_SQL = (
     "WITH ledger AS ("
     " INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, reason,"
     " response_status, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)) "
-    "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, op_id) "
-    "VALUES ($1, $9, $13, $10, $11, $12, $2)"
+    "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, op_id, at) "
+    "VALUES ($1, $9, $13, $10, $11, $12, $2, coalesce($14, now()))"
 )
 
 
@@ -497,6 +499,7 @@ async def _record(
         "applied" if problem is None else f"rejected:{problem.slug}",
         ctx.request_id,
         action,
+        ctx.at,
     )
     return reason
 
