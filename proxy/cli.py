@@ -91,9 +91,10 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish
     within `request.drain_timeout_s`, close journal and pool. A second signal exits at once."""
     from proxy.app import create_app
+    from proxy.http.server import SidecarRunner
 
     app = create_app(settings)
-    runner = web.AppRunner(
+    runner = SidecarRunner(
         app,
         handle_signals=False,
         shutdown_timeout=settings.request.drain_timeout_s,

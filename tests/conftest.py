@@ -19,11 +19,12 @@ import asyncpg
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from proxy.app import create_app
 from proxy.http import keys
+from proxy.http.server import SidecarRunner
 from proxy.observability.logging import configure
 from proxy.resilience import retry
 from proxy.settings import Settings
@@ -168,6 +169,13 @@ def agent_body(agent_id: str, **kw: Any) -> dict[str, Any]:
 AppFactory = Callable[..., Awaitable[Api]]
 
 
+class SidecarTestServer(TestServer):
+    """The test server runs the app exactly as `registry-proxy serve` does."""
+
+    async def _make_runner(self, **kwargs: Any) -> web.AppRunner:
+        return SidecarRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_api(
     migrated_dsn: str,
@@ -183,7 +191,7 @@ async def make_api(
     ) -> Api:
         settings = make_settings(dsn or migrated_dsn, tokens, tmp_path / "journal", **overrides)
         app = create_app(settings)
-        client = await aiohttp_client(app)
+        client = await aiohttp_client(SidecarTestServer(app))
         service = app[keys.SERVICE]
         assert await service.db.wait_ready(20), "database did not become ready"
         sync = app[keys.SYNC]

@@ -606,12 +606,6 @@ async def test_http_framing_errors_are_4xx_and_the_sidecar_keeps_serving(
     assert status == 200
 
 
-@pytest.mark.xfail(
-    reason="Known limitation, left open: requests aiohttp's HTTP parser refuses (header too "
-    "long, NUL, bare CR) are answered 400/431 by aiohttp's RequestHandler.handle_error as "
-    "text/plain, before any middleware runs: no problem document, no X-Request-ID",
-    strict=True,
-)
 async def test_http_framing_errors_are_problem_documents(target: Target) -> None:
     answer = await send_raw(
         target.api, b"GET", b"/v1/stats", [target.auth(), (b"X-Big", b"a" * 9_000)]
