@@ -172,6 +172,17 @@ class RegistryService:
         *,
         caller_deadline: bool = False,
     ) -> T:
+        breaker = self.breaker
+        if breaker.state in _OPEN_STATES:
+            # Fail fast without building a call, a permit and an exception chain: during an
+            # outage this is every request, and the fallback should cost what a read costs.
+            wait = breaker.retry_after()
+            if wait > 0 or breaker.state is BreakerState.FORCED_OPEN:
+                self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
+                raise DatabaseUnavailable(
+                    f"circuit breaker is {breaker.state.value}", max(wait, 1.0)
+                )
+
         async def attempt(timeout: float) -> T:
             async with self.db.connection(timeout) as conn:
                 return await fn(conn)
