@@ -6,9 +6,9 @@ produce, so every request is logged and counted exactly once.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -16,12 +16,14 @@ from aiohttp import web
 from proxy.http import keys
 from proxy.http.problems import ProblemError, from_error, problem
 from proxy.http.routes import ROLE_BY_NAME, Handler
+from proxy.observability.logging import REQUEST_ID
 from proxy.registry.errors import RegistryError
 from proxy.resilience.deadline import Deadline
 from proxy.service.registry import RequestContext
 
 log = structlog.get_logger("registry_proxy.access")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_QUIET_ROUTES = frozenset({"metrics", "healthz", "readyz"})
 
 
 def _route_name(request: web.Request) -> str:
@@ -32,23 +34,26 @@ def _route_name(request: web.Request) -> str:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    presented = request.headers.get("X-Request-ID", "")
-    request_id = presented if _REQUEST_ID.match(presented) else uuid.uuid4().hex
+    presented = request.headers.get("X-Request-ID")
+    if presented is not None and _REQUEST_ID.fullmatch(presented):
+        request_id = presented
+    else:
+        request_id = os.urandom(16).hex()
     request[keys.REQUEST_ID] = request_id
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    token = REQUEST_ID.set(request_id)
     started = time.perf_counter()
     try:
         response = await _answer(request, handler)
     finally:
-        structlog.contextvars.unbind_contextvars("request_id")
+        REQUEST_ID.reset(token)
     response.headers["X-Request-ID"] = request_id
     elapsed = time.perf_counter() - started
     route = _route_name(request)
     source = response.headers.get("X-Registry-Source", "none")
-    metrics = request.app[keys.METRICS]
-    metrics.requests.labels(route, request.method, str(response.status), source).inc()
-    metrics.request_duration.labels(route, request.method, source).observe(elapsed)
-    if route not in ("metrics", "healthz", "readyz"):
+    request.app[keys.METRICS].observe_request(
+        route, request.method, response.status, source, elapsed
+    )
+    if route not in _QUIET_ROUTES:
         principal = request.get(keys.PRINCIPAL)
         log.info(
             "request",

@@ -6,6 +6,8 @@ listeners and retry hooks, so the core stays free of instrumentation.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "registry_proxy_"
@@ -112,6 +114,7 @@ class Metrics:
         self.writes_committed = Counter(
             PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
         )
+        self._request_children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
         for state in BREAKER_STATES:
             self.breaker_state.labels("postgres", state).set(1 if state == "closed" else 0)
         for outcome in ("applied", "rejected", "failed"):
@@ -120,6 +123,21 @@ class Metrics:
             self.writes_committed.labels(path)
         for state in ("in_use", "idle", "max"):
             self.pool_connections.labels(state)
+
+    def observe_request(
+        self, route: str, method: str, status: int, source: str, seconds: float
+    ) -> None:
+        """One answered request; the labelled children are cached, as this runs per request."""
+        key = (route, method, status, source)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status), source),
+                self.request_duration.labels(route, method, source),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_breaker_state(self, dependency: str, state: str) -> None:
         for s in BREAKER_STATES:
