@@ -53,7 +53,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     request.app[keys.METRICS].observe_request(
         route, request.method, response.status, source, elapsed
     )
-    if route not in _QUIET_ROUTES:
+    if route not in _QUIET_ROUTES and (
+        response.status >= 400 or request.app[keys.SETTINGS].log.access
+    ):
         principal = request.get(keys.PRINCIPAL)
         log.info(
             "request",

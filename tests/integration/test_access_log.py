@@ -1,0 +1,21 @@
+"""Access lines: one per request by default; with log.access off, only for errors."""
+
+from __future__ import annotations
+
+import pytest
+from structlog.testing import capture_logs
+
+from tests.conftest import AppFactory
+
+
+@pytest.mark.parametrize("access", [True, False])
+async def test_access_lines(make_api: AppFactory, access: bool) -> None:
+    api = await make_api(log={"access": access})
+    with capture_logs() as lines:
+        assert (await api.call("GET", "/v1/stats"))[0] == 200
+        assert (await api.call("GET", "/v1/agents/missing"))[0] == 404
+    requests = [line for line in lines if line["event"] == "request"]
+    statuses = [line["status"] for line in requests]
+    assert statuses == ([200, 404] if access else [404])
+    for line in requests:
+        assert {"request_id", "tenant", "route", "status", "duration_ms", "source"} <= set(line)
