@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from structlog.testing import capture_logs
 
+from proxy.observability.logging import configure
 from tests.conftest import AppFactory
 
 
+@pytest.fixture
+def info_logs() -> Iterator[None]:
+    configure(level="info", fmt="json")
+    yield
+    configure(level="warning", fmt="json")
+
+
+@pytest.mark.usefixtures("info_logs")
 @pytest.mark.parametrize("access", [True, False])
 async def test_access_lines(make_api: AppFactory, access: bool) -> None:
     api = await make_api(log={"access": access})
