@@ -63,6 +63,7 @@ OUTCOME_CANCELLED: Final = "cancelled"
 """``on_call`` outcomes besides the :class:`ErrorKind` values (``rejected`` when refused)."""
 
 _RETRY_STATES: Final = frozenset({BreakerState.CLOSED, BreakerState.DISABLED})
+_RETRY_KINDS: Final = frozenset({ErrorKind.INFRASTRUCTURE, ErrorKind.TRANSIENT})
 # Beyond this exponent the ceiling is max_s for any sane base; it also keeps 2 ** n finite.
 _MAX_EXPONENT: Final = 62
 
@@ -216,6 +217,23 @@ async def call(
         if exc is not None:
             _notify(hooks.on_retry, state.attempt_number, exc, state.upcoming_sleep)
 
+    # Most calls succeed at once: the first attempt runs without building the retry loop, which
+    # costs more than a query on a warm connection. When it fails in a way worth retrying, the
+    # loop starts from that failure, so numbering, backoff, budget and hooks are unchanged.
+    try:
+        return await attempt()
+    except Exception as exc:
+        if attempts == 1 or last_kind not in _RETRY_KINDS or breaker.state not in _RETRY_STATES:
+            raise
+        first_failure: Exception | None = exc
+
+    async def replay_then_attempt() -> T:
+        nonlocal first_failure
+        if first_failure is not None:
+            failure, first_failure = first_failure, None
+            raise failure
+        return await attempt()
+
     retrying = AsyncRetrying(
         sleep=sleep,
         stop=stop,
@@ -224,7 +242,7 @@ async def call(
         before_sleep=before_sleep,
         reraise=True,
     )
-    result: T = await retrying(attempt)
+    result: T = await retrying(replay_then_attempt)
     return result
 
 
