@@ -64,6 +64,8 @@ OUTCOME_CANCELLED: Final = "cancelled"
 
 _RETRY_STATES: Final = frozenset({BreakerState.CLOSED, BreakerState.DISABLED})
 _RETRY_KINDS: Final = frozenset({ErrorKind.INFRASTRUCTURE, ErrorKind.TRANSIENT})
+# One generator for the process: seeding a new one per call costs more than the call's jitter.
+_JITTER: Final = random.Random()
 # Beyond this exponent the ceiling is max_s for any sane base; it also keeps 2 ** n finite.
 _MAX_EXPONENT: Final = 62
 
@@ -147,7 +149,7 @@ async def call(
         attempts = min(attempts, _testing.attempts)
     hooks = hooks or RetryHooks()
     timer = clock if clock is not None else breaker.clock
-    jitter = rng if rng is not None else random.Random()
+    jitter = rng if rng is not None else _JITTER
     # Kind of the last attempt's error, set by the attempt so tenacity's callables need not
     # classify again; None when the attempt never reached fn (nothing to retry).
     last_kind: ErrorKind | None = None

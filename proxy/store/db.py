@@ -34,6 +34,18 @@ def tenant_settings(tenants: list[str]) -> dict[str, str]:
     return {TENANTS_SETTING: ",".join(sorted(set(tenants)))}
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs before reuse here: no open transaction, nothing else.
+
+    asyncpg's default reset (RESET ALL, UNLISTEN, CLOSE ALL, advisory unlock) is a round trip on
+    every release. Pooled connections here change no session state (the tenant list is a
+    startup parameter, LISTEN has its own connection, the migration lock is released by its
+    owner), so that round trip would buy nothing but half the database path's throughput.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 class DatabaseNotConnected(ConnectionError):
     """No pool yet: PostgreSQL has not been reachable since the sidecar started."""
 
@@ -93,6 +105,7 @@ class Database:
                     # A connection idle for a while may be on the far side of a dead network.
                     max_inactive_connection_lifetime=60.0,
                     server_settings=self.server_settings,
+                    reset=_release,
                 )
                 if self._migrate:
                     async with pool.acquire() as conn:
