@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 _UNAVAILABLE_KINDS = (ErrorKind.INFRASTRUCTURE, ErrorKind.TRANSIENT, ErrorKind.REJECTED)
 _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
+# Unexpected failures of one journal entry before it is rejected rather than retried.
+REPLAY_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class RegistryService:
         self._replay_wake = asyncio.Event()
         self._replay_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._replay_failures: dict[str, int] = {}
         self.replays: dict[str, Any] = {
             "runs": 0,
             "applied": 0,
@@ -564,14 +567,43 @@ class RegistryService:
         except errors.RegistryError as exc:
             status, reason = OpStatus.REJECTED, f"{exc.slug}: {exc.detail}"
         except Exception as exc:
-            # Not the database's fault and not going to change: keep it from blocking the rest.
-            log.error("journal entry cannot be applied", op_id=op_id, error=describe(exc))
-            status, reason = OpStatus.REJECTED, f"internal-error: {describe(exc)}"
+            # Unexpected: maybe passing, maybe this entry can never be applied. Try it again on
+            # later rounds; only after several failures reject it, durably and with the reason,
+            # so one poisoned entry cannot block the journal for ever.
+            failures = self._replay_failures.get(entry.op_id, 0) + 1
+            self._replay_failures[entry.op_id] = failures
+            log.error(
+                "journal entry not applied", op_id=op_id, attempt=failures, error=describe(exc)
+            )
+            if failures < REPLAY_ATTEMPTS:
+                self.replays["failed"] += 1
+                self.replays["last_error"] = describe(exc)
+                return False
+            status = OpStatus.REJECTED
+            reason = given_up = f"internal-error: {describe(exc)}"
+            try:
+                await self._db(
+                    deadline,
+                    "replay_reject",
+                    lambda c: repository.record_rejection(
+                        c,
+                        wctx,
+                        op_id=op_id,
+                        kind=entry.kind,
+                        req_hash=meta.get("hash", ""),
+                        reason=given_up,
+                    ),
+                )
+            except Exception as record_exc:  # the journal outcome still carries the reason
+                log.error(
+                    "rejection not recorded in the ledger", op_id=op_id, error=describe(record_exc)
+                )
         else:
             record = outcome.record
             if not outcome.applied:
                 status, reason = OpStatus.REJECTED, outcome.reason
         await self.journal.complete(entry.op_id, status, reason)
+        self._replay_failures.pop(entry.op_id, None)
         if self.replica is not None:
             self.replica.drop_pending(entry.tenant, entry.key, op_id)
             if record is not None:

@@ -16,7 +16,8 @@ from typing import Any
 import asyncpg
 import structlog
 
-from proxy.resilience.errors import BulkheadFull
+from proxy.registry.errors import RegistryError
+from proxy.resilience.errors import BulkheadFull, ErrorKind, classify
 from proxy.store.migrate import migrate
 
 log = structlog.get_logger(__name__)
@@ -40,7 +41,8 @@ async def _release(conn: asyncpg.Connection) -> None:
     asyncpg's default reset (RESET ALL, UNLISTEN, CLOSE ALL, advisory unlock) is a round trip on
     every release. Pooled connections here change no session state (the tenant list is a
     startup parameter, LISTEN has its own connection, the migration lock is released by its
-    owner), so that round trip would buy nothing but half the database path's throughput.
+    owner), so that round trip would buy nothing but half the database path's throughput. A
+    connection whose use was interrupted is terminated in `Database.connection` instead.
     """
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
@@ -139,6 +141,20 @@ class Database:
             raise
         try:
             yield conn
+        except BaseException as exc:
+            # A domain rejection or a data error reported by a healthy server leaves the protocol
+            # in step. Anything else (a timeout, a cancellation, a broken socket, a server going
+            # down mid-statement) may have left an operation half done, and the cheap release
+            # below would hand that connection to the next caller: it goes instead.
+            healthy = isinstance(exc, RegistryError) or (
+                isinstance(exc, asyncpg.PostgresError)
+                and classify(exc) in (ErrorKind.PERMANENT, ErrorKind.TRANSIENT)
+            )
+            if not healthy:
+                # Already handed back when the pool noticed the socket die: nothing to end.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+            raise
         finally:
             await pool.release(conn)
 

@@ -584,6 +584,41 @@ async def execute_write(
     )
 
 
+async def record_rejection(
+    conn: asyncpg.Connection,
+    ctx: WriteContext,
+    *,
+    op_id: str,
+    kind: str,
+    req_hash: str,
+    reason: str,
+) -> None:
+    """A journaled write given up on: its ledger row and audit row say why (first one wins)."""
+    async with conn.transaction():
+        inserted = await conn.fetchval(
+            "INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, reason, "
+            "response_status) VALUES ($1, $2, $3, $4, 'rejected', $5, 500) "
+            "ON CONFLICT (tenant_id, op_id) DO NOTHING RETURNING 1",
+            ctx.tenant,
+            op_id,
+            kind,
+            req_hash,
+            reason,
+        )
+        if inserted:
+            await conn.execute(
+                "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, "
+                "op_id, at) VALUES ($1, $2, $3, NULL, 'rejected:internal-error', $4, $5, "
+                "coalesce($6, now()))",
+                ctx.tenant,
+                ctx.actor,
+                kind,
+                ctx.request_id,
+                op_id,
+                ctx.at,
+            )
+
+
 async def _from_ledger(
     conn: asyncpg.Connection, tenant: str, op_id: str, req_hash: str | None
 ) -> WriteOutcome:

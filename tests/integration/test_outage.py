@@ -319,3 +319,42 @@ async def test_ledger_forgets_operations_past_the_retention(
         await db.fetchval("SELECT count(*) FROM operations WHERE tenant_id = $1", tokens.tenant)
         == 1
     )
+
+
+async def test_a_poisoned_journal_entry_is_retried_then_rejected_durably(
+    make_api: AppFactory, db: Any, tokens: Any
+) -> None:
+    from datetime import UTC, datetime
+
+    from proxy.service.registry import REPLAY_ATTEMPTS, journal_id
+
+    api = await make_api()
+    service = app_of(api)[keys.SERVICE]
+    assert service.journal is not None
+    await service.stop()  # drive replay by hand, round by round
+    # A patch without a body cannot be applied by any round: not the database's fault.
+    await service.journal.append(
+        op_id=journal_id(tokens.tenant, "poison"),
+        kind="patch",
+        tenant=tokens.tenant,
+        key="ghost",
+        payload={
+            "payload": {"agent_id": "ghost"},
+            "hash": "h",
+            "actor": "writer",
+            "request_id": "r1",
+            "received_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    for _ in range(REPLAY_ATTEMPTS - 1):
+        assert await service.replay() == 0
+        assert service.journal.depth == 1
+    assert await service.replay() == 1
+    assert service.journal.depth == 0
+    row = await db.fetchrow(
+        "SELECT status, reason FROM operations WHERE tenant_id = $1 AND op_id = 'poison'",
+        tokens.tenant,
+    )
+    assert row["status"] == "rejected" and row["reason"].startswith("internal-error")
+    status, body, _ = await api.call("GET", "/v1/operations/poison")
+    assert status == 200 and body["status"] == "rejected" and body["reason"]
