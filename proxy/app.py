@@ -36,6 +36,8 @@ from proxy.store.snapshot import read_snapshot, write_snapshot_async
 
 log = structlog.get_logger(__name__)
 
+JOURNAL_OUTCOMES = 1_000
+
 
 class ConfigurationError(RuntimeError):
     pass
@@ -174,7 +176,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     budget = RetryBudget(
         ratio=r.budget_ratio, min_per_s=r.budget_min_per_s, window_s=r.budget_window_s
     )
-    journal = await Journal.open(settings.journal.dir, fsync=settings.journal.fsync)
+    # Finished operations stay in the journal only so /v1/operations can answer while PostgreSQL
+    # is away; the ledger is their durable record. Each costs about 2 KiB of memory.
+    journal = await Journal.open(
+        settings.journal.dir, fsync=settings.journal.fsync, max_outcomes=JOURNAL_OUTCOMES
+    )
     replica: Replica | None = None
     if settings.replica.enabled:
         replica = Replica(max_agents=settings.replica.max_agents)
