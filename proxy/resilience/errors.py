@@ -118,6 +118,10 @@ def classify(exc: BaseException) -> ErrorKind:
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
         return kind_of_sqlstate(sqlstate)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        # The driver found a connection mid-protocol ("another operation is in progress"):
+        # what a server dying under an open connection leaves behind.
+        return ErrorKind.INFRASTRUCTURE
     if isinstance(exc, asyncpg.exceptions.InterfaceError):
         message = str(exc).lower()
         if any(hint in message for hint in _CLOSED_CONNECTION_HINTS):

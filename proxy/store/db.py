@@ -134,9 +134,10 @@ class Database:
         try:
             conn = await pool.acquire(timeout=wait)
         except TimeoutError:
-            # Every connection busy with real work: the bulkhead is full, the database is not
-            # necessarily sick. Otherwise the wait was spent connecting: that is a failure.
-            if pool.get_idle_size() == 0 and pool.get_size() >= self._max:
+            # Connections busy with real work explain the wait: the bulkhead is full, and the
+            # database is not necessarily sick (a stuck query meets its own deadline and is
+            # counted then). With none in use, the wait was spent connecting: a failure.
+            if pool.get_size() - pool.get_idle_size() > 0:
                 raise BulkheadFull("all database connections are busy", retry_after=0.1) from None
             raise
         try:

@@ -166,3 +166,10 @@ def test_describe_is_one_bounded_line() -> None:
 def test_rejected_retry_after_is_never_negative() -> None:
     assert BulkheadFull("full", retry_after=-3).retry_after == 0.0
     assert BreakerOpen("db", BreakerState.OPEN, 2.5).retry_after == 2.5
+
+
+def test_a_connection_left_mid_protocol_is_an_infrastructure_failure() -> None:
+    exc = asyncpg.exceptions.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert classify(exc) is ErrorKind.INFRASTRUCTURE
