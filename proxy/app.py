@@ -29,10 +29,10 @@ from proxy.service.registry import RegistryService, ServiceHooks
 from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.journal import Journal
-from proxy.store.replica import Replica
+from proxy.store.replica import Replica, snapshot_rows
 from proxy.store.replica_sync import ReplicaSync
 from proxy.store.repository import prune_ledger
-from proxy.store.snapshot import read_snapshot, write_snapshot_async
+from proxy.store.snapshot import read_snapshot, write_snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -156,9 +156,12 @@ async def _write_snapshot(settings: Settings, replica: Replica) -> None:
     if not replica.warm or replica.from_snapshot:
         log.debug("replica snapshot skipped", warm=replica.warm)
         return
+    view, watermark = replica.snapshot_view(), replica.watermark
     try:
-        await write_snapshot_async(
-            settings.journal.dir, replica.snapshot_data(), watermark=replica.watermark
+        # Building and encoding the rows takes tens of milliseconds at 10,000 agents: not on
+        # the event loop.
+        await asyncio.to_thread(
+            lambda: write_snapshot(settings.journal.dir, snapshot_rows(view), watermark=watermark)
         )
     except OSError as exc:
         log.error("replica snapshot failed", error=str(exc))

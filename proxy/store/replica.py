@@ -43,6 +43,15 @@ class _Tenant:
     pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
 
 
+def snapshot_rows(view: tuple[list[str], bool, list[AgentRecord]]) -> dict[str, Any]:
+    tenants, partial, records = view
+    return {
+        "tenants": tenants,
+        "partial": partial,
+        "agents": [rec.to_snapshot() for rec in records],
+    }
+
+
 class Replica:
     def __init__(self, *, max_agents: int = 100_000, clock: Clock = SYSTEM_CLOCK) -> None:
         self.max_agents = max_agents
@@ -230,11 +239,12 @@ class Replica:
     # -- snapshot --------------------------------------------------------------------------
 
     def snapshot_data(self) -> dict[str, Any]:
-        return {
-            "tenants": list(self._tenants),
-            "partial": self.partial,
-            "agents": [rec.to_snapshot() for rec in self.records()],
-        }
+        return snapshot_rows(self.snapshot_view())
+
+    def snapshot_view(self) -> tuple[list[str], bool, list[AgentRecord]]:
+        """An immutable copy, cheap to take on the event loop; the records are frozen, so the
+        rows can be built from it in another thread while the replica moves on."""
+        return list(self._tenants), self.partial, list(self.records())
 
     def load_snapshot(self, data: dict[str, Any], *, watermark: int, written_at: float) -> None:
         records = [AgentRecord.from_snapshot(row) for row in data.get("agents", [])]
