@@ -100,13 +100,13 @@ def test_toxiproxy_python_client_works_unchanged(consumer: None) -> None:
             server.create(upstream=upstream, name="pg")
         assert set(server.proxies()) == {"pg"}
 
-        proxy.add_toxic(type="latency", attributes={"latency": 200})
+        proxy.add_toxic(type="latency", attributes={"latency": 800})
         proxy.add_toxic(type="limit_data", name="cap", stream="upstream", toxicity=0.0)
         toxics = proxy.toxics()
         assert set(toxics) == {"latency_downstream", "cap"}
-        assert toxics["latency_downstream"].attributes == {"latency": 200, "jitter": 0}
+        assert toxics["latency_downstream"].attributes == {"latency": 800, "jitter": 0}
         assert proxy.get_toxic("cap").toxicity == 0
-        assert roundtrip(proxy_port) >= 0.2
+        assert roundtrip(proxy_port) >= 0.8
         with pytest.raises(InvalidToxic):
             proxy.add_toxic(type="down")
         with pytest.raises(ProxyExists):
@@ -114,7 +114,8 @@ def test_toxiproxy_python_client_works_unchanged(consumer: None) -> None:
         assert proxy.destroy_toxic("latency_downstream") is True
         with pytest.raises(NotFound):
             proxy.destroy_toxic("latency_downstream")
-        assert roundtrip(proxy_port) < 0.2
+        # Far below the toxic's 0.8 s, yet loose enough for a loaded machine.
+        assert roundtrip(proxy_port) < 0.6
 
         with proxy.down():
             with pytest.raises(ConnectionRefusedError):

@@ -87,16 +87,17 @@ async def test_latency_pipelines_a_burst(api: Api, echo: EchoServer, clients: li
 async def test_live_toxics_apply_to_open_connections(
     api: Api, echo: EchoServer, clients: list[Client]
 ) -> None:
+    # Delays far apart, so a loaded machine cannot make a direct round trip look delayed.
     _, client = await proxied(api, echo, clients)
-    assert await client.roundtrip(b"before") < 0.25
-    await api.add_toxic("p", type="latency", attributes={"latency": 300})
-    assert await client.roundtrip(b"during") >= 0.3
+    assert await client.roundtrip(b"before") < SLACK
+    await api.add_toxic("p", type="latency", attributes={"latency": 800})
+    assert await client.roundtrip(b"during") >= 0.8
     await api.json(
-        "PATCH", "/proxies/p/toxics/latency_downstream", {"attributes": {"latency": 500}}
+        "PATCH", "/proxies/p/toxics/latency_downstream", {"attributes": {"latency": 1300}}
     )
-    assert await client.roundtrip(b"updated") >= 0.5
+    assert await client.roundtrip(b"updated") >= 1.3
     await api.remove_toxic("p", "latency_downstream")
-    assert await client.roundtrip(b"after") < 0.25
+    assert await client.roundtrip(b"after") < SLACK
 
 
 async def test_removing_a_toxic_mid_stream_loses_nothing(
@@ -114,7 +115,7 @@ async def test_removing_a_toxic_mid_stream_loses_nothing(
     await api.remove_toxic("p", "down")
     received = await client.read_exactly(len(payload) + 4)
     assert received == payload + b"tail"
-    assert await client.roundtrip(b"direct again") < 0.25
+    assert await client.roundtrip(b"direct again") < SLACK
 
 
 async def test_toxicity_zero_never_applies(
