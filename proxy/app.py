@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.http import keys
 from proxy.http.auth import TokenStore
-from proxy.http.middleware import guard, observe
+from proxy.http.middleware import Gate, RequestIds, guard, observe
 from proxy.http.ratelimit import RateLimiter
 from proxy.http.routes import add_routes
 from proxy.observability.metrics import Metrics
@@ -70,6 +70,13 @@ def create_app(
     app[keys.LIMITER] = (
         RateLimiter(rate_per_s=rl.rate_per_s, burst=rl.burst) if rl.enabled else None
     )
+    app[keys.GATE] = Gate(
+        settings=settings,
+        tokens=app[keys.TOKENS],
+        metrics=app[keys.METRICS],
+        limiter=app[keys.LIMITER],
+        ids=RequestIds(),
+    )
     add_routes(app)
     app.cleanup_ctx.append(_resources)
     return app
@@ -113,8 +120,8 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
         metrics.retries.labels(type(exc).__name__).inc()
 
     return ServiceHooks(
-        db_call=lambda op, outcome, s: metrics.db_call_duration.labels(op, outcome).observe(s),
-        replica_hit=lambda kind: metrics.replica_hits.labels(kind).inc(),
+        db_call=metrics.observe_db_call,
+        replica_hit=metrics.replica_hit,
         journal_append=lambda: _both(metrics.journal_appends.inc, metrics.writes_accepted.inc),
         committed=lambda path: metrics.writes_committed.labels(path).inc(),
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),

@@ -117,7 +117,9 @@ class LogSettings(BaseModel):
         "auto", description="auto: console on a TTY, JSON lines otherwise"
     )
     access: bool = Field(
-        True, description="one line per request; about a quarter of peak throughput when on"
+        False,
+        description="a line for every request, not only failed ones; costs about a third of "
+        "peak throughput",
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from proxy.http.auth import Principal, TokenStore
@@ -12,6 +14,9 @@ from proxy.service.registry import RegistryService, RequestContext
 from proxy.settings import Settings
 from proxy.store.replica_sync import ReplicaSync
 
+if TYPE_CHECKING:
+    from proxy.http.middleware import Gate
+
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenStore)
 METRICS = web.AppKey("metrics", Metrics)
@@ -19,6 +24,7 @@ SERVICE = web.AppKey("service", RegistryService)
 LIMITER: web.AppKey[RateLimiter | None] = web.AppKey("limiter")
 PROBE = web.AppKey("probe", HealthProbe)
 SYNC: web.AppKey[ReplicaSync | None] = web.AppKey("replica_sync")
+GATE: web.AppKey[Gate] = web.AppKey("gate")
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 CONTEXT = web.RequestKey("context", RequestContext)

@@ -62,14 +62,15 @@ class Route:
     answer: str | None = None  # component name of the success body in the OpenAPI document
 
 
-def _json(answer: Answer, request: web.Request) -> web.Response:
+def json_response(answer: Answer) -> web.Response:
     headers = {"X-Registry-Source": answer.source, **answer.headers}
-    if answer.status == 204 or answer.body is None:
+    body = answer.body
+    if answer.status == 204 or body is None:
         return web.Response(status=answer.status, headers=headers)
-    ctype = PROBLEM_TYPE if answer.status >= 400 else "application/json"
-    return web.Response(
-        status=answer.status, body=orjson.dumps(answer.body), content_type=ctype, headers=headers
-    )
+    # The header itself, not content_type=: aiohttp's content-type property parses and rebuilds.
+    headers["Content-Type"] = PROBLEM_TYPE if answer.status >= 400 else "application/json"
+    encoded = body if isinstance(body, bytes) else orjson.dumps(body)
+    return web.Response(status=answer.status, body=encoded, headers=headers)
 
 
 def _ctx(request: web.Request) -> RequestContext:
@@ -136,7 +137,7 @@ async def _write(
     )
     if answer.status == 201 and kind == "register":
         answer.headers.setdefault("Location", f"/v1/agents/{payload['body']['agent_id']}")
-    return _json(answer, request)
+    return json_response(answer)
 
 
 # ---- registry endpoints ----------------------------------------------------------------------
@@ -151,7 +152,7 @@ async def register(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     agent_id = _agent_id(request)
     answer = await request.app[keys.SERVICE].get_agent(_ctx(request), agent_id)
-    return _json(answer, request)
+    return json_response(answer)
 
 
 _LIST_PARAMS = ("languages", "specializations")
@@ -182,7 +183,7 @@ def _query_params(request: web.Request) -> AgentQuery:
 
 async def query_agents(request: web.Request) -> web.Response:
     answer = await request.app[keys.SERVICE].query(_ctx(request), _query_params(request))
-    return _json(answer, request)
+    return json_response(answer)
 
 
 async def patch_agent(request: web.Request) -> web.Response:
@@ -228,7 +229,7 @@ async def delete_agent(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return _json(await request.app[keys.SERVICE].stats(_ctx(request)), request)
+    return json_response(await request.app[keys.SERVICE].stats(_ctx(request)))
 
 
 async def operation(request: web.Request) -> web.Response:
@@ -237,7 +238,7 @@ async def operation(request: web.Request) -> web.Response:
         raise ProblemError(
             422, "op_id is not valid", errors=[{"field": "op_id", "message": "not an op id"}]
         )
-    return _json(await request.app[keys.SERVICE].operation(_ctx(request), op_id), request)
+    return json_response(await request.app[keys.SERVICE].operation(_ctx(request), op_id))
 
 
 # ---- operations endpoints --------------------------------------------------------------------
@@ -336,7 +337,7 @@ async def audit(request: web.Request) -> web.Response:
             422, "the query has invalid parameters", errors=field_errors(exc)
         ) from None
     answer = await request.app[keys.SERVICE].audit(_ctx(request), **q.model_dump())
-    return _json(answer, request)
+    return json_response(answer)
 
 
 async def healthz(request: web.Request) -> web.Response:

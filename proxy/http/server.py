@@ -1,4 +1,5 @@
-"""The HTTP server around the app: problem documents even for requests aiohttp cannot parse.
+"""The HTTP server around the app: the front door, and problem documents even for requests
+aiohttp cannot parse.
 
 aiohttp answers a request its parser refuses (a header line over the limit, a NUL or a bare CR in
 a header, a malformed request line) from its protocol handler, before any middleware runs, and
@@ -17,6 +18,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from proxy.http.front import FrontDoor
 from proxy.http.problems import GENERIC, PROBLEM_TYPE
 from proxy.registry.errors import PROBLEM_BASE
 
@@ -57,9 +59,11 @@ class _ProblemServer(web.Server):
 
 
 class SidecarRunner(web.AppRunner):
-    """An AppRunner whose connections answer unparseable requests with problem documents."""
+    """An AppRunner whose requests enter through `FrontDoor` and whose connections answer
+    unparseable requests with problem documents."""
 
     async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
+        server = await super()._make_server()  # the app has started: its service exists
         server.__class__ = _ProblemServer
+        server.request_handler = FrontDoor(self.app)
         return server

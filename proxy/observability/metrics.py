@@ -2,13 +2,23 @@
 
 The resilience core does not import this module: the app attaches these metrics to breaker
 listeners and retry hooks, so the core stays free of instrumentation.
+
+The two per-request families (requests by route and status, latency by route) are plain numbers
+kept by `RequestMetrics` and turned into samples only when scraped. prometheus_client's own
+metrics take a lock on every increment, to be safe across threads; answered requests are counted
+on the event loop's one thread, where that lock and the label lookups cost as much as the rest
+of a replica read's bookkeeping together.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 PREFIX = "registry_proxy_"
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
@@ -32,23 +42,72 @@ LATENCY_BUCKETS = (
 )
 
 
+class _Latency:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.buckets = [0] * size  # per bucket, not cumulative; the last one is +Inf
+        self.count = 0
+        self.sum = 0.0
+
+
+class RequestMetrics(Collector):
+    """``registry_proxy_requests_total`` and ``registry_proxy_request_duration_seconds``, kept
+    as plain numbers; only the event loop's thread may call `observe`."""
+
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._bounds = buckets
+        self._les = [repr(float(b)) for b in buckets] + ["+Inf"]  # as Go formats them
+        self._counts: dict[tuple[str, str, int, str], int] = {}
+        self._latency: dict[tuple[str, str, str], _Latency] = {}
+
+    def observe(self, route: str, method: str, status: int, source: str, seconds: float) -> None:
+        key = (route, method, status, source)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        lkey = (route, method, source)
+        latency = self._latency.get(lkey)
+        if latency is None:
+            latency = self._latency[lkey] = _Latency(len(self._les))
+        # le is inclusive: a value equal to a bound belongs to that bound's bucket.
+        latency.buckets[bisect_left(self._bounds, seconds)] += 1
+        latency.count += 1
+        latency.sum += seconds
+
+    def count(self, route: str, method: str, status: int, source: str) -> int:
+        return self._counts.get((route, method, status, source), 0)
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            PREFIX + "requests",
+            "HTTP requests answered",
+            labels=["route", "method", "status", "source"],
+        )
+        for (route, method, status, source), n in list(self._counts.items()):
+            requests.add_metric([route, method, str(status), source], n)
+        yield requests
+        duration = HistogramMetricFamily(
+            PREFIX + "request_duration_seconds",
+            "HTTP request latency",
+            labels=["route", "method", "source"],
+        )
+        for labels, latency in list(self._latency.items()):
+            cumulative, running = [], 0
+            for le, n in zip(self._les, latency.buckets, strict=True):
+                running += n
+                cumulative.append((le, running))
+            duration.add_metric(list(labels), cumulative, latency.sum)
+        yield duration
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            PREFIX + "requests",
-            "HTTP requests answered",
-            ["route", "method", "status", "source"],
-            registry=r,
-        )
-        self.request_duration = Histogram(
-            PREFIX + "request_duration_seconds",
-            "HTTP request latency",
-            ["route", "method", "source"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.requests = RequestMetrics()
+        r.register(self.requests)
         self.breaker_state = Gauge(
             PREFIX + "breaker_state",
             "1 for the breaker's current state, 0 otherwise",
@@ -114,7 +173,8 @@ class Metrics:
         self.writes_committed = Counter(
             PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
         )
-        self._request_children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+        self._db_children: dict[tuple[str, str], Any] = {}
+        self._replica_children: dict[str, Any] = {}
         for state in BREAKER_STATES:
             self.breaker_state.labels("postgres", state).set(1 if state == "closed" else 0)
         for outcome in ("applied", "rejected", "failed"):
@@ -127,17 +187,21 @@ class Metrics:
     def observe_request(
         self, route: str, method: str, status: int, source: str, seconds: float
     ) -> None:
-        """One answered request; the labelled children are cached, as this runs per request."""
-        key = (route, method, status, source)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(route, method, str(status), source),
-                self.request_duration.labels(route, method, source),
+        self.requests.observe(route, method, status, source, seconds)
+
+    def observe_db_call(self, operation: str, outcome: str, seconds: float) -> None:
+        child = self._db_children.get((operation, outcome))
+        if child is None:
+            child = self._db_children[(operation, outcome)] = self.db_call_duration.labels(
+                operation, outcome
             )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        child.observe(seconds)
+
+    def replica_hit(self, kind: str) -> None:
+        child = self._replica_children.get(kind)
+        if child is None:
+            child = self._replica_children[kind] = self.replica_hits.labels(kind)
+        child.inc()
 
     def set_breaker_state(self, dependency: str, state: str) -> None:
         for s in BREAKER_STATES:

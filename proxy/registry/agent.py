@@ -6,9 +6,11 @@ derived by the same code whichever source served it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 # An agent that has not sent a heartbeat for this long is reported as unresponsive.
 HEARTBEAT_TIMEOUT = timedelta(minutes=5)
@@ -36,6 +38,10 @@ class AgentRecord:
     success_count: int
     quality_sum: float
     latency_ms_sum: float
+    # The encoded public document and the status it was rendered with. A record never changes
+    # (a new version is a new record) and only its status depends on the clock, so a record
+    # read again and again, as the replica's are, is encoded once per status.
+    _encoded: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def utilization(self) -> float:
@@ -57,8 +63,21 @@ class AgentRecord:
             "average_latency_ms": self.latency_ms_sum / n if n else None,
         }
 
+    def public_json(self, now: datetime) -> bytes:
+        """`to_public` encoded as JSON."""
+        status = self.status(now)
+        cached = self._encoded
+        if cached is not None and cached[0] == status:
+            return cached[1]
+        encoded = orjson.dumps(self._public(status))
+        object.__setattr__(self, "_encoded", (status, encoded))  # a cache, not a change
+        return encoded
+
     def to_public(self, now: datetime) -> dict[str, Any]:
         """The agent document of the API (see `proxy.registry.models.Agent`)."""
+        return self._public(self.status(now))
+
+    def _public(self, status: str) -> dict[str, Any]:
         return {
             "agent_id": self.agent_id,
             "name": self.name,
@@ -69,7 +88,7 @@ class AgentRecord:
                 "specializations": list(self.specializations),
             },
             "max_concurrent_tasks": self.max_concurrent_tasks,
-            "status": self.status(now),
+            "status": status,
             "registered_at": self.registered_at,
             "last_heartbeat_at": self.last_heartbeat_at,
             "updated_at": self.updated_at,

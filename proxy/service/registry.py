@@ -50,7 +50,7 @@ _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 REPLAY_ATTEMPTS = 5
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen init costs four times as much, per request
 class RequestContext:
     tenant: str
     actor: str
@@ -64,7 +64,7 @@ class RequestContext:
 @dataclass(slots=True)
 class Answer:
     status: int
-    body: Any
+    body: Any  # a JSON-able value, or bytes already encoded as JSON
     source: str
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -235,17 +235,21 @@ class RegistryService:
         rep = self.replica
         return rep is not None and rep.warm and rep.knows_tenant(tenant)
 
-    def _replica_first(self, tenant: str, agent_id: str | None = None) -> bool:
+    def _replica_first(self, tenant: str, agent_id: str | None = None) -> Replica | None:
+        """The replica when it should answer without asking PostgreSQL first, else None."""
         rep = self.replica
-        if rep is None or not self._replica_serves(tenant):
-            return False
-        if agent_id is not None and rep.has_pending(tenant, agent_id):
-            return True
-        if agent_id is None and rep.pending_count():
-            return True
-        return self.settings.read_mode is ReadMode.REPLICA and rep.fresh_within(
+        if rep is None or not rep.warm or not rep.knows_tenant(tenant):
+            return None
+        if agent_id is not None:
+            if rep.has_pending(tenant, agent_id):
+                return rep
+        elif rep.pending_count():
+            return rep
+        if self.settings.read_mode is ReadMode.REPLICA and rep.fresh_within(
             self.settings.replica.max_staleness_ms / 1000
-        )
+        ):
+            return rep
+        return None
 
     def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
         rep = self.replica
@@ -253,9 +257,9 @@ class RegistryService:
             raise self._unavailable(exc, "the local replica has no copy of this tenant")
         return rep
 
-    def _replica_headers(self) -> dict[str, str]:
-        assert self.replica is not None
-        age = self.replica.age()
+    @staticmethod
+    def _replica_headers(rep: Replica) -> dict[str, str]:
+        age = rep.age()
         return {"Age": str(math.ceil(age)) if age is not None else "0"}
 
     def _unavailable(self, exc: DatabaseUnavailable | None, what: str) -> errors.Unavailable:
@@ -265,71 +269,69 @@ class RegistryService:
     # -- reads -----------------------------------------------------------------------------
 
     async def get_agent(self, ctx: RequestContext, agent_id: str) -> Answer:
-        if self._replica_first(ctx.tenant, agent_id):
-            return self._agent_from_replica(ctx, agent_id, None)
+        rep = self._replica_first(ctx.tenant, agent_id)
+        if rep is not None:
+            return self._agent_from_replica(rep, ctx, agent_id, None)
         try:
             rec = await self._read_db(
                 ctx, "get_agent", lambda c: repository.fetch_agent(c, ctx.tenant, agent_id)
             )
         except DatabaseUnavailable as exc:
-            return self._agent_from_replica(ctx, agent_id, exc)
+            return self._agent_from_replica(self._replica_for(ctx, exc), ctx, agent_id, exc)
         if rec is None:
             raise errors.NotFound(f"agent {agent_id!r} is not registered")
-        return Answer(200, rec.to_public(_now()), "database", {"ETag": f'"{rec.version}"'})
+        return Answer(200, rec.public_json(_now()), "database", {"ETag": f'"{rec.version}"'})
 
     def _agent_from_replica(
-        self, ctx: RequestContext, agent_id: str, exc: DatabaseUnavailable | None
+        self, rep: Replica, ctx: RequestContext, agent_id: str, exc: DatabaseUnavailable | None
     ) -> Answer:
-        rep = self._replica_for(ctx, exc)
         rec = rep.get(ctx.tenant, agent_id)
         if rec is None:
             if rep.partial:
                 raise self._unavailable(exc, "the local replica is partial")
             raise errors.NotFound(f"agent {agent_id!r} is not registered")
         self.hooks.replica_hit("get")
-        headers = self._replica_headers()
+        headers = self._replica_headers(rep)
         if rec.version:
             headers["ETag"] = f'"{rec.version}"'
-        return Answer(200, rec.to_public(_now()), "replica", headers)
+        return Answer(200, rec.public_json(_now()), "replica", headers)
 
     async def query(self, ctx: RequestContext, q: AgentQuery) -> Answer:
-        if self._replica_first(ctx.tenant):
-            return self._query_from_replica(ctx, q, None)
+        rep = self._replica_first(ctx.tenant)
+        if rep is not None:
+            return self._query_from_replica(rep, ctx, q)
         try:
             rows = await self._read_db(
                 ctx, "query", lambda c: repository.query_agents(c, ctx.tenant, q)
             )
         except DatabaseUnavailable as exc:
-            return self._query_from_replica(ctx, q, exc)
+            return self._query_from_replica(self._replica_for(ctx, exc), ctx, q)
         return Answer(200, {"results": matching.rank(rows, q, _now())}, "database")
 
-    def _query_from_replica(
-        self, ctx: RequestContext, q: AgentQuery, exc: DatabaseUnavailable | None
-    ) -> Answer:
-        rep = self._replica_for(ctx, exc)
+    def _query_from_replica(self, rep: Replica, ctx: RequestContext, q: AgentQuery) -> Answer:
         self.hooks.replica_hit("query")
         rows = rep.query(ctx.tenant, q)
-        headers = self._replica_headers()
+        headers = self._replica_headers(rep)
         if rep.partial:
             headers["X-Registry-Partial"] = "true"
         return Answer(200, {"results": matching.rank(rows, q, _now())}, "replica", headers)
 
     async def stats(self, ctx: RequestContext) -> Answer:
-        if self._replica_first(ctx.tenant):
-            return self._stats_from_replica(ctx, None)
+        rep = self._replica_first(ctx.tenant)
+        if rep is not None:
+            return self._stats_from_replica(rep, ctx)
         try:
             body = await self._read_db(
                 ctx, "stats", lambda c: repository.fetch_stats(c, ctx.tenant)
             )
         except DatabaseUnavailable as exc:
-            return self._stats_from_replica(ctx, exc)
+            return self._stats_from_replica(self._replica_for(ctx, exc), ctx)
         return Answer(200, body, "database")
 
-    def _stats_from_replica(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Answer:
-        rep = self._replica_for(ctx, exc)
+    def _stats_from_replica(self, rep: Replica, ctx: RequestContext) -> Answer:
         self.hooks.replica_hit("stats")
         return Answer(
-            200, matching.stats(rep.all(ctx.tenant), _now()), "replica", self._replica_headers()
+            200, matching.stats(rep.all(ctx.tenant), _now()), "replica", self._replica_headers(rep)
         )
 
     async def operation(self, ctx: RequestContext, op_id: str) -> Answer:

@@ -132,7 +132,10 @@ class Database:
             raise DatabaseNotConnected(self.last_error or "database not connected yet")
         wait = self.acquire_timeout_s if timeout is None else min(timeout, self.acquire_timeout_s)
         try:
-            conn = await pool.acquire(timeout=wait)
+            # A timeout scope rather than acquire(timeout=): that one wraps the wait in
+            # asyncio.wait_for, a task per call, for a wait that is nearly always zero.
+            async with asyncio.timeout(wait):
+                conn = await pool.acquire()
         except TimeoutError:
             # Connections busy with real work explain the wait: the bulkhead is full, and the
             # database is not necessarily sick (a stuck query meets its own deadline and is
@@ -157,7 +160,9 @@ class Database:
                     conn.terminate()
             raise
         finally:
-            await pool.release(conn)
+            # Bounds the reset's ROLLBACK, if one is needed (acquire no longer passes a timeout
+            # for release to inherit).
+            await pool.release(conn, timeout=self._connect_timeout)
 
     async def set_tenants(self, tenants: list[str]) -> None:
         """After a token reload: new connections carry the new tenant list, old ones go."""

@@ -1,4 +1,4 @@
-"""Access lines: one per request by default; with log.access off, only for errors."""
+"""Access lines: only for errors by default; with log.access on, one per request."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ def info_logs() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("info_logs")
-@pytest.mark.parametrize("access", [True, False])
-async def test_access_lines(make_api: AppFactory, access: bool) -> None:
-    api = await make_api(log={"access": access})
+@pytest.mark.parametrize("access", [True, False, None])
+async def test_access_lines(make_api: AppFactory, access: bool | None) -> None:
+    api = await (make_api() if access is None else make_api(log={"access": access}))
     with capture_logs() as lines:
         assert (await api.call("GET", "/v1/stats"))[0] == 200
         assert (await api.call("GET", "/v1/agents/missing"))[0] == 404

@@ -39,7 +39,8 @@ async def test_sidecar_works_as_an_ordinary_role_and_sees_only_its_tenants(
     api = await make_api(app_role)
     assert (await api.call("POST", "/v1/agents", agent_body("walled")))[0] == 201
     status, body, _ = await api.call(
-        "POST", "/v1/agents/walled/performance",
+        "POST",
+        "/v1/agents/walled/performance",
         {"success": True, "quality_score": 0.9, "latency_ms": 3},
     )
     assert status == 201, body
@@ -65,8 +66,12 @@ async def test_sidecar_works_as_an_ordinary_role_and_sees_only_its_tenants(
     try:
         seen = await conn.fetch("SELECT DISTINCT tenant_id FROM agents")
         assert [r["tenant_id"] for r in seen] == [tokens.tenant]
-        assert await conn.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id <> $1",
-                                   tokens.tenant) == 0
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM audit_log WHERE tenant_id <> $1", tokens.tenant
+            )
+            == 0
+        )
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute(
                 "INSERT INTO agents (tenant_id, agent_id, name, model_family, task_types) "

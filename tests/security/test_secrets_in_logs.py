@@ -42,6 +42,8 @@ FAST = {
     "REGISTRY_PROXY_REQUEST__DEFAULT_TIMEOUT_MS": "500",
     "REGISTRY_PROXY_LOG__LEVEL": "debug",
     "REGISTRY_PROXY_LOG__FORMAT": "json",
+    # Every request's line too: the test searches all that the sidecar can write.
+    "REGISTRY_PROXY_LOG__ACCESS": "true",
 }
 ROLE = "rp_app"
 

@@ -1,0 +1,61 @@
+"""The per-request metrics kept as plain numbers expose what prometheus_client's would."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.observability.metrics import LATENCY_BUCKETS, Metrics
+
+
+def _samples(text: str, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        if fam.name == family:
+            for s in fam.samples:
+                if not s.name.endswith("_created"):
+                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_latency_histogram_matches_prometheus_client() -> None:
+    values = [0.0, 0.0004, 0.0005, 0.00051, 0.001, 0.7, 10.0, 11.0]
+    metrics = Metrics()
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "registry_proxy_request_duration_seconds",
+        "HTTP request latency",
+        ["route", "method", "source"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference_registry,
+    )
+    for v in values:
+        metrics.observe_request("get_agent", "GET", 200, "replica", v)
+        reference.labels("get_agent", "GET", "replica").observe(v)
+    ours = _samples(
+        generate_latest(metrics.registry).decode(), "registry_proxy_request_duration_seconds"
+    )
+    theirs = _samples(
+        generate_latest(reference_registry).decode(), "registry_proxy_request_duration_seconds"
+    )
+    assert ours == theirs
+    assert len(ours) == len(LATENCY_BUCKETS) + 1 + 2  # buckets with +Inf, count, sum
+
+
+def test_requests_counted_by_route_method_status_source() -> None:
+    metrics = Metrics()
+    for _ in range(3):
+        metrics.observe_request("get_agent", "GET", 200, "replica", 0.001)
+    metrics.observe_request("get_agent", "GET", 404, "none", 0.001)
+    got = _samples(generate_latest(metrics.registry).decode(), "registry_proxy_requests")
+    key = ("route", "get_agent"), ("method", "GET")
+    assert got == {
+        (
+            "registry_proxy_requests_total",
+            tuple(sorted([*key, ("status", "200"), ("source", "replica")])),
+        ): 3.0,
+        (
+            "registry_proxy_requests_total",
+            tuple(sorted([*key, ("status", "404"), ("source", "none")])),
+        ): 1.0,
+    }
