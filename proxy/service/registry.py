@@ -175,16 +175,14 @@ class RegistryService:
         *,
         caller_deadline: bool = False,
     ) -> T:
-        breaker = self.breaker
-        if breaker.state in _OPEN_STATES:
+        if self._breaker_refuses():
             # Fail fast without building a call, a permit and an exception chain: during an
-            # outage this is every request, and the fallback should cost what a read costs.
-            wait = breaker.retry_after()
-            if wait > 0 or breaker.state is BreakerState.FORCED_OPEN:
-                self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
-                raise DatabaseUnavailable(
-                    f"circuit breaker is {breaker.state.value}", max(wait, 1.0)
-                )
+            # outage this is every write, and the fallback should cost what a write costs.
+            breaker = self.breaker
+            self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
+            raise DatabaseUnavailable(
+                f"circuit breaker is {breaker.state.value}", max(breaker.retry_after(), 1.0)
+            )
 
         async def attempt(timeout: float) -> T:
             async with self.db.connection(timeout) as conn:
@@ -229,6 +227,14 @@ class RegistryService:
     ) -> T:
         return await self._db(ctx.deadline, operation, fn, caller_deadline=ctx.client_deadline)
 
+    def _breaker_refuses(self) -> bool:
+        """The breaker is open and no probe is due: a database call would be refused."""
+        breaker = self.breaker
+        state = breaker.state
+        if state is BreakerState.FORCED_OPEN:
+            return True
+        return state is BreakerState.OPEN and breaker.retry_after() > 0
+
     # -- replica helpers -------------------------------------------------------------------
 
     def _replica_serves(self, tenant: str) -> bool:
@@ -251,6 +257,18 @@ class RegistryService:
             return rep
         return None
 
+    def _replica_during_outage(self, ctx: RequestContext, operation: str) -> Replica | None:
+        """The replica, when the breaker would refuse the database call anyway.
+
+        The same answer as the database path's refusal caught and turned into a fallback (the
+        same metrics, the same problem when the replica cannot answer), without raising and
+        catching an exception per read: the outage path then costs what a healthy replica read
+        costs."""
+        if not self._breaker_refuses():
+            return None
+        self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
+        return self._replica_for(ctx, None)
+
     def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
         rep = self.replica
         if rep is None or not self._replica_serves(ctx.tenant):
@@ -270,6 +288,8 @@ class RegistryService:
 
     async def get_agent(self, ctx: RequestContext, agent_id: str) -> Answer:
         rep = self._replica_first(ctx.tenant, agent_id)
+        if rep is None:
+            rep = self._replica_during_outage(ctx, "get_agent")
         if rep is not None:
             return self._agent_from_replica(rep, ctx, agent_id, None)
         try:
@@ -298,6 +318,8 @@ class RegistryService:
 
     async def query(self, ctx: RequestContext, q: AgentQuery) -> Answer:
         rep = self._replica_first(ctx.tenant)
+        if rep is None:
+            rep = self._replica_during_outage(ctx, "query")
         if rep is not None:
             return self._query_from_replica(rep, ctx, q)
         try:
@@ -318,6 +340,8 @@ class RegistryService:
 
     async def stats(self, ctx: RequestContext) -> Answer:
         rep = self._replica_first(ctx.tenant)
+        if rep is None:
+            rep = self._replica_during_outage(ctx, "stats")
         if rep is not None:
             return self._stats_from_replica(rep, ctx)
         try:

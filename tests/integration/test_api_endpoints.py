@@ -881,6 +881,16 @@ async def test_forced_open_serves_reads_from_replica_and_journals_writes(
     assert status == 200
     assert headers["X-Registry-Source"] == "replica"
     assert body["total_agents"] == 1
+    # Each read counts as a database call the breaker refused, as it did before the fallback.
+    metrics = await (await api.client.get("/metrics")).text()
+    for operation in ("get_agent", "query", "stats"):
+        assert re.search(
+            r"registry_proxy_db_call_duration_seconds_count\{"
+            rf'operation="{operation}",outcome="rejected"\}} [1-9]',
+            metrics,
+        ), operation
+    status, body, _ = await api.call("GET", "/v1/agents/br-missing")
+    assert status == 404, body  # the replica is complete: it knows the agent is not there
     resp = await api.client.get("/readyz")
     assert resp.status == 200  # the replica is warm
 
