@@ -188,7 +188,9 @@ def sidecar(
     - the per-token rate limit stays in the request path but cannot refuse (1e6/s): one token
       sends the whole load;
     - max_agents is raised: the write workloads register tens of thousands of agents;
-    - logs at the default level `info` (one JSON access line per request) to a file.
+    - logs at the default level `info`, as JSON lines, to a file; with the default `log.access`
+      off, only requests answered with an error get a line (set
+      REGISTRY_PROXY_LOG__ACCESS=true in the environment to measure a line per request).
     """
     port = free_port()
     journal = workdir / f"{name}-journal"

@@ -21,8 +21,9 @@ Order: score descending, then agent id ascending, so the order is total and dete
 are compared after rounding to 9 decimals so the database path and the replica path, which compute
 the same floats in the same way, can never disagree because of the last bit.
 
-The database path filters in SQL and calls `rank` on the rows of that single query; the replica
-path filters with `matches` and calls the same `rank`.
+The database path filters and scores in SQL, keeps the few rows that can reach the top ``limit``
+(`proxy.store.repository.query_agents`) and calls `rank` on them; the replica path filters with
+`matches` and calls the same `rank`.
 """
 
 from __future__ import annotations
