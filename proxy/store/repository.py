@@ -105,7 +105,8 @@ _QUERY = (
     "     (task_count > 0 AND success_count::float8 / task_count >= $6))), "
     "cut AS (SELECT score FROM f ORDER BY score DESC LIMIT 1 OFFSET $7::int - 1) "
     f"SELECT {COLUMNS} FROM f "
-    f"WHERE f.score >= COALESCE((SELECT score FROM cut), '-infinity'::float8) - {_f8(_CUTOFF_MARGIN)}"
+    "WHERE f.score >= COALESCE((SELECT score FROM cut), '-infinity'::float8) "
+    f"- {_f8(_CUTOFF_MARGIN)}"
 )
 
 
