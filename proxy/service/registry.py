@@ -177,7 +177,7 @@ class RegistryService:
     ) -> T:
         if self._breaker_refuses():
             # Fail fast without building a call, a permit and an exception chain: during an
-            # outage this is every write, and the fallback should cost what a write costs.
+            # outage this is every write (reads the replica can serve never get here).
             breaker = self.breaker
             self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
             raise DatabaseUnavailable(
