@@ -121,7 +121,7 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
 
     return ServiceHooks(
         db_call=metrics.observe_db_call,
-        replica_hit=metrics.replica_hit,
+        replica_hit=metrics.replica_hits.inc,  # per read: no wrapper frame
         journal_append=lambda: _both(metrics.journal_appends.inc, metrics.writes_accepted.inc),
         committed=lambda path: metrics.writes_committed.labels(path).inc(),
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),

@@ -13,8 +13,9 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import time
+from contextvars import Token
 from dataclasses import dataclass
+from time import perf_counter
 
 import structlog
 from aiohttp import web
@@ -66,25 +67,56 @@ class Gate:
 
     async def serve(self, request: web.Request, route: str, handler: Handler) -> web.StreamResponse:
         """Run ``handler`` as the request ``route``: id, problems, metrics, access line."""
+        request_id, token, started = self.enter(request)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = self.problem(exc, route)
+        finally:
+            REQUEST_ID.reset(token)
+        return self.leave(request, route, response, request_id, started)
+
+    def enter(self, request: web.Request) -> tuple[str, Token[str | None], float]:
+        """The first half of `serve`: the request's id, in the log context from here on.
+
+        The caller resets the context with the token once the answer is made (whatever
+        happened), then calls `leave` with the id and the start time."""
         presented = request.headers.get("X-Request-ID")
         if presented is not None and _REQUEST_ID.fullmatch(presented):
             request_id = presented
         else:
             request_id = self.ids.next()
         request[keys.REQUEST_ID] = request_id
-        token = REQUEST_ID.set(request_id)
-        started = time.perf_counter()
-        try:
-            response = await handler(request)
-        except Exception as exc:
-            response = self._problem(exc, route)
-        finally:
-            REQUEST_ID.reset(token)
-        response.headers["X-Request-ID"] = request_id
-        elapsed = time.perf_counter() - started
-        status = response.status
-        source = response.headers.get("X-Registry-Source", "none")
-        self.metrics.observe_request(route, request.method, status, source, elapsed)
+        return request_id, REQUEST_ID.set(request_id), perf_counter()
+
+    def leave(
+        self,
+        request: web.Request,
+        route: str,
+        response: web.StreamResponse,
+        request_id: str,
+        started: float,
+    ) -> web.StreamResponse:
+        """The second half of `serve`: the id on the answer, metrics and the access line."""
+        headers = response.headers
+        headers["X-Request-ID"] = request_id
+        source = headers.get("X-Registry-Source", "none")
+        self.account(request, route, response.status, source, request_id, started)
+        return response
+
+    def account(
+        self,
+        request: web.Request,
+        route: str,
+        status: int,
+        source: str,
+        request_id: str,
+        started: float,
+    ) -> None:
+        """Metrics and the access line of an answer; `leave` without touching the response,
+        for an answer that carries its request id already."""
+        elapsed = perf_counter() - started
+        self.metrics.requests.observe(route, request.method, status, source, elapsed)
         if (status >= 400 or self.settings.log.access) and route not in _QUIET_ROUTES:
             principal = request.get(keys.PRINCIPAL)
             log.info(
@@ -98,10 +130,9 @@ class Gate:
                 duration_ms=round(elapsed * 1000, 3),
                 source=source,
             )
-        return response
 
     @staticmethod
-    def _problem(exc: Exception, route: str) -> web.StreamResponse:
+    def problem(exc: Exception, route: str) -> web.StreamResponse:
         """The answer for what a handler raised; called in its except block (for the log)."""
         if isinstance(exc, ProblemError):
             return exc.response()
@@ -117,13 +148,14 @@ class Gate:
         log.exception("unhandled error", route=route)
         return problem(500, "the sidecar failed to answer; see its log for the request id")
 
-    def admit(self, request: web.Request, route: str) -> None:
+    def admit(self, request: web.Request, route: str) -> RequestContext | None:
         """Authentication, role, rate limit and the request's deadline; a problem if refused.
 
-        Routes the router did not match (404, 405) and public routes pass untouched."""
+        Gives the request's context (also kept on the request). Routes the router did not
+        match (404, 405) and public routes pass untouched, without one."""
         required = ROLE_BY_NAME.get(route)
         if required is None:
-            return
+            return None
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         token = token.strip()
         if not token or scheme.lower() != "bearer":
@@ -159,13 +191,14 @@ class Gate:
             if asked < 1:
                 raise ProblemError(400, "X-Request-Timeout must be at least 1 ms")
             timeout_ms = min(timeout_ms, asked)
-        request[keys.CONTEXT] = RequestContext(
+        ctx = request[keys.CONTEXT] = RequestContext(
             tenant=principal.tenant,
             actor=principal.token_id,
             request_id=request[keys.REQUEST_ID],
             deadline=Deadline.after(timeout_ms / 1000),
             client_deadline=timeout_ms < default_ms,
         )
+        return ctx
 
 
 @web.middleware

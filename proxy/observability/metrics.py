@@ -3,8 +3,9 @@
 The resilience core does not import this module: the app attaches these metrics to breaker
 listeners and retry hooks, so the core stays free of instrumentation.
 
-The two per-request families (requests by route and status, latency by route) are plain numbers
-kept by `RequestMetrics` and turned into samples only when scraped. prometheus_client's own
+The two per-request families (requests by route and status, latency by route) and the replica's
+hits are plain numbers kept by `RequestMetrics` and `CountsByLabel`, turned into samples only
+when scraped. prometheus_client's own
 metrics take a lock on every increment, to be safe across threads; answered requests are counted
 on the event loop's one thread, where that lock and the label lookups cost as much as the rest
 of a replica read's bookkeeping together.
@@ -102,6 +103,32 @@ class RequestMetrics(Collector):
         return iter(())
 
 
+class CountsByLabel(Collector):
+    """A counter with one label, kept as plain numbers like `RequestMetrics`; for counts taken
+    on every read (replica hits). Only the event loop's thread may call `inc`."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._counts: dict[str, int] = {}
+
+    def inc(self, value: str) -> None:
+        self._counts[value] = self._counts.get(value, 0) + 1
+
+    def count(self, value: str) -> int:
+        return self._counts.get(value, 0)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, n in list(self._counts.items()):
+            family.add_metric([value], n)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -155,9 +182,10 @@ class Metrics:
         self.replica_max_staleness = Gauge(
             PREFIX + "replica_max_staleness_seconds", "Configured staleness bound", registry=r
         )
-        self.replica_hits = Counter(
-            PREFIX + "replica_hits", "Reads answered from the replica", ["kind"], registry=r
+        self.replica_hits = CountsByLabel(
+            PREFIX + "replica_hits", "Reads answered from the replica", "kind"
         )
+        r.register(self.replica_hits)
         self.journal_depth = Gauge(
             PREFIX + "journal_depth", "Journaled writes not yet applied", registry=r
         )
@@ -174,7 +202,6 @@ class Metrics:
             PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
         )
         self._db_children: dict[tuple[str, str], Any] = {}
-        self._replica_children: dict[str, Any] = {}
         for state in BREAKER_STATES:
             self.breaker_state.labels("postgres", state).set(1 if state == "closed" else 0)
         for outcome in ("applied", "rejected", "failed"):
@@ -198,10 +225,7 @@ class Metrics:
         child.observe(seconds)
 
     def replica_hit(self, kind: str) -> None:
-        child = self._replica_children.get(kind)
-        if child is None:
-            child = self._replica_children[kind] = self.replica_hits.labels(kind)
-        child.inc()
+        self.replica_hits.inc(kind)
 
     def set_breaker_state(self, dependency: str, state: str) -> None:
         for s in BREAKER_STATES:

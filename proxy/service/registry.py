@@ -122,6 +122,9 @@ class RegistryService:
         self.replica = replica
         self.journal = journal
         self.hooks = hooks or ServiceHooks()
+        # Read per request on the hot path; the settings of a running service do not change.
+        self._replica_reads = settings.read_mode is ReadMode.REPLICA
+        self._max_staleness_s = settings.replica.max_staleness_ms / 1000
         self._replay_lock = asyncio.Lock()
         self._replay_wake = asyncio.Event()
         self._replay_task: asyncio.Task[None] | None = None
@@ -251,9 +254,7 @@ class RegistryService:
                 return rep
         elif rep.pending_count():
             return rep
-        if self.settings.read_mode is ReadMode.REPLICA and rep.fresh_within(
-            self.settings.replica.max_staleness_ms / 1000
-        ):
+        if self._replica_reads and rep.fresh_within(self._max_staleness_s):
             return rep
         return None
 
@@ -287,11 +288,27 @@ class RegistryService:
     # -- reads -----------------------------------------------------------------------------
 
     async def get_agent(self, ctx: RequestContext, agent_id: str) -> Answer:
+        answer = self.get_agent_at_once(ctx, agent_id)
+        if answer is not None:
+            return answer
+        return await self.get_agent_from_database(ctx, agent_id)
+
+    def get_agent_at_once(self, ctx: RequestContext, agent_id: str) -> Answer | None:
+        """The answer when it needs no waiting: the replica answers (fresh enough in replica
+        mode, pending writes of this agent, or the breaker refusing PostgreSQL anyway), or the
+        problem it raises. None when PostgreSQL must be asked.
+
+        `get_agent` is this, then `get_agent_from_database`; the front door calls the two
+        itself so that a replica read is not a coroutine."""
         rep = self._replica_first(ctx.tenant, agent_id)
         if rep is None:
             rep = self._replica_during_outage(ctx, "get_agent")
-        if rep is not None:
-            return self._agent_from_replica(rep, ctx, agent_id, None)
+            if rep is None:
+                return None
+        return self._agent_from_replica(rep, ctx, agent_id, None)
+
+    async def get_agent_from_database(self, ctx: RequestContext, agent_id: str) -> Answer:
+        """The rest of `get_agent`, once `get_agent_at_once` gave None."""
         try:
             rec = await self._read_db(
                 ctx, "get_agent", lambda c: repository.fetch_agent(c, ctx.tenant, agent_id)

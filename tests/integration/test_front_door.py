@@ -116,3 +116,102 @@ async def test_front_door_keeps_a_presented_request_id(
     status, kept, body, request_id = await _answer(front, f"/v1/agents/{AGENT}", headers)
     assert (status, request_id, kept["X-Registry-Source"]) == (200, "trace-123", "replica")
     assert body["agent_id"] == AGENT
+
+
+async def test_direct_answer_has_the_routers_headers(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]], tokens: Tokens
+) -> None:
+    """The answer written straight to the transport carries every header aiohttp's response
+    would, with the same values (but the clock's and the request's own)."""
+    front, plain, calls = two_doors
+    headers = {"Authorization": f"Bearer {tokens.reader}"}
+    seen = []
+    for client in (front, plain):
+        resp = await client.get(f"/v1/agents/{AGENT}", headers=headers)
+        assert resp.status == 200
+        await resp.read()
+        seen.append(
+            {
+                k.lower(): v
+                for k, v in resp.headers.items()
+                if k.lower() not in ("date", "x-request-id")
+            }
+            | {"has-date": str("Date" in resp.headers)}
+        )
+    assert seen[0] == seen[1]
+    assert not calls  # the front door answered
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    fields = dict(line.split(": ", 1) for line in head[1:] if line)
+    body = await reader.readexactly(int(fields["Content-Length"]))
+    return head[0], {k.lower(): v for k, v in fields.items()}, body
+
+
+async def _raw(client: TestClient[Any, Any], data: bytes) -> tuple[asyncio.StreamReader, Any]:
+    server = client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]], tokens: Tokens
+) -> None:
+    front, _, calls = two_doors
+    auth = f"Authorization: Bearer {tokens.reader}\r\nHost: sidecar\r\n"
+    data = (
+        f"GET /v1/agents/{AGENT} HTTP/1.1\r\n{auth}X-Request-ID: first\r\n\r\n"
+        f"GET /v1/agents/missing-agent HTTP/1.1\r\n{auth}X-Request-ID: second\r\n\r\n"
+        f"GET /v1/agents/{AGENT} HTTP/1.1\r\n{auth}X-Request-ID: third\r\n\r\n"
+    ).encode()
+    reader, writer = await _raw(front, data)
+    try:
+        async with asyncio.timeout(10):
+            answers = [await _read_answer(reader) for _ in range(3)]
+    finally:
+        writer.close()
+    assert [(a[0], a[1]["x-request-id"]) for a in answers] == [
+        ("HTTP/1.1 200 OK", "first"),
+        ("HTTP/1.1 404 Not Found", "second"),
+        ("HTTP/1.1 200 OK", "third"),
+    ]
+    assert orjson.loads(answers[0][2])["agent_id"] == AGENT
+    assert answers[0][2] == answers[2][2]
+    assert not calls
+
+
+@pytest.mark.parametrize(
+    ("request_line", "extra", "status_line"),
+    [
+        ("HTTP/1.0", "", "HTTP/1.0 200 OK"),
+        ("HTTP/1.1", "Connection: close\r\n", "HTTP/1.1 200 OK"),
+    ],
+)
+async def test_connections_that_close_get_aiohttps_own_answer(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]],
+    tokens: Tokens,
+    request_line: str,
+    extra: str,
+    status_line: str,
+) -> None:
+    """The direct answer is for HTTP/1.1 keep-alive only; otherwise aiohttp writes the answer
+    (its Connection header, its HTTP version) and closes the connection after it."""
+    front, _, calls = two_doors
+    data = (
+        f"GET /v1/agents/{AGENT} {request_line}\r\nHost: sidecar\r\n"
+        f"Authorization: Bearer {tokens.reader}\r\n{extra}\r\n"
+    ).encode()
+    reader, writer = await _raw(front, data)
+    try:
+        async with asyncio.timeout(10):
+            status, fields, body = await _read_answer(reader)
+            assert await reader.read() == b""  # closed by the server
+    finally:
+        writer.close()
+    assert status == status_line
+    assert orjson.loads(body)["agent_id"] == AGENT
+    assert fields["x-registry-source"] == "replica"
+    assert not calls  # still the front door, with aiohttp's response

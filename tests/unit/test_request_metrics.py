@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.observability.metrics import LATENCY_BUCKETS, Metrics
@@ -59,3 +59,23 @@ def test_requests_counted_by_route_method_status_source() -> None:
             tuple(sorted([*key, ("status", "404"), ("source", "none")])),
         ): 1.0,
     }
+
+
+def test_replica_hits_match_prometheus_client() -> None:
+    metrics = Metrics()
+    reference_registry = CollectorRegistry()
+    reference = Counter(
+        "registry_proxy_replica_hits",
+        "Reads answered from the replica",
+        ["kind"],
+        registry=reference_registry,
+    )
+    for kind in ("get", "get", "query", "get"):
+        metrics.replica_hit(kind)
+        reference.labels(kind).inc()
+    ours = _samples(generate_latest(metrics.registry).decode(), "registry_proxy_replica_hits")
+    theirs = _samples(
+        generate_latest(reference_registry).decode(), "registry_proxy_replica_hits"
+    )
+    assert ours == theirs
+    assert ours[("registry_proxy_replica_hits_total", (("kind", "get"),))] == 3.0

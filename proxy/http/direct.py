@@ -1,0 +1,67 @@
+"""An answer written to the connection in one piece, for the front door's hot read.
+
+A get-by-id answered from the replica costs less than aiohttp's preparation of the answer: the
+header bookkeeping for chunking, compression, cookies and signals, a multidict per response, a
+writer per request and three awaits between them. The answer needs none of it: a JSON body of
+known length, a few headers the sidecar sets itself, HTTP/1.1 keep-alive. `DirectResponse` keeps
+the contract aiohttp's request handler holds a response to (``prepare``, ``write_eof``,
+``keep_alive``) and writes status line, headers and body with one call to the transport.
+
+It is for HTTP/1.1 requests that keep the connection open, which is what `fits` checks; anything
+else is answered by a plain `web.Response`. Like the server's protocol handler it leans on how
+aiohttp 3 drives a response, which is one more reason aiohttp is pinned below 4; the front door's
+tests compare its answers with the router's, headers included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.web_request import BaseRequest
+
+_TAIL = f"\r\nServer: {SERVER_SOFTWARE}\r\nDate: "
+
+
+def fits(request: BaseRequest) -> bool:
+    """Whether `DirectResponse` can answer: HTTP/1.1 and the connection stays open."""
+    return request.version == HttpVersion11 and request.keep_alive
+
+
+class DirectResponse(web.StreamResponse):
+    """A complete answer: status, header fields and body.
+
+    The fields are a plain dict written as given, not aiohttp's `headers` multidict (which
+    stays empty): names and values the sidecar wrote itself, never a caller's bytes unchecked.
+    Content-Length, Date and Server are added as aiohttp adds them."""
+
+    def __init__(self, *, status: int, fields: dict[str, str], body: bytes) -> None:
+        super().__init__(status=status)
+        self.fields = fields
+        self._body_bytes = body
+        self._sent = False
+
+    @property
+    def keep_alive(self) -> bool:
+        return True  # `fits` was checked before this response was made
+
+    async def prepare(self, request: BaseRequest) -> Any:
+        if self._sent:
+            return None
+        self._sent = True
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # aiohttp's own writer raises a ConnectionError here, which its handler expects.
+            raise ConnectionResetError("the client closed the connection")
+        body = self._body_bytes
+        lines = [f"HTTP/1.1 {self.status} {self.reason}"]
+        for name, value in self.fields.items():
+            lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(body)}{_TAIL}{rfc822_formatted_time()}\r\n\r\n")
+        transport.write("\r\n".join(lines).encode("latin-1") + body)
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None  # everything went out in `prepare`
