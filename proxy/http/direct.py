@@ -5,7 +5,9 @@ header bookkeeping for chunking, compression, cookies and signals, a multidict p
 writer per request and three awaits between them. The answer needs none of it: a JSON body of
 known length, a few headers the sidecar sets itself, HTTP/1.1 keep-alive. `DirectResponse` keeps
 the contract aiohttp's request handler holds a response to (``prepare``, ``write_eof``,
-``keep_alive``) and writes status line, headers and body with one call to the transport.
+``keep_alive``) and writes status line, headers and body with one call to the transport. Like
+aiohttp's writer with an answer this small, it does not wait for the transport to drain: the
+transport buffers, and aiohttp stops reading a connection whose requests pile up.
 
 It is for HTTP/1.1 requests that keep the connection open, which is what `fits` checks; anything
 else is answered by a plain `web.Response`. Like the server's protocol handler it leans on how
