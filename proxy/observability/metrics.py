@@ -3,21 +3,19 @@
 The resilience core does not import this module: the app attaches these metrics to breaker
 listeners and retry hooks, so the core stays free of instrumentation.
 
-The two per-request families (requests by route and status, latency by route) and the replica's
-hits are plain numbers kept by `RequestMetrics` and `CountsByLabel`, turned into samples only
-when scraped. prometheus_client's own
-metrics take a lock on every increment, to be safe across threads; answered requests are counted
-on the event loop's one thread, where that lock and the label lookups cost as much as the rest
-of a replica read's bookkeeping together.
+What is counted per request (requests by route and status, latency by route, database calls,
+replica hits) is kept as plain numbers by `RequestMetrics`, `PlainHistogram` and `CountsByLabel`,
+turned into samples only when scraped. prometheus_client's own metrics take a lock on every
+increment, to be safe across threads; these are counted on the event loop's one thread, where
+that lock and the label lookups cost as much as the rest of a replica read's bookkeeping.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -52,27 +50,64 @@ class _Latency:
         self.sum = 0.0
 
 
+class PlainHistogram(Collector):
+    """A labelled histogram kept as plain numbers; only the event loop's thread may call
+    `observe`. Label values come as one tuple, in the order of ``labels``."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str],
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = list(labels)
+        self._bounds = buckets
+        self._les = [repr(float(b)) for b in buckets] + ["+Inf"]  # as Go formats them
+        self._series: dict[tuple[str, ...], _Latency] = {}
+
+    def observe(self, key: tuple[str, ...], seconds: float) -> None:
+        latency = self._series.get(key)
+        if latency is None:
+            latency = self._series[key] = _Latency(len(self._les))
+        # le is inclusive: a value equal to a bound belongs to that bound's bucket.
+        latency.buckets[bisect_left(self._bounds, seconds)] += 1
+        latency.count += 1
+        latency.sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, latency in list(self._series.items()):
+            cumulative, running = [], 0
+            for le, n in zip(self._les, latency.buckets, strict=True):
+                running += n
+                cumulative.append((le, running))
+            family.add_metric(list(labels), cumulative, latency.sum)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 class RequestMetrics(Collector):
     """``registry_proxy_requests_total`` and ``registry_proxy_request_duration_seconds``, kept
     as plain numbers; only the event loop's thread may call `observe`."""
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self._bounds = buckets
-        self._les = [repr(float(b)) for b in buckets] + ["+Inf"]  # as Go formats them
         self._counts: dict[tuple[str, str, int, str], int] = {}
-        self._latency: dict[tuple[str, str, str], _Latency] = {}
+        self._latency = PlainHistogram(
+            PREFIX + "request_duration_seconds",
+            "HTTP request latency",
+            ["route", "method", "source"],
+            buckets,
+        )
 
     def observe(self, route: str, method: str, status: int, source: str, seconds: float) -> None:
         key = (route, method, status, source)
         self._counts[key] = self._counts.get(key, 0) + 1
-        lkey = (route, method, source)
-        latency = self._latency.get(lkey)
-        if latency is None:
-            latency = self._latency[lkey] = _Latency(len(self._les))
-        # le is inclusive: a value equal to a bound belongs to that bound's bucket.
-        latency.buckets[bisect_left(self._bounds, seconds)] += 1
-        latency.count += 1
-        latency.sum += seconds
+        self._latency.observe((route, method, source), seconds)
 
     def count(self, route: str, method: str, status: int, source: str) -> int:
         return self._counts.get((route, method, status, source), 0)
@@ -86,18 +121,7 @@ class RequestMetrics(Collector):
         for (route, method, status, source), n in list(self._counts.items()):
             requests.add_metric([route, method, str(status), source], n)
         yield requests
-        duration = HistogramMetricFamily(
-            PREFIX + "request_duration_seconds",
-            "HTTP request latency",
-            labels=["route", "method", "source"],
-        )
-        for labels, latency in list(self._latency.items()):
-            cumulative, running = [], 0
-            for le, n in zip(self._les, latency.buckets, strict=True):
-                running += n
-                cumulative.append((le, running))
-            duration.add_metric(list(labels), cumulative, latency.sum)
-        yield duration
+        yield from self._latency.collect()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -158,13 +182,12 @@ class Metrics:
             "Retries refused because the budget was spent",
             registry=r,
         )
-        self.db_call_duration = Histogram(
+        self.db_call_duration = PlainHistogram(
             PREFIX + "db_call_duration_seconds",
             "Database call latency",
             ["operation", "outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
+        r.register(self.db_call_duration)
         self.pool_connections = Gauge(
             PREFIX + "pool_connections",
             "Connection pool use",
@@ -201,7 +224,6 @@ class Metrics:
         self.writes_committed = Counter(
             PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
         )
-        self._db_children: dict[tuple[str, str], Any] = {}
         for state in BREAKER_STATES:
             self.breaker_state.labels("postgres", state).set(1 if state == "closed" else 0)
         for outcome in ("applied", "rejected", "failed"):
@@ -217,12 +239,7 @@ class Metrics:
         self.requests.observe(route, method, status, source, seconds)
 
     def observe_db_call(self, operation: str, outcome: str, seconds: float) -> None:
-        child = self._db_children.get((operation, outcome))
-        if child is None:
-            child = self._db_children[(operation, outcome)] = self.db_call_duration.labels(
-                operation, outcome
-            )
-        child.observe(seconds)
+        self.db_call_duration.observe((operation, outcome), seconds)
 
     def replica_hit(self, kind: str) -> None:
         self.replica_hits.inc(kind)

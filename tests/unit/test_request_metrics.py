@@ -74,8 +74,27 @@ def test_replica_hits_match_prometheus_client() -> None:
         metrics.replica_hit(kind)
         reference.labels(kind).inc()
     ours = _samples(generate_latest(metrics.registry).decode(), "registry_proxy_replica_hits")
-    theirs = _samples(
-        generate_latest(reference_registry).decode(), "registry_proxy_replica_hits"
-    )
+    theirs = _samples(generate_latest(reference_registry).decode(), "registry_proxy_replica_hits")
     assert ours == theirs
     assert ours[("registry_proxy_replica_hits_total", (("kind", "get"),))] == 3.0
+
+
+def test_db_call_histogram_matches_prometheus_client() -> None:
+    metrics = Metrics()
+    reference_registry = CollectorRegistry()
+    reference = Histogram(
+        "registry_proxy_db_call_duration_seconds",
+        "Database call latency",
+        ["operation", "outcome"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference_registry,
+    )
+    calls = [("get_agent", "success", 0.0004), ("get_agent", "rejected", 0.0)]
+    calls += [("query", "infrastructure", 2.5), ("get_agent", "success", 0.002)]
+    for operation, outcome, seconds in calls:
+        metrics.observe_db_call(operation, outcome, seconds)
+        reference.labels(operation, outcome).observe(seconds)
+    family = "registry_proxy_db_call_duration_seconds"
+    ours = _samples(generate_latest(metrics.registry).decode(), family)
+    assert ours == _samples(generate_latest(reference_registry).decode(), family)
+    assert len(ours) == 3 * (len(LATENCY_BUCKETS) + 3)  # three series
