@@ -118,8 +118,8 @@ class LogSettings(BaseModel):
     )
     access: bool = Field(
         False,
-        description="a line for every request, not only failed ones; costs about a third of "
-        "peak throughput",
+        description="a line for every request, not only failed ones; costs almost half of "
+        "peak read throughput",
     )
 
 

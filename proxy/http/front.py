@@ -62,7 +62,7 @@ class FrontDoor:
             if answer is None:
                 answer = await service.get_agent_from_database(ctx, agent_id)
         except Exception as exc:
-            return gate.leave(request, _ROUTE, gate.problem(exc, _ROUTE), request_id, started)
+            return gate.leave(request, _ROUTE, gate.problem_for(exc, _ROUTE), request_id, started)
         finally:
             REQUEST_ID.reset(token)
         if not fits(request):

@@ -71,7 +71,7 @@ class Gate:
         try:
             response = await handler(request)
         except Exception as exc:
-            response = self.problem(exc, route)
+            response = self.problem_for(exc, route)
         finally:
             REQUEST_ID.reset(token)
         return self.leave(request, route, response, request_id, started)
@@ -132,7 +132,7 @@ class Gate:
             )
 
     @staticmethod
-    def problem(exc: Exception, route: str) -> web.StreamResponse:
+    def problem_for(exc: Exception, route: str) -> web.StreamResponse:
         """The answer for what a handler raised; called in its except block (for the log)."""
         if isinstance(exc, ProblemError):
             return exc.response()
