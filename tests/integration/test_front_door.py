@@ -4,7 +4,8 @@ the middlewares would have answered, for the paths it takes and for those it mus
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,12 +150,18 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str
     return head[0], {k.lower(): v for k, v in fields.items()}, body
 
 
-async def _raw(client: TestClient[Any, Any], data: bytes) -> tuple[asyncio.StreamReader, Any]:
+@contextlib.asynccontextmanager
+async def _sent(client: TestClient[Any, Any], data: bytes) -> AsyncIterator[asyncio.StreamReader]:
+    """A connection of its own to the server, ``data`` written to it; the reader, for 10 s."""
     server = client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(data)
-    await writer.drain()
-    return reader, writer
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            yield reader
+    finally:
+        writer.close()
 
 
 async def test_pipelined_requests_are_answered_in_order(
@@ -167,12 +174,8 @@ async def test_pipelined_requests_are_answered_in_order(
         f"GET /v1/agents/missing-agent HTTP/1.1\r\n{auth}X-Request-ID: second\r\n\r\n"
         f"GET /v1/agents/{AGENT} HTTP/1.1\r\n{auth}X-Request-ID: third\r\n\r\n"
     ).encode()
-    reader, writer = await _raw(front, data)
-    try:
-        async with asyncio.timeout(10):
-            answers = [await _read_answer(reader) for _ in range(3)]
-    finally:
-        writer.close()
+    async with _sent(front, data) as reader:
+        answers = [await _read_answer(reader) for _ in range(3)]
     assert [(a[0], a[1]["x-request-id"]) for a in answers] == [
         ("HTTP/1.1 200 OK", "first"),
         ("HTTP/1.1 404 Not Found", "second"),
@@ -204,13 +207,9 @@ async def test_connections_that_close_get_aiohttps_own_answer(
         f"GET /v1/agents/{AGENT} {request_line}\r\nHost: sidecar\r\n"
         f"Authorization: Bearer {tokens.reader}\r\n{extra}\r\n"
     ).encode()
-    reader, writer = await _raw(front, data)
-    try:
-        async with asyncio.timeout(10):
-            status, fields, body = await _read_answer(reader)
-            assert await reader.read() == b""  # closed by the server
-    finally:
-        writer.close()
+    async with _sent(front, data) as reader:
+        status, fields, body = await _read_answer(reader)
+        assert await reader.read() == b""  # closed by the server
     assert status == status_line
     assert orjson.loads(body)["agent_id"] == AGENT
     assert fields["x-registry-source"] == "replica"
