@@ -140,9 +140,6 @@ class CountsByLabel(Collector):
     def inc(self, value: str) -> None:
         self._counts[value] = self._counts.get(value, 0) + 1
 
-    def count(self, value: str) -> int:
-        return self._counts.get(value, 0)
-
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
         for value, n in list(self._counts.items()):
