@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 $(BIN)/helm: $(STAMP) scripts/get-helm.sh
 	bash scripts/get-helm.sh $(BIN)
 
-tools: $(STAMP) $(BIN)/helm
+# promtool evaluates config/alerts.yml in tests/deploy/test_alert_rules.py.
+$(BIN)/promtool: $(STAMP) scripts/get-promtool.sh
+	bash scripts/get-promtool.sh $(BIN)
+
+tools: $(STAMP) $(BIN)/helm $(BIN)/promtool
 
 run: $(STAMP)
 	$(BIN)/registry-proxy dev
