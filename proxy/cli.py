@@ -19,9 +19,16 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from proxy.settings import Settings, masked
+from proxy.settings import Settings, masked, unknown_env, unknown_env_messages
 
 EXIT_CONFIG = 2
+
+# A REGISTRY_PROXY_* variable that is no setting is ignored by the settings, so a misspelt name
+# leaves its setting at the default without a word. `config check` refuses such a variable (exit
+# 2): it is the pre-flight check, run before a rollout, where a mistake must stop the rollout.
+# `serve` (and `dev`) only log a warning and start: the sidecar sits in the request path of its
+# app, and a stray variable (one a newer or older version reads, during a rolling upgrade or a
+# rollback; a leftover in a shared env file) must not take the app's registry access down.
 
 
 def _config_error(exc: Exception) -> str:
@@ -43,17 +50,20 @@ def _fail(message: str) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    unknown = unknown_env_messages(os.environ)
     try:
         settings = load_settings()
         from proxy.http.auth import TokenStore
 
         tokens = TokenStore.from_json(settings.tokens_json())
     except (ValidationError, ValueError, OSError) as exc:
-        return _fail(_config_error(exc))
+        return _fail("; ".join([_config_error(exc), *unknown]))
     if args.action == "show":
+        for message in unknown:
+            print(f"registry-proxy: warning: {message}", file=sys.stderr)
         print(orjson.dumps(masked(settings), option=orjson.OPT_INDENT_2).decode())
         return 0
-    problems = []
+    problems = list(unknown)
     if settings.database_url is None:
         problems.append("no database: set REGISTRY_PROXY_DATABASE_URL")
     if len(tokens) == 0:
@@ -174,6 +184,9 @@ def _configure_logging(settings: Settings) -> None:
     from proxy.observability.logging import configure
 
     configure(level=settings.log.level, fmt=settings.log.format)
+    log = structlog.get_logger("registry_proxy")
+    for name, hint in unknown_env(os.environ):
+        log.warning("ignored: not a setting", variable=name, did_you_mean=hint)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ choice for a sidecar on localhost; ``config/example.env`` lists each knob with i
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -28,93 +30,135 @@ class WriteFallback(StrEnum):
 
 
 class DatabaseSettings(BaseModel):
-    pool_min_size: int = Field(2, ge=0, le=100, description="connections kept open")
-    pool_max_size: int = Field(10, ge=1, le=200, description="upper bound of the pool (bulkhead)")
+    pool_min_size: int = Field(
+        2, ge=0, le=100, description="connections kept open; 0 to 100, at most pool_max_size"
+    )
+    pool_max_size: int = Field(
+        10, ge=1, le=200, description="upper bound of the pool (bulkhead); 1 to 200"
+    )
     acquire_timeout_ms: int = Field(
-        100, ge=1, le=60_000, description="longest wait for a free pooled connection"
+        100, ge=1, le=60_000, description="longest wait for a free pooled connection; 1 to 60000"
     )
     connect_timeout_ms: int = Field(
-        1_000, ge=10, le=60_000, description="TCP connect plus PostgreSQL startup"
+        1_000, ge=10, le=60_000, description="TCP connect plus PostgreSQL startup; 10 to 60000"
     )
     statement_cache_size: int = Field(
-        256, ge=0, le=10_000, description="prepared statements per connection"
+        256,
+        ge=0,
+        le=10_000,
+        description="prepared statements per connection (0 behind PgBouncer in transaction "
+        "mode); 0 to 10000",
     )
     reconnect_interval_ms: int = Field(
-        500, ge=10, le=60_000, description="pause between attempts to (re)open the pool"
+        500,
+        ge=10,
+        le=60_000,
+        description="pause between attempts to (re)open the pool; 10 to 60000",
     )
     ledger_retention_hours: int = Field(
-        168, ge=1, le=87_600, description="how long op ids and Idempotency-Keys are remembered"
+        168,
+        ge=1,
+        le=87_600,
+        description="how long op ids and Idempotency-Keys are remembered; 1 to 87600",
     )
 
 
 class RequestSettings(BaseModel):
     default_timeout_ms: int = Field(
-        2_000, ge=10, le=120_000, description="deadline of a request without X-Request-Timeout"
+        2_000,
+        ge=10,
+        le=120_000,
+        description="deadline of a request without X-Request-Timeout; 10 to 120000",
     )
-    max_body_bytes: int = Field(65_536, ge=256, le=16 * 1024 * 1024, description="413 above")
-    max_header_bytes: int = Field(8_190, ge=1024, le=65_536, description="per header line")
-    max_json_depth: int = Field(8, ge=2, le=64, description="nesting of request bodies")
-    max_array_items: int = Field(64, ge=1, le=10_000, description="items per JSON array")
+    max_body_bytes: int = Field(
+        65_536,
+        ge=256,
+        le=16 * 1024 * 1024,
+        description="bodies larger than this get 413; 256 to 16777216",
+    )
+    max_header_bytes: int = Field(
+        8_190, ge=1024, le=65_536, description="per header line; 1024 to 65536"
+    )
+    max_json_depth: int = Field(8, ge=2, le=64, description="nesting of request bodies; 2 to 64")
+    max_array_items: int = Field(
+        64, ge=1, le=10_000, description="items per JSON array; 1 to 10000"
+    )
     read_timeout_s: float = Field(
-        10.0, gt=0, le=300, description="a client must send its request within this"
+        10.0, gt=0, le=300, description="a client must send its request within this; > 0 and <= 300"
     )
     drain_timeout_s: float = Field(
-        10.0, ge=0, le=300, description="SIGTERM: time left for in-flight requests"
+        10.0, ge=0, le=300, description="SIGTERM: time left for in-flight requests; 0 to 300"
     )
 
 
 class RateLimitSettings(BaseModel):
-    enabled: bool = True
-    rate_per_s: float = Field(1_000.0, gt=0, description="token bucket refill per token")
-    burst: int = Field(2_000, ge=1, description="token bucket size per token")
+    enabled: bool = Field(True, description="per-token rate limiting on or off")
+    rate_per_s: float = Field(1_000.0, gt=0, description="token bucket refill per token; > 0")
+    burst: int = Field(2_000, ge=1, description="token bucket size per token; >= 1")
 
 
 class BreakerSettings(BaseModel):
-    failure_threshold: int = Field(5, ge=1, description="consecutive failures that trip")
-    window_s: float = Field(10.0, gt=0, description="sliding window of the rate rules")
-    min_calls: int = Field(20, ge=1, description="calls in the window before rates count")
-    failure_rate: float = Field(0.5, gt=0, le=1, description="failure share that trips")
-    slow_call_ms: int = Field(1_000, ge=1, description="a call slower than this is slow")
-    slow_call_rate: float = Field(0.8, gt=0, le=1, description="slow share that trips")
-    open_base_ms: int = Field(1_000, ge=1, description="first open period")
-    open_max_ms: int = Field(30_000, ge=1, description="cap of the growing open period")
-    open_multiplier: float = Field(2.0, ge=1, description="growth of the open period per re-trip")
-    open_jitter: float = Field(0.2, ge=0, lt=1, description="+/- share of random jitter")
-    half_open_max_calls: int = Field(3, ge=1, description="concurrent trial calls")
-    half_open_successes: int = Field(3, ge=1, description="successes that close")
-    probe_interval_ms: int = Field(250, ge=10, description="health probe period while open")
-    probe_timeout_ms: int = Field(500, ge=10, description="timeout of one probe query")
+    failure_threshold: int = Field(5, ge=1, description="consecutive failures that trip; >= 1")
+    window_s: float = Field(10.0, gt=0, description="sliding window of the rate rules; > 0")
+    min_calls: int = Field(20, ge=1, description="calls in the window before rates count; >= 1")
+    failure_rate: float = Field(
+        0.5, gt=0, le=1, description="failure share that trips; > 0 and <= 1"
+    )
+    slow_call_ms: int = Field(1_000, ge=1, description="a call slower than this is slow; >= 1")
+    slow_call_rate: float = Field(
+        0.8, gt=0, le=1, description="slow share that trips; > 0 and <= 1"
+    )
+    open_base_ms: int = Field(
+        1_000, ge=1, description="first open period; >= 1, at most open_max_ms"
+    )
+    open_max_ms: int = Field(30_000, ge=1, description="cap of the growing open period; >= 1")
+    open_multiplier: float = Field(
+        2.0, ge=1, description="growth of the open period per re-trip; >= 1"
+    )
+    open_jitter: float = Field(
+        0.2, ge=0, lt=1, description="+/- share of random jitter; >= 0 and < 1"
+    )
+    half_open_max_calls: int = Field(3, ge=1, description="concurrent trial calls; >= 1")
+    half_open_successes: int = Field(3, ge=1, description="successes that close; >= 1")
+    probe_interval_ms: int = Field(250, ge=10, description="health probe period while open; >= 10")
+    probe_timeout_ms: int = Field(500, ge=10, description="timeout of one probe query; >= 10")
 
 
 class RetrySettings(BaseModel):
-    attempts: int = Field(3, ge=1, le=10, description="tries per call, the first included")
-    base_ms: int = Field(20, ge=0, description="first backoff ceiling (full jitter)")
-    max_ms: int = Field(500, ge=0, description="largest backoff ceiling")
-    budget_ratio: float = Field(0.2, ge=0, le=10, description="retries per recent request")
-    budget_min_per_s: float = Field(5.0, ge=0, description="retries always allowed per second")
-    budget_window_s: float = Field(10.0, gt=0, description="how far back 'recent' reaches")
+    attempts: int = Field(3, ge=1, le=10, description="tries per call, the first included; 1 to 10")
+    base_ms: int = Field(
+        20, ge=0, description="first backoff ceiling (full jitter); >= 0, at most max_ms"
+    )
+    max_ms: int = Field(500, ge=0, description="largest backoff ceiling; >= 0")
+    budget_ratio: float = Field(0.2, ge=0, le=10, description="retries per recent request; 0 to 10")
+    budget_min_per_s: float = Field(
+        5.0, ge=0, description="retries always allowed per second; >= 0"
+    )
+    budget_window_s: float = Field(10.0, gt=0, description="how far back 'recent' reaches; > 0")
 
 
 class ReplicaSettings(BaseModel):
-    enabled: bool = True
-    max_agents: int = Field(100_000, ge=0, description="beyond this the replica is partial")
+    enabled: bool = Field(True, description="keep a local replica for reads during outages")
+    max_agents: int = Field(100_000, ge=0, description="beyond this the replica is partial; >= 0")
     max_staleness_ms: int = Field(
-        1_000, ge=0, description="read_mode=replica serves while fresher than this"
+        1_000, ge=0, description="read_mode=replica serves while fresher than this; >= 0"
     )
-    resync_interval_s: float = Field(60.0, gt=0, description="full reload period")
-    snapshot_interval_s: float = Field(30.0, gt=0, description="snapshot to disk period")
+    resync_interval_s: float = Field(60.0, gt=0, description="full reload period; > 0")
+    snapshot_interval_s: float = Field(30.0, gt=0, description="snapshot to disk period; > 0")
 
 
 class JournalSettings(BaseModel):
     dir: Path = Field(Path("var/journal"), description="journal and replica snapshot directory")
     fsync: bool = Field(True, description="fsync before 202; off only for throwaway demos")
-    replay_batch: int = Field(100, ge=1, description="entries applied per replay round")
+    replay_batch: int = Field(100, ge=1, description="entries applied per replay round; >= 1")
 
 
 class LogSettings(BaseModel):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug, info, warning or error"
+    )
     format: Literal["auto", "json", "console"] = Field(
-        "auto", description="auto: console on a TTY, JSON lines otherwise"
+        "auto", description="auto (console on a TTY, JSON lines otherwise), json or console"
     )
     access: bool = Field(
         False,
@@ -131,18 +175,38 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    host: str = Field("127.0.0.1", description="listen address")
-    port: int = Field(3580, ge=0, le=65535, description="listen port")
+    host: str = Field(
+        "127.0.0.1", description="listen address; a loopback one unless allow_non_loopback"
+    )
+    port: int = Field(3580, ge=0, le=65535, description="listen port; 0 to 65535")
     allow_non_loopback: bool = Field(
         False, description="must be true to bind anything but a loopback address"
     )
-    database_url: SecretStr | None = Field(None, description="PostgreSQL DSN")
-    database_url_file: Path | None = Field(None, description="file holding the DSN")
-    tokens: SecretStr | None = Field(None, description='JSON list of {"token", "tenant", "role"}')
-    tokens_file: Path | None = Field(None, description="file holding that JSON list")
-    read_mode: ReadMode = ReadMode.DATABASE
-    write_fallback: WriteFallback = WriteFallback.JOURNAL
-    max_agents: int = Field(10_000, ge=1, description="agents per tenant")
+    database_url: SecretStr | None = Field(
+        None, description="PostgreSQL DSN, postgresql://... or postgres://..."
+    )
+    database_url_file: Path | None = Field(
+        None, description="file holding the DSN, read when database_url is unset"
+    )
+    tokens: SecretStr | None = Field(
+        None,
+        description='JSON list of {"token", "tenant", "role", "id"?}: token 16 to 512 characters '
+        '(or "token_sha256", its 64 hex digit SHA-256), role reader, writer or admin, tenant and '
+        "id 1 to 128 letters, digits, '.', '_', ':' or '-'; not together with tokens_file",
+    )
+    tokens_file: Path | None = Field(
+        None, description="file holding that JSON list, reloaded on SIGHUP; not with tokens"
+    )
+    read_mode: ReadMode = Field(
+        ReadMode.DATABASE,
+        description="database (PostgreSQL, the replica on failure) or replica (the replica "
+        "while fresher than replica.max_staleness_ms)",
+    )
+    write_fallback: WriteFallback = Field(
+        WriteFallback.JOURNAL,
+        description="journal (202, replayed later) or reject (503 with Retry-After)",
+    )
+    max_agents: int = Field(10_000, ge=1, description="agents per tenant; >= 1")
     migrate_on_start: bool = Field(True, description="apply the schema when serving starts")
 
     database: DatabaseSettings = DatabaseSettings()
@@ -193,6 +257,53 @@ class Settings(BaseSettings):
         if self.tokens_file is not None:
             return self.tokens_file.read_text()
         return None
+
+
+ENV_PREFIX = "REGISTRY_PROXY_"
+# The test suite's own variables (REGISTRY_PROXY_TEST_DATABASE_URL); the sidecar never reads them.
+_NOT_SETTINGS_PREFIX = "REGISTRY_PROXY_TEST_"
+
+
+def env_names() -> list[str]:
+    """Every environment variable the settings read: each leaf (REGISTRY_PROXY_PORT,
+    REGISTRY_PROXY_BREAKER__FAILURE_THRESHOLD, the _FILE variants that exist) and each group as
+    a whole, which pydantic-settings parses as JSON (REGISTRY_PROXY_BREAKER='{"window_s": 5}')."""
+    names = []
+    for name, field in Settings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        names.append(env)
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            names.extend(f"{env}__{sub.upper()}" for sub in group.model_fields)
+    return names
+
+
+def unknown_env(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, closest valid name or None) for each REGISTRY_PROXY_* variable that is no setting.
+
+    pydantic-settings ignores such a variable, so a misspelt name silently leaves the setting at
+    its default. Names match case-insensitively, as the settings themselves do. Only names are
+    looked at, never values (a misspelt DATABASE_URL still holds a secret)."""
+    known = env_names()
+    suffixes = {name.removeprefix(ENV_PREFIX): name for name in known}
+    found: list[tuple[str, str | None]] = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(_NOT_SETTINGS_PREFIX):
+            continue
+        if upper in known:
+            continue
+        # Compared without the shared prefix, which would make every name look alike.
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), suffixes, n=1)
+        found.append((name, suffixes[close[0]] if close else None))
+    return found
+
+
+def unknown_env_messages(environ: Mapping[str, str]) -> list[str]:
+    return [
+        f"{name} is not a setting" + (f" (did you mean {hint}?)" if hint else "")
+        for name, hint in unknown_env(environ)
+    ]
 
 
 def _is_loopback(host: str) -> bool:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import pytest
 import yaml
@@ -378,3 +379,92 @@ def test_no_exported_gauge_looks_like_a_suffixed_series() -> None:
 
 def test_paths_point_into_this_repository() -> None:
     assert Path(REPO_ROOT / "pyproject.toml").is_file()
+
+
+# --- constraints, stated where a user looks ---------------------------------------------------
+
+
+def _bounds_text(field: FieldInfo) -> str | None:
+    """The notation of settings.py and example.env: "1 to 10", ">= 1", "> 0 and <= 1"."""
+    bounds: dict[str, Any] = {}
+    for meta in field.metadata:
+        for attr in ("ge", "gt", "le", "lt"):
+            if getattr(meta, attr, None) is not None:
+                bounds[attr] = getattr(meta, attr)
+    if not bounds:
+        return None
+    if set(bounds) == {"ge", "le"}:
+        return f"{bounds['ge']} to {bounds['le']}"
+    parts = []
+    for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if attr in bounds:
+            parts.append(f"{sign} {bounds[attr]}")
+    return " and ".join(parts)
+
+
+def _choices(field: FieldInfo) -> list[str]:
+    annotation = field.annotation
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return [str(member.value) for member in annotation]
+    return [str(arg) for arg in get_args(annotation)] if get_origin(annotation) is Literal else []
+
+
+def _comment_above(name: str) -> str:
+    lines = EXAMPLE_ENV.read_text().splitlines()
+    number = next(i for i, line in enumerate(lines) if line.startswith(f"# {name}="))
+    block: list[str] = []
+    for line in reversed(lines[:number]):
+        if not line.startswith("# ") or ENV_LINE.match(line):
+            break
+        block.insert(0, line[2:])
+    return " ".join(block)
+
+
+def test_settings_describe_their_constraints() -> None:
+    """Every bound and every choice is in the field's description (what `config show`'s JSON
+    schema and the chart's schema call description) and in the comment of example.env."""
+    checked = 0
+    for env, (field, _path) in SETTINGS_FIELDS.items():
+        assert field.description, f"{env} has no description"
+        comment = _comment_above(env)
+        bounds = _bounds_text(field)
+        if bounds:
+            assert bounds in field.description, f"{env}: description lacks {bounds!r}"
+            assert bounds in comment, f"{env}: example.env lacks {bounds!r}"
+            checked += 1
+        for choice in _choices(field):
+            assert choice in field.description, f"{env}: description lacks {choice!r}"
+            assert choice in comment, f"{env}: example.env lacks {choice!r}"
+            checked += 1
+    assert checked > 50
+
+
+def test_token_rules_are_documented() -> None:
+    from proxy.http.auth import TokenSpec
+
+    token = TokenSpec.model_fields["token"]
+    lengths = [
+        (getattr(m, "min_length", None), getattr(m, "max_length", None))
+        for arg in get_args(token.annotation)
+        for m in getattr(arg, "__metadata__", ())
+    ]
+    assert (16, 512) in lengths, "the rule this test documents changed"
+    description = Settings.model_fields["tokens"].description or ""
+    for text in ("16 to 512 characters", "reader, writer or admin", "1 to 128"):
+        assert text in description, text
+        assert text in _comment_above("REGISTRY_PROXY_TOKENS"), text
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "at least 16 characters" in readme
+
+
+def test_cross_field_rules_are_documented() -> None:
+    rules = {
+        "REGISTRY_PROXY_DATABASE__POOL_MIN_SIZE": "at most POOL_MAX_SIZE",
+        "REGISTRY_PROXY_BREAKER__OPEN_BASE_MS": "at most OPEN_MAX_MS",
+        "REGISTRY_PROXY_RETRY__BASE_MS": "at most MAX_MS",
+        "REGISTRY_PROXY_HOST": "ALLOW_NON_LOOPBACK",
+    }
+    for env, text in rules.items():
+        field, _ = SETTINGS_FIELDS[env]
+        assert text.lower() in (field.description or "").lower(), env
+        assert text in _comment_above(env), env
