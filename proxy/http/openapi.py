@@ -119,6 +119,8 @@ def document() -> dict[str, Any]:
                     "name": "If-Match",
                     "in": "header",
                     "required": False,
+                    "description": "the ETag of a read (the agent's revision); heartbeats, "
+                    "load and performance do not change it",
                     "schema": {"type": "string"},
                 }
             )

@@ -32,12 +32,17 @@ class AgentRecord:
     registered_at: datetime
     last_heartbeat_at: datetime
     updated_at: datetime
+    # The change watermark: drawn from one sequence by every write, whatever it changes.
     version: int
     deleted_at: datetime | None
     task_count: int
     success_count: int
     quality_sum: float
     latency_ms_sum: float
+    # The ETag: 1 at registration, +1 per change of what a PATCH can change (name, model family,
+    # capabilities, max_concurrent_tasks). Heartbeats, load and performance leave it alone, so an
+    # If-Match taken from a read does not lose to the agent's own reports.
+    revision: int
     # The encoded public document and the status it was rendered with. A record never changes
     # (a new version is a new record) and only its status depends on the clock, so a record
     # read again and again, as the replica's are, is encoded once per status.
@@ -93,6 +98,7 @@ class AgentRecord:
             "last_heartbeat_at": self.last_heartbeat_at,
             "updated_at": self.updated_at,
             "version": self.version,
+            "revision": self.revision,
             "load": {
                 "active_tasks": self.active_tasks,
                 "queued_tasks": self.queued_tasks,
@@ -124,6 +130,7 @@ class AgentRecord:
             self.success_count,
             self.quality_sum,
             self.latency_ms_sum,
+            self.revision,
         ]
 
     @classmethod
@@ -149,6 +156,9 @@ class AgentRecord:
             success_count=row[17],
             quality_sum=row[18],
             latency_ms_sum=row[19],
+            # Snapshots written before the revision existed: the migration that added it gave
+            # every row 1, and the resync after a snapshot start corrects any row changed since.
+            revision=row[20] if len(row) > 20 else 1,
         )
 
     def evolve(self, **changes: Any) -> AgentRecord:

@@ -179,7 +179,14 @@ class Agent(BaseModel):
     registered_at: datetime
     last_heartbeat_at: datetime
     updated_at: datetime
-    version: int
+    version: int = Field(
+        description="change watermark, moved by every write (heartbeats, load, performance too)"
+    )
+    revision: int = Field(
+        ge=1,
+        description="the ETag: +1 per change of name, model_family, capabilities or "
+        "max_concurrent_tasks; send it in If-Match to patch",
+    )
     load: Load
     performance: Performance
 

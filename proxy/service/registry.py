@@ -317,7 +317,7 @@ class RegistryService:
             return self._agent_from_replica(self._replica_for(ctx, exc), ctx, agent_id, exc)
         if rec is None:
             raise errors.NotFound(f"agent {agent_id!r} is not registered")
-        return Answer(200, rec.public_json(_now()), "database", {"ETag": f'"{rec.version}"'})
+        return Answer(200, rec.public_json(_now()), "database", {"ETag": f'"{rec.revision}"'})
 
     def _agent_from_replica(
         self, rep: Replica, ctx: RequestContext, agent_id: str, exc: DatabaseUnavailable | None
@@ -329,8 +329,7 @@ class RegistryService:
             raise errors.NotFound(f"agent {agent_id!r} is not registered")
         self.hooks.replica_hit("get")
         headers = self._replica_headers(rep)
-        if rec.version:
-            headers["ETag"] = f'"{rec.version}"'
+        headers["ETag"] = f'"{rec.revision}"'
         return Answer(200, rec.public_json(_now()), "replica", headers)
 
     async def query(self, ctx: RequestContext, q: AgentQuery) -> Answer:
@@ -464,7 +463,7 @@ class RegistryService:
         if outcome.problem is not None:
             headers.update(outcome.problem.headers)
         elif outcome.record is not None and outcome.record.deleted_at is None:
-            headers["ETag"] = f'"{outcome.record.version}"'
+            headers["ETag"] = f'"{outcome.record.revision}"'
         if outcome.from_ledger:
             headers["Idempotent-Replayed"] = "true"
         return Answer(outcome.status, outcome.body, "database", headers)

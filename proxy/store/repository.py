@@ -25,7 +25,7 @@ COLUMNS = (
     "tenant_id, agent_id, name, model_family, task_types, languages, specializations, "
     "max_concurrent_tasks, active_tasks, queued_tasks, load_observed_at, registered_at, "
     "last_heartbeat_at, updated_at, version, deleted_at, task_count, success_count, "
-    "quality_sum, latency_ms_sum"
+    "quality_sum, latency_ms_sum, revision"
 )
 
 WRITE_KINDS = ("register", "patch", "load", "heartbeat", "performance", "unregister")
@@ -53,6 +53,7 @@ def record_from_row(row: Mapping[str, Any]) -> AgentRecord:
         success_count=row["success_count"],
         quality_sum=float(row["quality_sum"]),
         latency_ms_sum=float(row["latency_ms_sum"]),
+        revision=row["revision"],
     )
 
 
@@ -72,6 +73,19 @@ async def fetch_agent(conn: asyncpg.Connection, tenant: str, agent_id: str) -> A
         agent_id,
     )
     return record_from_row(row) if row else None
+
+
+async def fetch_rows(
+    conn: asyncpg.Connection, tenant: str, agent_ids: list[str]
+) -> list[AgentRecord]:
+    """The rows of these agents as they stand, unregistered ones included (their tombstones
+    tell the replica to drop them)."""
+    rows = await conn.fetch(
+        f"SELECT {COLUMNS} FROM agents WHERE tenant_id = $1 AND agent_id = ANY($2::text[])",
+        tenant,
+        sorted(set(agent_ids)),
+    )
+    return [record_from_row(r) for r in rows]
 
 
 def _f8(value: float) -> str:
@@ -285,7 +299,7 @@ async def _register(
         " queued_tasks = 0, load_observed_at = NULL, status = 'active', registered_at = now(), "
         " last_heartbeat_at = now(), updated_at = now(), deleted_at = NULL, task_count = 0, "
         " success_count = 0, quality_sum = 0, latency_ms_sum = 0, "
-        " version = nextval('agent_version_seq') "
+        " version = nextval('agent_version_seq'), revision = a.revision + 1 "
         f"WHERE a.deleted_at IS NOT NULL RETURNING {COLUMNS}",
         ctx.tenant,
         body["agent_id"],
@@ -329,27 +343,35 @@ async def _patch(
 ) -> tuple[int, Any, AgentRecord | None]:
     body = p["body"]
     sets: list[str] = []
+    differs: list[str] = []
     args: list[Any] = [ctx.tenant, p["agent_id"], p.get("if_match")]
     for column in ("name", "model_family", "max_concurrent_tasks"):
         if column in body:
             args.append(body[column])
             sets.append(f"{column} = ${len(args)}")
+            differs.append(f"{column} IS DISTINCT FROM ${len(args)}")
     if "capabilities" in body:
         caps = body["capabilities"]
         for column in ("task_types", "languages", "specializations"):
             args.append(caps.get(column, []))
             sets.append(f"{column} = ${len(args)}")
+            differs.append(f"{column} IS DISTINCT FROM ${len(args)}")
+    # The revision moves only when a value really changes (`proxy.registry.apply` counts the
+    # same way), so a patch repeated with the same values leaves other clients' ETags valid.
+    if differs:
+        sets.append(f"revision = revision + CASE WHEN {' OR '.join(differs)} THEN 1 ELSE 0 END")
     sets.append("updated_at = now(), version = nextval('agent_version_seq')")
     row = await conn.fetchrow(
         f"UPDATE agents SET {', '.join(sets)} "
         "WHERE tenant_id = $1 AND agent_id = $2 AND deleted_at IS NULL "
-        f"AND ($3::bigint IS NULL OR version = $3) RETURNING {COLUMNS}",
+        f"AND ($3::bigint IS NULL OR revision = $3) RETURNING {COLUMNS}",
         *args,
     )
     if row is None:
         current = await _missing_or_stale(conn, ctx, p["agent_id"])
         raise errors.PreconditionFailed(
-            f"If-Match version {p.get('if_match')} does not match current version {current.version}"
+            f"If-Match revision {p.get('if_match')} does not match current revision "
+            f"{current.revision}"
         )
     return 200, None, record_from_row(row)
 

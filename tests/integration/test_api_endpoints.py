@@ -102,7 +102,8 @@ async def test_register_answers_201_with_location_etag_and_the_agent(
     status, body, headers = await api.call("POST", "/v1/agents", sent)
     assert status == 201, body
     assert headers["Location"] == "/v1/agents/reg-1"
-    assert headers["ETag"] == f'"{body["version"]}"'
+    assert body["revision"] == 1
+    assert headers["ETag"] == f'"{body["revision"]}"'
     assert headers["X-Registry-Source"] == "database"
     assert body["agent_id"] == "reg-1"
     assert body["name"] == sent["name"]
@@ -120,6 +121,7 @@ async def test_register_answers_201_with_location_etag_and_the_agent(
     row = await agent_row(db, tokens.tenant, "reg-1")
     assert row is not None
     assert row["version"] == body["version"]
+    assert row["revision"] == body["revision"]
     assert row["task_types"] == ["code", "review"]
     assert row["languages"] == ["python", "go"]
     assert row["specializations"] == ["security"]
@@ -201,7 +203,9 @@ async def test_get_answers_the_agent_with_derived_load_and_performance(api: Api)
         assert status == 201, body
     status, body, headers = await api.call("GET", "/v1/agents/g1")
     assert status == 200
-    assert headers["ETag"] == f'"{body["version"]}"'
+    # Load and performance moved the version, not the revision the ETag is.
+    assert body["revision"] == 1
+    assert headers["ETag"] == f'"{body["revision"]}"'
     assert headers["X-Registry-Source"] == "database"
     assert body["load"] == {"active_tasks": 3, "queued_tasks": 2, "utilization": 0.75}
     perf = body["performance"]
@@ -403,7 +407,8 @@ async def test_patch_changes_fields_and_bumps_version(
     status, body, headers = await api.call("PATCH", "/v1/agents/p1", patch)
     assert status == 200, body
     assert body["version"] > before["version"]
-    assert headers["ETag"] == f'"{body["version"]}"'
+    assert body["revision"] == before["revision"] + 1
+    assert headers["ETag"] == f'"{body["revision"]}"'
     assert body["name"] == "Renamed"
     assert body["max_concurrent_tasks"] == 3
     assert body["capabilities"] == {
@@ -417,19 +422,20 @@ async def test_patch_changes_fields_and_bumps_version(
     assert row["name"] == "Renamed"
     assert row["task_types"] == ["plan"]
     assert row["version"] == body["version"]
+    assert row["revision"] == body["revision"]
 
 
 async def test_patch_with_matching_if_match(api: Api) -> None:
     before = await register(api, "p-if")
     status, body, _ = await api.call(
-        "PATCH", "/v1/agents/p-if", {"name": "ok"}, headers={"If-Match": f'"{before["version"]}"'}
+        "PATCH", "/v1/agents/p-if", {"name": "ok"}, headers={"If-Match": f'"{before["revision"]}"'}
     )
     assert status == 200, body
     status, body2, _ = await api.call(
         "PATCH",
         "/v1/agents/p-if",
         {"name": "weak"},
-        headers={"If-Match": f'W/"{body["version"]}"'},
+        headers={"If-Match": f'W/"{body["revision"]}"'},
     )
     assert status == 200, body2
     status, body3, _ = await api.call(
@@ -450,13 +456,14 @@ async def test_patch_with_stale_if_match_is_412_and_changes_nothing(
         "PATCH",
         "/v1/agents/p-stale",
         {"name": "third"},
-        headers={"If-Match": f'"{first["version"]}"'},
+        headers={"If-Match": f'"{first["revision"]}"'},
     )
     assert_problem(status, body, headers, 412, "precondition-failed")
     assert await agent_row(db, tokens.tenant, "p-stale") == before
     status, now, _ = await api.call("GET", "/v1/agents/p-stale")
     assert now["name"] == "second"
     assert now["version"] == second["version"]
+    assert now["revision"] == second["revision"]
 
 
 @pytest.mark.parametrize("value", ["abc", '"12"x', "12 13", '"-1"', "W/", '""', '"1.5"'])
@@ -524,7 +531,9 @@ async def test_put_load_sets_tasks_and_utilization(
     assert status == 200, body
     assert body["load"] == {"active_tasks": 2, "queued_tasks": 7, "utilization": 0.25}
     assert body["version"] > before["version"]
-    assert headers["ETag"] == f'"{body["version"]}"'
+    # A load report is not a change a PATCH could make: the ETag stays.
+    assert body["revision"] == before["revision"]
+    assert headers["ETag"] == f'"{before["revision"]}"'
     row = await agent_row(db, tokens.tenant, "l1")
     assert row is not None
     assert (row["active_tasks"], row["queued_tasks"]) == (2, 7)

@@ -535,13 +535,13 @@ async def test_stale_if_match_is_412_without_effect(
     seeded: Api, db: asyncpg.Connection, tokens: Tokens
 ) -> None:
     before = await state_of(db, tokens.tenant)
-    version = before["agents"][0]["version"]
+    revision = before["agents"][0]["revision"]
     status, raw, headers = await send(
         seeded,
         "PATCH",
         "/v1/agents/known",
         json={"name": "never"},
-        headers={"If-Match": f'"{version - 1}"'},
+        headers={"If-Match": f'"{revision + 1}"'},
     )
     problem = assert_problem(status, raw, headers, 412)
     assert problem["type"].endswith("/precondition-failed")

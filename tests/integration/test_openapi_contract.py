@@ -342,7 +342,7 @@ async def test_problem_answers_match_the_document(api: Api, tokens: Tokens) -> N
     status, _, _ = await request(api, "POST", "/v1/agents", json=agent_body("e1"))
     assert status == 201
     _, _, raw = await request(api, "GET", "/v1/agents/e1")
-    version = orjson.loads(raw)["version"]
+    revision = orjson.loads(raw)["revision"]
     json_ct = {"Content-Type": "application/json"}
 
     samples: list[tuple[str, str, str, Any, dict[str, str], str | None, int]] = []
@@ -374,7 +374,7 @@ async def test_problem_answers_match_the_document(api: Api, tokens: Tokens) -> N
             "PATCH",
             "/v1/agents/e1",
             {"name": "x"},
-            {"If-Match": f'"{version - 1}"'},
+            {"If-Match": f'"{revision + 1}"'},
             None,
             412,
         ),

@@ -41,6 +41,6 @@ async def test_sql_score_is_the_python_score(db: asyncpg.Connection) -> None:
     for (tasks, successes, quality, active, most), row in zip(rows, got, strict=True):
         rec = AgentRecord(
             "t", "a", "n", "m", (), (), (), most, active, 0, None, NOW, NOW, NOW, 1, None,
-            tasks, successes, quality, 0.0,
+            tasks, successes, quality, 0.0, 1,
         )  # fmt: skip
         assert row["score"] == matching.score(rec), (tasks, successes, quality, active, most)
