@@ -47,10 +47,10 @@ def _logical_lines(text: str) -> list[str]:
     return lines
 
 
-def _parse() -> tuple[dict[str, str], list[Stage]]:
+def _parse(text: str | None = None) -> tuple[dict[str, str], list[Stage]]:
     global_args: dict[str, str] = {}
     stages: list[Stage] = []
-    for line in _logical_lines(DOCKERFILE.read_text()):
+    for line in _logical_lines(DOCKERFILE.read_text() if text is None else text):
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
         rest = rest.strip()
@@ -117,7 +117,7 @@ def test_multi_stage_on_a_pinned_slim_python_311() -> None:
 def test_dependencies_are_installed_in_the_builder_only() -> None:
     _, stages = _parse()
     builder, final = stages[0], stages[-1]
-    assert any("pip install" in run and " ." in run for run in builder.args("RUN"))
+    assert any(re.search(r"\bpip\b.*\binstall\b.* \.", run) for run in builder.args("RUN"))
     for run in final.args("RUN"):
         assert "pip install" not in run
         assert not re.search(r"apt-get|apk |gcc|build-essential|make ", run), run
@@ -165,6 +165,119 @@ def test_no_healthcheck_and_no_secrets_baked_in() -> None:
     env = _env(final)
     for secret in ("REGISTRY_PROXY_DATABASE_URL", "REGISTRY_PROXY_TOKENS"):
         assert secret not in env
+
+
+# --- no packaging tools at run time ----------------------------------------------------------
+
+VENV = "/opt/venv"
+PACKAGING_TOOLS = ("pip", "setuptools", "wheel")
+
+
+def _packaging_problems(text: str) -> list[str]:
+    """Ways pip, setuptools or wheel could reach the runtime stage of the Dockerfile `text`."""
+    _, stages = _parse(text)
+    by_name = {stage.name: stage for stage in stages if stage.name}
+    final = stages[-1]
+    problems: list[str] = []
+    for run in final.args("RUN"):
+        if re.search(r"\bpip\b.*\binstall\b|-m ensurepip|get-pip|apt-get|\bvenv\b", run):
+            problems.append(f"the runtime stage installs: {run}")
+    # The base image's own copies must go, from site-packages and from ensurepip's bundle.
+    removal = " ".join(run for run in final.args("RUN") if "rm -rf" in run)
+    for tool in PACKAGING_TOOLS:
+        if f"site-packages/{tool} " not in removal + " ":
+            problems.append(f"the runtime stage keeps the base image's {tool}")
+    if "ensurepip/_bundled" not in removal:
+        problems.append("the runtime stage keeps ensurepip's bundled wheels")
+    for copy in final.args("COPY"):
+        source_stage = re.match(r"--from=(\S+)\s+(\S+)", copy)
+        if source_stage is None:
+            problems.append(f"the runtime stage copies from the build context: {copy}")
+            continue
+        stage_name, source = source_stage.groups()
+        if source != VENV:
+            problems.append(f"the runtime stage copies {source} from {stage_name}")
+            continue
+        # The copied virtualenv: created without pip, and nothing puts pip back into it.
+        builder = by_name.get(stage_name)
+        if builder is None:
+            problems.append(f"no stage named {stage_name}")
+            continue
+        runs = builder.args("RUN")
+        created = [run for run in runs if re.search(rf"-m venv\b.*\s{VENV}\b", run)]
+        if not created or not all("--without-pip" in run for run in created):
+            problems.append(f"{VENV} is not created with --without-pip")
+        for run in runs:
+            if re.search(rf"{VENV}/bin/(pip|python\S* -m (pip|ensurepip))\b|--upgrade-deps", run):
+                problems.append(f"pip runs inside the virtualenv: {run}")
+            for tool in PACKAGING_TOOLS:
+                if re.search(rf"\binstall\b[^&;]*\s{tool}(\s|[=<>]|$)", run):
+                    problems.append(f"{tool} is installed explicitly: {run}")
+        if not any(f"--python {VENV}/bin/python install" in run for run in runs):
+            problems.append(f"the dependencies are not installed into {VENV} from outside it")
+        if not any(
+            all(tool in run for tool in PACKAGING_TOOLS) and "exit 1" in run for run in runs
+        ):
+            problems.append("the builder does not check the virtualenv for packaging tools")
+    return problems
+
+
+def test_runtime_stage_has_no_pip_setuptools_or_wheel() -> None:
+    assert _packaging_problems(DOCKERFILE.read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (
+            ("-m venv --without-pip /opt/venv", "-m venv /opt/venv"),
+            "not created with --without-pip",
+        ),
+        (
+            ("/opt/venv/bin/python check", "/opt/venv/bin/python check && /opt/venv/bin/pip -V"),
+            "pip runs inside the virtualenv",
+        ),
+        (
+            ("&& chmod 0750", "&& pip install --no-cache-dir setuptools==80.0.0 && chmod 0750"),
+            "the runtime stage installs",
+        ),
+        (
+            ("/usr/local/lib/python3*/site-packages/setuptools \\", "\\"),
+            "keeps the base image's setuptools",
+        ),
+        (
+            (
+                "COPY --from=builder /opt/venv /opt/venv",
+                "COPY --from=builder /usr/local /usr/local",
+            ),
+            "copies /usr/local from builder",
+        ),
+    ],
+)
+def test_packaging_check_catches_a_regression(mutation: tuple[str, str], expected: str) -> None:
+    # Negative controls: each mutation of the real Dockerfile is caught.
+    text = DOCKERFILE.read_text()
+    old, new = mutation
+    assert old in text, old
+    problems = _packaging_problems(text.replace(old, new, 1))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_index_and_ca_bundle_can_be_passed_to_the_build() -> None:
+    _, stages = _parse()
+    builder, final = stages[0], stages[-1]
+    args = {arg.partition("=")[0] for arg in builder.args("ARG")}
+    assert {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"} <= args
+    [install] = [run for run in builder.args("RUN") if "install" in run and "--python" in run]
+    assert "--mount=type=secret,id=ca_bundle,required=false" in install
+    assert "--mount=type=secret,id=pip_index_url,required=false" in install
+    assert "PIP_CERT=/run/secrets/ca_bundle" in install
+    # The runtime stage neither declares them nor mounts secrets: nothing reaches its metadata.
+    assert not {arg.partition("=")[0] for arg in final.args("ARG")} & args
+    assert not any("--mount" in run for run in final.args("RUN"))
+    guide = (REPO_ROOT / "docs" / "image.md").read_text()
+    for name in ("PIP_INDEX_URL", "id=ca_bundle", "id=pip_index_url"):
+        assert name in guide, name
 
 
 # --- .dockerignore ---------------------------------------------------------------------------

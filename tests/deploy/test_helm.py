@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -44,6 +45,10 @@ CRD_KINDS = {
 }
 JOURNAL_DIR = "/var/lib/registry-proxy/journal"
 SIDECAR = "registry-proxy"
+# The chart has no default image repository (nothing publishes the image): every render of the
+# chart itself sets one, as a user must; the ci/ value sets carry the same.
+REPOSITORY = "registry.example.com/platform/registry-proxy"
+WITH_REPOSITORY = ("--set", f"image.repository={REPOSITORY}")
 # Settings the chart sets itself instead of through `settings:`.
 CHART_OWNED = {
     "host",
@@ -82,9 +87,14 @@ def _docs(text: str) -> list[dict[str, Any]]:
 
 
 def _template(*args: str, chart: Path = CHART) -> list[dict[str, Any]]:
-    result = _run_helm("template", RELEASE, str(chart), "--namespace", "team", *args)
+    return _docs(_template_text(*args, chart=chart))
+
+
+def _template_text(*args: str, chart: Path = CHART) -> str:
+    defaults = WITH_REPOSITORY if chart == CHART else ()
+    result = _run_helm("template", RELEASE, str(chart), "--namespace", "team", *defaults, *args)
     assert result.returncode == 0, result.stderr
-    return _docs(result.stdout)
+    return result.stdout
 
 
 @functools.cache
@@ -291,7 +301,7 @@ def test_newest_kubernetes_version_is_newer_than_129() -> None:
 
 @pytest.mark.parametrize("value_set", ["default", *CI_SETS])
 def test_helm_lint_strict(value_set: str) -> None:
-    args = ["lint", "--strict", str(CHART)]
+    args = ["lint", "--strict", str(CHART), *WITH_REPOSITORY]
     if value_set != "default":
         args += ["-f", str(CI_DIR / f"{value_set}-values.yaml")]
     result = _run_helm(*args)
@@ -383,6 +393,31 @@ def test_classic_mode_is_a_plain_container() -> None:
     assert _deployment("classic")["spec"]["replicas"] == 2
 
 
+def _pre_stop(*args: str) -> Any:
+    docs = _template(*args)
+    return _sidecar(docs[0]["spec"]["template"]["spec"]).get("lifecycle")
+
+
+def test_classic_mode_delays_sigterm_by_default() -> None:
+    # On SIGTERM the sidecar refuses new connections at once; classic containers all get it
+    # together, so without the delay the host's calls during its own shutdown would fail.
+    assert _values()["sidecar"]["preStopSleepSeconds"] > 0
+    lifecycle = _pre_stop("--set", "sidecar.mode=classic")
+    assert lifecycle == {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    assert _pre_stop("--set", "sidecar.mode=classic,sidecar.preStopSleepSeconds=0") is None
+    # Native sidecars are stopped after the host containers: no hook, whatever the value.
+    assert _pre_stop() is None
+    assert _pre_stop("--set", "sidecar.preStopSleepSeconds=20") is None
+
+
+def test_grace_period_covers_the_pre_stop_delay() -> None:
+    args = ["--set", "sidecar.mode=classic,sidecar.preStopSleepSeconds=20"]
+    result = _run_helm("template", RELEASE, str(CHART), *WITH_REPOSITORY, *args)
+    assert result.returncode != 0
+    assert "preStop delay + settings.request.drain_timeout_s + 5 (35)" in result.stderr
+    _template(*args, "--set", "terminationGracePeriodSeconds=35")
+
+
 @pytest.mark.parametrize("value_set", ["default", *CI_SETS])
 def test_volumes_and_mounts(value_set: str) -> None:
     spec = _pod_spec(value_set)
@@ -428,7 +463,7 @@ def test_pvc_value_set_mounts_the_claim() -> None:
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert spec["securityContext"]["fsGroup"] == 10001
     image = _sidecar(spec)["image"]
-    assert image == "ghcr.io/registry-proxy/registry-proxy@sha256:" + "0" * 64
+    assert image == f"{REPOSITORY}@sha256:" + "0" * 64
 
 
 def test_default_journal_is_a_bounded_empty_dir() -> None:
@@ -654,6 +689,7 @@ WRONG_VALUES = {
     "probe flag as a string": "probes:\n  liveness:\n    enabled: 'yes'\n",
     "unknown journal type": "journal:\n  type: hostPath\n",
     "size limit with a bad unit": "journal:\n  sizeLimit: 1Gb\n",
+    "tag in the repository": "image:\n  repository: registry.example.com/rp:0.1.0\n",
 }
 
 
@@ -661,6 +697,8 @@ WRONG_VALUES = {
 def test_schema_rejects_wrong_values(name: str, tmp_path: Path) -> None:
     values = tmp_path / "values.yaml"
     values.write_text(WRONG_VALUES[name])
+    # No --set image.repository: it would override the values file, and the schema is checked
+    # before anything renders.
     result = _run_helm("template", RELEASE, str(CHART), "-f", str(values))
     assert result.returncode != 0, f"{name} was accepted"
     assert "schema" in result.stderr, result.stderr
@@ -688,9 +726,19 @@ INVALID_COMBINATIONS = {
 @pytest.mark.parametrize("name", sorted(INVALID_COMBINATIONS))
 def test_invalid_combinations_fail_with_a_hint(name: str) -> None:
     args, message = INVALID_COMBINATIONS[name]
-    result = _run_helm("template", RELEASE, str(CHART), *args)
+    result = _run_helm("template", RELEASE, str(CHART), *WITH_REPOSITORY, *args)
     assert result.returncode != 0, f"{name} was accepted"
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("mode", ["native", "classic"])
+def test_image_repository_is_required(mode: str) -> None:
+    # No registry carries the image: an install without image.repository must say what to do.
+    result = _run_helm("template", RELEASE, str(CHART), "--set", f"sidecar.mode={mode}")
+    assert result.returncode != 0
+    assert "image.repository is required" in result.stderr
+    assert "docs/image.md" in result.stderr
+    assert _values()["image"]["repository"] == ""
 
 
 def test_classic_mode_renders_on_1_28() -> None:
@@ -709,7 +757,9 @@ def test_versions_agree() -> None:
     assert literal, "the registry-proxy.appVersion define"
     assert chart["appVersion"] == literal.group(1) == project["version"]
     image = _sidecar(_pod_spec("default"))["image"]
-    assert image == f"ghcr.io/registry-proxy/registry-proxy:{chart['appVersion']}"
+    assert image == f"{REPOSITORY}:{chart['appVersion']}"
+    for value_set in CI_SETS:
+        assert _ci_values(value_set)["image"]["repository"] == REPOSITORY, value_set
 
 
 def test_chart_matches_the_image() -> None:
@@ -815,13 +865,17 @@ def _host_chart(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("mode", ["native", "classic"])
 def test_readme_host_chart_example(mode: str, tmp_path: Path) -> None:
     host = _host_chart(tmp_path)
-    docs = _template(
+    text = _template_text(
         "--set",
         f"registry-proxy.sidecar.mode={mode}",
         "--set",
         "global.team=agents",  # Helm hands globals to the dependency: its schema must allow them
         chart=host,
     )
+    # Clean YAML: no key left empty (classic mode used to render a bare `initContainers:`).
+    assert not re.search(r"^\s*[A-Za-z]+:\s*$\n(?!\s+\S)", text, re.M), text
+    assert ("initContainers:" in text) is (mode == "native")
+    docs = _docs(text)
     assert [doc["kind"] for doc in docs] == ["Deployment"], "the demo must stay off"
     for version in K8S_VERSIONS:
         for doc in docs:
@@ -846,6 +900,84 @@ def test_readme_host_chart_example(mode: str, tmp_path: Path) -> None:
         "registry-proxy-tokens",
     }
     assert pod["metadata"]["labels"]["registry-proxy/release"] == RELEASE
+    assert sidecar["image"] == f"{REPOSITORY}:0.1.0"
+
+
+def test_host_chart_without_an_image_repository_fails_clearly(tmp_path: Path) -> None:
+    host = _host_chart(tmp_path)
+    result = _run_helm("template", RELEASE, str(host), "--set", "registry-proxy.image.repository=")
+    assert result.returncode != 0
+    assert "image.repository is required" in result.stderr
+
+
+def _host_statefulset(tmp_path: Path) -> Path:
+    host = _host_chart(tmp_path)
+    readme = (CHART / "README.md").read_text()
+    [(relative, text)] = re.findall(
+        r"<!-- host-statefulset: (\S+) -->\s*```yaml\n(.*?)```", readme, re.S
+    )
+    (host / "templates" / "deployment.yaml").unlink()
+    (host / relative).write_text(text)
+    return host
+
+
+JOURNAL_MOUNTS_WITHOUT_VOLUME = {
+    "claim template in a host Deployment": ("deployment", ["journal.type=claimTemplate"]),
+    "claim template, wrong kind": ("deployment-kind", ["journal.type=claimTemplate"]),
+    "claim without a name in a StatefulSet": (
+        "statefulset",
+        ["journal.type=persistentVolumeClaim"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(JOURNAL_MOUNTS_WITHOUT_VOLUME))
+@pytest.mark.parametrize("mode", ["native", "classic"])
+def test_a_journal_mount_without_a_volume_fails_at_template_time(
+    name: str, mode: str, tmp_path: Path
+) -> None:
+    workload, sets = JOURNAL_MOUNTS_WITHOUT_VOLUME[name]
+    host = _host_statefulset(tmp_path) if workload == "statefulset" else _host_chart(tmp_path)
+    if workload == "deployment-kind":
+        template = host / "templates" / "deployment.yaml"
+        template.write_text(
+            template.read_text().replace(
+                '(index .Values "registry-proxy") }}',
+                '(index .Values "registry-proxy") "kind" "Deployment" }}',
+            )
+        )
+    args = [f"registry-proxy.{item}" for item in [*sets, f"sidecar.mode={mode}"]]
+    result = _run_helm("template", RELEASE, str(host), "--set", ",".join(args))
+    assert result.returncode != 0, f"{name} rendered"
+    if "claimTemplate" in sets[0]:
+        assert "journal.type=claimTemplate" in result.stderr
+        assert "only a StatefulSet has" in result.stderr
+        assert '"kind" "StatefulSet"' in result.stderr
+        if workload == "deployment-kind":
+            assert 'this one passed kind "Deployment"' in result.stderr
+    else:
+        assert "journal.existingClaim" in result.stderr
+
+
+@pytest.mark.parametrize("mode", ["native", "classic"])
+def test_readme_statefulset_example_takes_its_journal_from_a_claim_template(
+    mode: str, tmp_path: Path
+) -> None:
+    host = _host_statefulset(tmp_path)
+    values = f"registry-proxy.journal.type=claimTemplate,registry-proxy.sidecar.mode={mode}"
+    docs = _template("--set", values, chart=host)
+    assert [doc["kind"] for doc in docs] == ["StatefulSet"]
+    for version in K8S_VERSIONS:
+        _validate(docs[0], version)
+    spec = docs[0]["spec"]
+    pod = spec["template"]["spec"]
+    mounts = {mount["name"] for mount in _sidecar(pod)["volumeMounts"]}
+    volumes = {volume["name"] for volume in pod["volumes"]}
+    claims = {claim["metadata"]["name"] for claim in spec["volumeClaimTemplates"]}
+    assert "registry-proxy-journal" not in volumes
+    assert "registry-proxy-journal" in claims
+    assert mounts <= volumes | claims
+    assert pod["securityContext"]["fsGroup"] == 10001
 
 
 def test_host_chart_with_wrong_context_fails_clearly(tmp_path: Path) -> None:
@@ -878,3 +1010,41 @@ def test_extra_env_comes_last() -> None:
     docs = _template("--set", "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://proxy:3128")
     env = _sidecar(docs[0]["spec"]["template"]["spec"])["env"]
     assert env[-1] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
+
+
+# --- packaging -------------------------------------------------------------------------------
+
+
+def test_helmignore_keeps_scratch_files_out_of_the_package(tmp_path: Path) -> None:
+    chart = tmp_path / "registry-proxy"
+    shutil.copytree(CHART, chart)
+    for junk in (
+        ".git/HEAD",
+        "values.yaml.orig",
+        ".values.yaml.swp",
+        ".DS_Store",
+        "old.tgz",
+        ".idea/workspace.xml",
+        "templates/_helpers.tpl~",
+    ):
+        path = chart / junk
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("junk\n")
+    result = _run_helm("package", str(chart), "--destination", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    [package] = (tmp_path / "out").glob("registry-proxy-*.tgz")
+    with tarfile.open(package) as tar:
+        names = {name.removeprefix("registry-proxy/") for name in tar.getnames()}
+    assert {
+        "Chart.yaml",
+        "values.yaml",
+        "values.schema.json",
+        "README.md",
+        "templates/_helpers.tpl",
+        "files/alerts.yml",
+        "ci/classic-values.yaml",
+    } <= names
+    leaked = {name for name in names if name.startswith((".git/", ".idea/"))} | {
+        name for name in names if name.endswith((".orig", ".swp", "~", ".tgz", ".DS_Store"))
+    }
+    assert not leaked, leaked

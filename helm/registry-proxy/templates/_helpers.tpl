@@ -1,7 +1,8 @@
 {{/*
 Named templates of the registry-proxy chart.
 
-Public, for host charts (each takes a dict: (dict "root" $ "values" <registry-proxy values>)):
+Public, for host charts (each takes a dict: (dict "root" $ "values" <registry-proxy values>);
+a StatefulSet host whose journal comes from a claim template adds "kind" "StatefulSet"):
   registry-proxy.initContainers  the sidecar container in native mode, nothing in classic mode
   registry-proxy.containers      the sidecar container in classic mode, nothing in native mode
   registry-proxy.sidecar         the sidecar container, whatever the mode
@@ -65,6 +66,12 @@ app.kubernetes.io/part-of: registry-proxy
 {{- end }}
 {{- if and (eq $v.journal.type "persistentVolumeClaim") (not $v.journal.existingClaim) }}
 {{- fail "journal.type=persistentVolumeClaim needs journal.existingClaim" }}
+{{- end }}
+{{- /* The sidecar always mounts registry-proxy-journal; with claimTemplate nothing but the
+host StatefulSet's volumeClaimTemplates provides it, and a Deployment would be rejected by the
+API server (or worse, by nobody until a pod starts). The host says what it is. */}}
+{{- if and (eq $v.journal.type "claimTemplate") (ne (.kind | default "") "StatefulSet") }}
+{{- fail (printf "journal.type=claimTemplate: the journal volume must come from a volumeClaimTemplates entry named registry-proxy-journal, which only a StatefulSet has; a StatefulSet host passes (dict \"root\" $ \"values\" ... \"kind\" \"StatefulSet\") to the registry-proxy templates%s, anything else uses journal.type=emptyDir or persistentVolumeClaim" (ternary "" (printf " (this one passed kind %q)" (toString .kind)) (not .kind))) }}
 {{- end }}
 {{- end }}
 
@@ -156,10 +163,11 @@ initialDelaySeconds: {{ int . }}
 
 {{- define "registry-proxy.image" -}}
 {{- $img := .values.image }}
+{{- $repository := required "image.repository is required: no public registry carries the registry-proxy image; build it from the repository's Dockerfile, push it to a registry your cluster pulls from (docs/image.md) and set image.repository, e.g. --set image.repository=registry.example.com/platform/registry-proxy" $img.repository }}
 {{- if $img.digest }}
-{{- printf "%s@%s" $img.repository $img.digest }}
+{{- printf "%s@%s" $repository $img.digest }}
 {{- else }}
-{{- printf "%s:%s" $img.repository ($img.tag | default (include "registry-proxy.appVersion" .)) }}
+{{- printf "%s:%s" $repository ($img.tag | default (include "registry-proxy.appVersion" .)) }}
 {{- end }}
 {{- end }}
 
@@ -205,7 +213,7 @@ initialDelaySeconds: {{ int . }}
   readinessProbe:
     {{- include "registry-proxy.probe" (dict "values" $v "probe" $v.probes.readiness "path" "/readyz") | trim | nindent 4 }}
   {{- end }}
-  {{- if gt (int $v.sidecar.preStopSleepSeconds) 0 }}
+  {{- if and (eq $v.sidecar.mode "classic") (gt (int $v.sidecar.preStopSleepSeconds) 0) }}
   lifecycle:
     preStop:
       exec:
