@@ -5,6 +5,11 @@ requests are risked as trials. The probe runs a cheap ``check`` (``SELECT 1`` fo
 every ``interval_s`` while the breaker is ``open`` and moves it to ``half_open`` on the first
 answer; the trial calls then decide whether it closes.
 
+While the breaker is ``half_open`` the probe goes on, each probe now a trial call of the breaker
+(it takes a trial permit and reports its outcome), so the breaker closes even when no request
+reaches the database: during a recovery every read may be served from the replica and every
+write queued behind its agent's journaled backlog.
+
 It costs nothing while the breaker is closed: the task waits on an :class:`asyncio.Event` that a
 breaker listener sets on every transition, so there is no polling. After the breaker opens the
 first probe comes one interval later, not at once: the failure that tripped it was just seen, and
@@ -19,11 +24,13 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.resilience.breaker import BreakerState, CircuitBreaker, Transition
+from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
 from proxy.resilience.clock import Clock, Sleep
 from proxy.resilience.errors import describe
 
 __all__ = ["HealthProbe"]
+
+_PROBED = frozenset({BreakerState.OPEN, BreakerState.HALF_OPEN})
 
 
 class HealthProbe:
@@ -103,14 +110,46 @@ class HealthProbe:
 
     async def _run(self) -> None:
         while True:
-            if self.breaker.state is not BreakerState.OPEN:
+            if self.breaker.state not in _PROBED:
                 # No await between the check and clear(), so a transition cannot slip between.
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             await self._sleep(self.interval_s)
-            if self.breaker.state is BreakerState.OPEN:
+            state = self.breaker.state
+            if state is BreakerState.OPEN:
                 await self.probe_once()
+            elif state is BreakerState.HALF_OPEN:
+                await self.trial_once()
+
+    async def trial_once(self) -> bool | None:
+        """One probe as a half-open trial call; None when no trial permit was free (the
+        breaker already has as many trials running as it admits)."""
+        try:
+            permit = self.breaker.acquire()
+        except BreakerOpen:
+            return None
+        self.probes_total += 1
+        started = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._check(self.timeout_s)
+        except asyncio.CancelledError:
+            permit.release()
+            raise
+        except Exception as exc:
+            duration = self._clock.monotonic() - started
+            self.probe_failures += 1
+            self.last_error = describe(exc)
+            permit.failure(duration, f"probe failed: {self.last_error}")
+            self._notify(ok=False, duration=duration)
+            return False
+        duration = self._clock.monotonic() - started
+        self.last_error = None
+        self.last_success_at = self._clock.wall()
+        permit.success(duration)
+        self._notify(ok=True, duration=duration)
+        return True
 
     async def probe_once(self) -> bool:
         """Run the check once; on success tell the breaker. Returns whether it answered."""

@@ -82,20 +82,52 @@ async def test_idle_while_closed_then_probes_until_it_answers(
         breaker.acquire().failure(0.0, "down")
         assert breaker.state is OPEN
         await asyncio.wait_for(check.answered.wait(), GUARD_S)
-
-        assert breaker.state is HALF_OPEN
-        assert breaker.transitions[-1].cause == "probe answered"
-        assert check.timeouts == [0.5, 0.5, 0.5]
-        assert sleeps.intervals == [0.25, 0.25, 0.25]
-        assert probe.probes_total == 3
+        # Half-open: each further probe is a trial call, until enough succeed to close.
+        await settle(100)
+        causes = [(t.to_state, t.cause) for t in breaker.transitions]
+        assert causes[-2] == (HALF_OPEN, "probe answered")
+        assert causes[-1][0] is BreakerState.CLOSED
+        assert causes[-1][1].endswith("trial calls succeeded")
+        trials = breaker.half_open_successes
+        assert check.timeouts == [0.5] * (3 + trials)
+        assert sleeps.intervals == [0.25] * (3 + trials)
+        assert probe.probes_total == 3 + trials
         assert probe.probe_failures == 2
         assert probe.last_error is None
         assert probe.last_success_at == 1_700_000_000.0
 
         await settle()
-        assert probe.probes_total == 3  # half_open: idle again
+        assert probe.probes_total == 3 + trials  # closed: idle again
     finally:
         await probe.stop()
+
+
+async def test_a_failed_trial_probe_reopens_the_breaker(
+    breaker: CircuitBreaker, sleeps: Sleeps
+) -> None:
+    check = FakeCheck(failures=0)
+    probe = HealthProbe(breaker, check, interval_s=0.25, timeout_s=0.5, sleep=sleeps)
+    breaker.acquire().failure(0.0, "down")
+    breaker.probe_succeeded()
+    assert breaker.state is HALF_OPEN
+    check.failures = 1
+    assert await probe.trial_once() is False
+    assert breaker.state is OPEN
+    assert breaker.transitions[-1].cause.startswith("trial call failed: probe failed")
+
+
+async def test_no_trial_probe_when_every_trial_permit_is_taken(
+    breaker: CircuitBreaker, sleeps: Sleeps
+) -> None:
+    check = FakeCheck()
+    probe = HealthProbe(breaker, check, interval_s=0.25, timeout_s=0.5, sleep=sleeps)
+    breaker.acquire().failure(0.0, "down")
+    breaker.probe_succeeded()
+    permits = [breaker.acquire() for _ in range(breaker.half_open_max_calls)]
+    assert await probe.trial_once() is None
+    assert check.timeouts == []
+    for permit in permits:
+        permit.release()
 
 
 async def test_wakes_again_when_the_breaker_reopens(
@@ -109,12 +141,15 @@ async def test_wakes_again_when_the_breaker_reopens(
         await asyncio.wait_for(check.answered.wait(), GUARD_S)
         assert breaker.state is HALF_OPEN
 
+        await settle(100)  # the trial probes close it
+        assert breaker.state is BreakerState.CLOSED
+
         check.answered.clear()
-        breaker.acquire().failure(0.0, "trial failed")
+        breaker.acquire().failure(0.0, "down again")
         assert breaker.state is OPEN
         await asyncio.wait_for(check.answered.wait(), GUARD_S)
-        assert breaker.state is HALF_OPEN
-        assert probe.probes_total == 2
+        answered = [t for t in breaker.transitions if t.cause == "probe answered"]
+        assert len(answered) == 2
     finally:
         await probe.stop()
 

@@ -1,0 +1,94 @@
+"""Event-loop lag: how late a timer fires tells how far behind the process is.
+
+A sidecar with more work than one core can do falls behind silently: every await waits its turn
+behind every ready callback, timeouts fire late, the health probe times out against a healthy
+database and the answers it gives grow slow. :class:`LoopLag` measures that directly, with a timer
+every ``interval_s``, and says when the lag has *stood* above ``threshold_s`` for a whole
+``window_s`` (the smallest sample of the window is above it). A lone spike (a garbage collection,
+a snapshot) does not count; a loop that stays behind does, and the service then stops taking new
+database work until it catches up (answered ``503 overloaded`` for writes; reads go to the
+replica), so the answers it does give stay fast and its background work gets its turn.
+
+The standing-minimum rule is the one CoDel uses for queues, applied to the loop's own queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+
+from proxy.resilience.clock import SYSTEM_CLOCK, Clock
+
+__all__ = ["LoopLag"]
+
+
+class LoopLag:
+    def __init__(
+        self,
+        *,
+        threshold_s: float,
+        interval_s: float = 0.025,
+        window_s: float = 0.25,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        if threshold_s <= 0:
+            raise ValueError("threshold_s must be positive")
+        self.threshold_s = threshold_s
+        self.interval_s = interval_s
+        self.window_s = window_s
+        self.clock = clock
+        self._samples: deque[tuple[float, float]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self.last_s = 0.0
+        self.max_s = 0.0
+        self.behind = False
+        self.behind_since: float | None = None
+        self.episodes = 0
+
+    def record(self, lag_s: float) -> None:
+        """One sample: the timer fired ``lag_s`` late. Public so tests can drive it exactly."""
+        now = self.clock.monotonic()
+        self.last_s = lag_s
+        self.max_s = max(self.max_s, lag_s)
+        samples = self._samples
+        samples.append((now, lag_s))
+        while samples and samples[0][0] < now - self.window_s:
+            samples.popleft()
+        # A window spans at least two samples: one late timer is a spike, not a standing lag.
+        standing = len(samples) >= 2 and min(lag for _, lag in samples) > self.threshold_s
+        if standing and not self.behind:
+            self.behind = True
+            self.behind_since = now
+            self.episodes += 1
+        elif not standing and self.behind and lag_s <= self.threshold_s:
+            self.behind = False
+            self.behind_since = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop-lag")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + self.interval_s
+            await asyncio.sleep(self.interval_s)
+            self.record(max(0.0, loop.time() - expected))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "threshold_ms": round(self.threshold_s * 1000, 3),
+            "last_ms": round(self.last_s * 1000, 3),
+            "max_ms": round(self.max_s * 1000, 3),
+            "shedding": self.behind,
+            "episodes": self.episodes,
+        }
