@@ -189,7 +189,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     # Finished operations stay in the journal only so /v1/operations can answer while PostgreSQL
     # is away; the ledger is their durable record. Each costs about 2 KiB of memory.
     journal = await Journal.open(
-        settings.journal.dir, fsync=settings.journal.fsync, max_outcomes=JOURNAL_OUTCOMES
+        settings.journal.dir,
+        fsync=settings.journal.fsync,
+        max_outcomes=JOURNAL_OUTCOMES,
+        reserve_bytes=settings.journal.reserve_bytes,
+        on_damage=settings.journal.on_damage.value,
     )
     replica: Replica | None = None
     if settings.replica.enabled:

@@ -1,4 +1,4 @@
-"""`registry-proxy`: serve, migrate, dev, config show|check."""
+"""`registry-proxy`: serve, migrate, dev, config show|check, journal check|recover."""
 
 from __future__ import annotations
 
@@ -205,7 +205,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.database_url is None:
         return _fail("invalid configuration: no database: set REGISTRY_PROXY_DATABASE_URL")
     _configure_logging(settings)
-    return _run(serve(settings))
+    from proxy.store.journal import JournalError
+
+    try:
+        return _run(serve(settings))
+    except JournalError as exc:
+        # A journal that will not open (damaged, locked, unreadable) says why in one line.
+        structlog.get_logger("registry_proxy").error("journal not opened", error=str(exc))
+        return 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -256,6 +263,46 @@ def cmd_dev(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def cmd_journal(args: argparse.Namespace) -> int:
+    """`check` reads the journal and reports damage (exit 1) without changing anything;
+    `recover` opens it with damaged acknowledged records set aside in a side file."""
+    from proxy.store.journal import Journal, JournalError, OnDamage, inspect_journal
+
+    try:
+        settings = load_settings()
+    except ValidationError as exc:
+        return _fail(_config_error(exc))
+    directory = Path(args.dir) if args.dir else settings.journal.dir
+    from proxy.observability.logging import configure
+
+    # The report goes to stdout; what the journal logs on the way (the damage) goes to stderr.
+    configure(level=settings.log.level, fmt=settings.log.format, stream=sys.stderr)
+
+    async def recover() -> dict[str, Any]:
+        journal = await Journal.open(
+            directory,
+            fsync=settings.journal.fsync,
+            reserve_bytes=settings.journal.reserve_bytes,
+            on_damage=OnDamage.QUARANTINE,
+        )
+        try:
+            stats = journal.stats()
+        finally:
+            await journal.close()
+        return {key: stats[key] for key in ("path", "depth", "torn_bytes_dropped", "damage")}
+
+    try:
+        report = inspect_journal(directory) if args.action == "check" else asyncio.run(recover())
+    except JournalError as exc:
+        print(f"registry-proxy: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    if args.action == "check" and report["damage"]:
+        print(f"registry-proxy: {report['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="registry-proxy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("config", help="show or check the effective configuration")
     p.add_argument("action", choices=["show", "check"])
     p.set_defaults(fn=cmd_config)
+    p = sub.add_parser(
+        "journal",
+        help="check the write journal for damage, or recover it by setting damaged records aside "
+        "(stop the sidecar first)",
+    )
+    p.add_argument("action", choices=["check", "recover"])
+    p.add_argument("--dir", help="journal directory (default: REGISTRY_PROXY_JOURNAL__DIR)")
+    p.set_defaults(fn=cmd_journal)
     args = parser.parse_args(argv)
     return int(args.fn(args))
 

@@ -29,6 +29,11 @@ class WriteFallback(StrEnum):
     REJECT = "reject"
 
 
+class JournalOnDamage(StrEnum):
+    REFUSE = "refuse"
+    QUARANTINE = "quarantine"
+
+
 class DatabaseSettings(BaseModel):
     pool_min_size: int = Field(
         2, ge=0, le=100, description="connections kept open; 0 to 100, at most pool_max_size"
@@ -151,6 +156,20 @@ class JournalSettings(BaseModel):
     dir: Path = Field(Path("var/journal"), description="journal and replica snapshot directory")
     fsync: bool = Field(True, description="fsync before 202; off only for throwaway demos")
     replay_batch: int = Field(100, ge=1, description="entries applied per replay round; >= 1")
+    reserve_bytes: int = Field(
+        262_144,
+        ge=4096,
+        le=1_073_741_824,
+        description="disk space held back for outcome records and compaction, on top of the room "
+        "the outcomes of pending entries take; new entries get 503 before it is touched; 4096 to "
+        "1073741824",
+    )
+    on_damage: JournalOnDamage = Field(
+        JournalOnDamage.REFUSE,
+        description="acknowledged records found damaged at start: refuse (start-up fails, "
+        "nothing is dropped) or quarantine (the damaged bytes go to a journal.log.damaged-* "
+        "side file and the rest starts)",
+    )
 
 
 class LogSettings(BaseModel):

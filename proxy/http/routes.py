@@ -353,7 +353,9 @@ async def readyz(request: web.Request) -> web.Response:
     )
     replica_ok = service.replica is not None and service.replica.warm
     ready = db_ok or replica_ok
-    body = {"ready": ready, "database": db_ok, "replica_warm": replica_ok}
+    # Readiness is about reads; a journal that cannot take writes is shown, not hidden.
+    journal = service.journal.condition if service.journal is not None else "disabled"
+    body = {"ready": ready, "database": db_ok, "replica_warm": replica_ok, "journal": journal}
     return web.Response(
         status=200 if ready else 503, body=orjson.dumps(body), content_type="application/json"
     )
@@ -372,6 +374,8 @@ async def metrics(request: web.Request) -> web.Response:
         m.replica_age.set(age if age is not None else float("nan"))
     if service.journal is not None:
         m.journal_depth.set(service.journal.depth)
+        m.journal_writable.set(1 if service.journal.writable else 0)
+        m.journal_quarantine_files.set(service.journal.quarantine_files)
     resp = web.Response(body=generate_latest(m.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"

@@ -209,6 +209,16 @@ class Metrics:
         self.journal_depth = Gauge(
             PREFIX + "journal_depth", "Journaled writes not yet applied", registry=r
         )
+        self.journal_writable = Gauge(
+            PREFIX + "journal_writable",
+            "1 while the journal takes new writes, 0 when its disk is full or it failed",
+            registry=r,
+        )
+        self.journal_quarantine_files = Gauge(
+            PREFIX + "journal_quarantine_files",
+            "Side files of damaged journal records set aside (journal.log.damaged-*)",
+            registry=r,
+        )
         self.journal_appends = Counter(
             PREFIX + "journal_appends", "Writes appended to the journal", registry=r
         )

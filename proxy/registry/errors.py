@@ -64,6 +64,14 @@ class Unavailable(RegistryError):
         self.retry_after = retry_after
 
 
+class JournalDiskFull(Unavailable):
+    """The write had to be journaled and the local journal's disk has no room for it; nothing
+    was kept. PostgreSQL may well be up (earlier writes to the same agent wait in the journal)."""
+
+    slug = "journal-disk-full"
+    title = "Local journal disk full"
+
+
 class Unprocessable(RegistryError):
     status = 422
     slug = "invalid-request"

@@ -38,7 +38,7 @@ from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
 from proxy.settings import ReadMode, Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.db import Database
-from proxy.store.journal import Journal, JournalEntry, JournalError, OpStatus
+from proxy.store.journal import Journal, JournalEntry, JournalError, JournalFull, OpStatus
 from proxy.store.replica import PendingWrite, Replica
 
 log = structlog.get_logger(__name__)
@@ -504,6 +504,17 @@ class RegistryService:
                     "received_at": received.isoformat(),
                 },
             )
+        except JournalFull as jexc:
+            log.error("journal append refused: disk full", error=str(jexc))
+            why = (
+                " while PostgreSQL is unavailable"
+                if exc is not None
+                else ": it must wait in the journal behind earlier writes to the same agent"
+            )
+            raise errors.JournalDiskFull(
+                f"the local journal disk is full, so the write was not accepted{why}; retry later",
+                retry_after=exc.retry_after if exc is not None else 5.0,
+            ) from jexc
         except JournalError as jexc:
             log.error("journal append failed", error=str(jexc))
             raise self._unavailable(exc, "the local journal cannot take the write") from jexc

@@ -8,28 +8,61 @@ module keeps that promise for opaque operations; it knows nothing about agents.
 Why it is written here rather than taken from a library: what we need is small but exact. It must
 (a) not answer before the bytes are fsynced, (b) share one fsync among all writers that arrive
 while a flush is running, since fsync latency would otherwise cap the write rate at one operation
-per disk flush, (c) keep the event loop free while the disk is busy, and (d) after a crash, cut off
-a half-written last record without ever silently skipping a damaged record in the middle. SQLite
-would give (a) and (d), but every commit blocks its thread and sharing commits among coroutines
-is the very group-commit logic we would still have to write; the asyncio file wrappers only move
-blocking calls to threads, with no record framing or recovery. No maintained package combines the
-four, and the whole thing is one append-only file, one writer task and one I/O thread.
+per disk flush, (c) keep the event loop free while the disk is busy, (d) after a crash, cut off
+a half-written last batch without ever silently dropping a record that was acknowledged, and (e)
+keep working when its disk fills up. SQLite would give (a) and (d), but every commit blocks its
+thread and sharing commits among coroutines is the very group-commit logic we would still have to
+write; the asyncio file wrappers only move blocking calls to threads, with no record framing or
+recovery. No maintained package combines these, and the whole thing is one append-only file, one
+writer task and one I/O thread.
 
-On-disk format (`journal.log`, big-endian): a sequence of records, each a 12-byte header
-`magic b"RJ" | format version u8 | record type u8 | body length u32 | CRC-32 u32` followed by
-the body, an orjson object. The CRC covers version, type, length and body. Types: `M` meta
-(`next_seq`, so sequence numbers keep rising after compaction empties the file), `E` entry (a
-`JournalEntry`), `O` outcome (an `Outcome`). An outcome after its entry means the operation has
-left the journal.
+On-disk format, version 2 (`journal.log`, big-endian): a sequence of records, each a 12-byte
+header `magic b"RJ" | format version u8 | record type u8 | body length u32 | CRC-32 u32` followed
+by the body. The CRC covers version, type, length and body. Types: `M` meta (orjson: `next_seq`,
+so sequence numbers keep rising after compaction empties the file), `E` entry (orjson, a
+`JournalEntry`), `O` outcome (orjson, an `Outcome`; its reason is cut to 256 encoded bytes) and
+`C` commit (binary: `batch start offset u64 | records in the batch u32 | CRC-32 of the batch's
+bytes u32`). Every write is one batch: its records, then one commit record, in one write and one
+fsync. A record counts, was acknowledged, only once a commit record closes its batch. An outcome
+after its entry means the operation has left the journal.
 
-Recovery reads the file front to back. A bad record with no valid record after it is a torn tail
-from a crash mid-write: it is cut off and counted. A bad record followed by valid ones is damage,
-not a crash artefact, and opening fails with the offset rather than lose what follows.
+Files beside it: `journal.lock` (the flock; its content is the owner's pid, a hint only);
+`journal.seal`, `b"RJSL" | state u8 ("C" closed, "O" in use) | size u64 | CRC-32 u32`, which
+records the journal's size at a clean close and is set back to "in use" before the journal changes
+again; `journal.reserve`, preallocated blocks held back for the journal (see below); and after a
+quarantine `journal.log.damaged-<UTC time>` with the damaged bytes, one region after another,
+described (offset, length, reason of each region) by `journal.log.damaged-<UTC time>.json`.
+
+Version 1 journals, written before commit records existed, are still read: there each complete
+record counts by itself, and a bad last record is taken for a torn write as that format cannot
+tell. Opening one rewrites it in version 2 (should that fail, version 2 batches after version 1
+records read just as well). A record of a later version stops the open with a message naming it.
+
+Recovery reads the file front to back. Bytes after the last valid commit record are a torn tail,
+the batch that was being written when the process stopped and was never acknowledged: they are
+cut off and counted. Bad bytes before a valid commit record belong to acknowledged writes: that is
+damage. After a clean close (the seal gives the size) every byte had been acknowledged, so a bad
+last record, a missing commit record, a file shorter than the seal says or bytes beyond it are
+damage too. Damage stops `open` with a JournalDamaged naming the file, the offset and what to do,
+unless `on_damage="quarantine"`: then the damaged bytes go to the side file, an error is logged,
+`stats()["damage"]` lists them, and the journal is rewritten without them. The one case it cannot
+tell: after a crash (no seal), damage to the commit record of the last batch, or the file's end
+cut off into it, looks exactly like a torn write, and that batch is cut as such.
+
+Disk space: `journal.reserve` is kept as large as `reserve_bytes` plus the most that the outcomes
+of all pending entries can take (an outcome is bounded: `journal_format.outcome_bound`, about
+0.4 KiB). An entry is taken only if the reserve can grow to cover its outcome and its own bytes
+can be written; otherwise it is refused with JournalFull, nothing of it stays on disk, and the
+journal reports itself full.
+Outcome records and compaction take their room from the reserve when the disk has none, so every
+entry already accepted can be completed; when the journal is full, compaction keeps no finished
+operations, which shrinks the file as the entries drain, and the journal takes entries again once
+the reserve is whole and the disk has room.
 
 Compaction writes the live state (meta, pending entries, entries and outcomes of the most recent
-finished operations) to `journal.log.compact`, fsyncs it, renames it over `journal.log` and fsyncs
-the directory. A crash at any step leaves one complete file: the old one until the rename, the new
-one after; a leftover `.compact` file is deleted on open.
+finished operations, one batch) to `journal.log.compact`, fsyncs it, renames it over
+`journal.log` and fsyncs the directory. A crash at any step leaves one complete file: the old one
+until the rename, the new one after; a leftover `.compact` file is deleted on open.
 """
 
 from __future__ import annotations
@@ -39,47 +72,81 @@ import contextlib
 import errno
 import fcntl
 import os
-import struct
 import time
-import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, TypeGuard, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 import structlog
+
+from proxy.store.journal_format import (
+    COMMIT_RECORD_SIZE,
+    FORMAT_VERSION,
+    MAX_RECORD_BYTES,
+    TYPE_ENTRY,
+    TYPE_META,
+    TYPE_OUTCOME,
+    Damage,
+    Scan,
+    UnsupportedRecord,
+    decode_seal,
+    encode,
+    encode_commit,
+    encode_seal,
+    fit_reason,
+    is_int,
+    is_number,
+    outcome_bound,
+    scan,
+)
+from proxy.store.journal_space import (
+    RESERVE_FILE,
+    Reserve,
+    free_bytes,
+    is_space_error,
+    round_up,
+)
 
 __all__ = [
     "JOURNAL_FILE",
     "LOCK_FILE",
     "MAX_RECORD_BYTES",
+    "RESERVE_FILE",
+    "SEAL_FILE",
     "Journal",
+    "JournalDamaged",
     "JournalEntry",
     "JournalError",
+    "JournalFull",
+    "OnDamage",
     "OpStatus",
     "Outcome",
+    "inspect_journal",
 ]
 
 _log = structlog.get_logger(__name__)
 
 JOURNAL_FILE: Final = "journal.log"
 LOCK_FILE: Final = "journal.lock"
+SEAL_FILE: Final = "journal.seal"
+DAMAGED_PREFIX: Final = JOURNAL_FILE + ".damaged-"
 _COMPACT_SUFFIX: Final = ".compact"
 
-_MAGIC: Final = b"RJ"
-_FORMAT_VERSION: Final = 1
-_HEADER: Final = struct.Struct(">2sBBII")
-_TYPE_META: Final = ord("M")
-_TYPE_ENTRY: Final = ord("E")
-_TYPE_OUTCOME: Final = ord("O")
-_KNOWN_TYPES: Final = frozenset({_TYPE_META, _TYPE_ENTRY, _TYPE_OUTCOME})
-
-# A length field beyond this is treated as damage instead of an instruction to read gigabytes.
-MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
+# The reserve grows in steps of up to this much (a quarter of `reserve_bytes` if less), so most
+# batches need no allocation call.
+_RESERVE_CHUNK_MAX: Final = 64 * 1024
+# After a full disk, entries are taken again once the reserve is whole and this many blocks of
+# the disk are free.
+_FREE_BLOCKS_TO_RESUME: Final = 4
+# While full, a rewrite is tried after this many (or `depth`, if more) outcomes, or once drained.
+_PRESSURE_COMPACT_MIN: Final = 64
+# Free space is sampled at most this often (seconds) for stats().
+_FREE_SAMPLE_S: Final = 1.0
 
 _T = TypeVar("_T")
 
@@ -88,6 +155,11 @@ class OpStatus(StrEnum):
     PENDING = "pending"
     APPLIED = "applied"
     REJECTED = "rejected"
+
+
+class OnDamage(StrEnum):
+    REFUSE = "refuse"
+    QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,42 +185,20 @@ class JournalError(Exception):
     """The journal could not make a record durable (or cannot be opened); do not answer 202."""
 
 
-# --------------------------------------------------------------------------- record codec
+class JournalFull(JournalError):
+    """The journal's disk has no room for a new entry (its reserve is kept for the outcomes of
+    the entries it holds). Nothing of the entry was kept; it passes once the journal drains."""
 
 
-def _encode(rtype: int, body: bytes) -> bytes:
-    crc = zlib.crc32(body, zlib.crc32(struct.pack(">BBI", _FORMAT_VERSION, rtype, len(body))))
-    return _HEADER.pack(_MAGIC, _FORMAT_VERSION, rtype, len(body), crc) + body
+class JournalDamaged(JournalError):
+    """Records that had been acknowledged do not read back; `open` refuses rather than drop them."""
+
+    def __init__(self, message: str, damage: list[Damage]) -> None:
+        super().__init__(message)
+        self.damage = damage
 
 
-def _parse(buf: bytes, offset: int) -> tuple[int, int, bytes, int] | str:
-    """(version, type, body, end offset) of the record at `offset`, or why it is not one."""
-    if len(buf) - offset < _HEADER.size:
-        return "truncated header"
-    magic, version, rtype, length, crc = _HEADER.unpack_from(buf, offset)
-    if magic != _MAGIC:
-        return "bad magic"
-    if length > MAX_RECORD_BYTES:
-        return f"implausible length {length}"
-    start = offset + _HEADER.size
-    end = start + length
-    if end > len(buf):
-        return "truncated body"
-    body = buf[start:end]
-    if zlib.crc32(body, zlib.crc32(struct.pack(">BBI", version, rtype, length))) != crc:
-        return "checksum mismatch"
-    return version, rtype, body, end
-
-
-def _next_valid_record(buf: bytes, start: int) -> int | None:
-    # orjson escapes control characters, so the NUL-bearing header of a real record cannot hide
-    # inside a JSON body; a match here is a genuine record, not a coincidence in someone's payload.
-    pos = buf.find(_MAGIC, start)
-    while pos != -1:
-        if not isinstance(_parse(buf, pos), str):
-            return pos
-        pos = buf.find(_MAGIC, pos + 1)
-    return None
+# --------------------------------------------------------------------------- record bodies
 
 
 def _entry_to_obj(entry: JournalEntry) -> dict[str, Any]:
@@ -172,20 +222,12 @@ def _outcome_to_obj(outcome: Outcome) -> dict[str, Any]:
     }
 
 
-def _is_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _entry_from_obj(obj: Any) -> JournalEntry:
     if not isinstance(obj, dict):
         raise ValueError("entry record is not an object")
     seq, created_at, payload = obj.get("seq"), obj.get("created_at"), obj.get("payload")
     strings = [obj.get(name) for name in ("op_id", "kind", "tenant", "key")]
-    if not _is_int(seq) or not _is_number(created_at) or not isinstance(payload, dict):
+    if not is_int(seq) or not is_number(created_at) or not isinstance(payload, dict):
         raise ValueError("entry record has a malformed seq, created_at or payload")
     op_id, kind, tenant, key = strings
     if not (
@@ -210,7 +252,7 @@ def _outcome_from_obj(obj: Any) -> Outcome:
     if not isinstance(obj, dict):
         raise ValueError("outcome record is not an object")
     op_id, status, reason, at = (obj.get(name) for name in ("op_id", "status", "reason", "at"))
-    if not isinstance(op_id, str) or not _is_number(at):
+    if not isinstance(op_id, str) or not is_number(at):
         raise ValueError("outcome record has a malformed op_id or time")
     if status not in (OpStatus.APPLIED.value, OpStatus.REJECTED.value):
         raise ValueError(f"outcome record has an unknown status {status!r}")
@@ -254,6 +296,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data, 0)
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    os.close(fd)
+
+
+def _side_files(directory: Path) -> list[dict[str, Any]]:
+    """Damaged bytes set aside by earlier quarantines that are still in the directory."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for item in os.scandir(directory):
+            if item.name.startswith(DAMAGED_PREFIX) and not item.name.endswith(".json"):
+                with contextlib.suppress(OSError):
+                    found.append({"file": item.name, "bytes": item.stat().st_size})
+    return sorted(found, key=lambda side: str(side["file"]))
+
+
 def _acquire_lock(directory: Path) -> int:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -275,11 +342,75 @@ def _acquire_lock(directory: Path) -> int:
     return fd
 
 
+def _read_seal(path: Path) -> int | None:
+    try:
+        return decode_seal(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     # A caller cancelled while waiting must not turn a failed write into an "exception was never
     # retrieved" warning; the failure was already reported to whoever still listens.
     if not fut.cancelled():
         fut.exception()
+
+
+def _damage_message(path: Path, found: Scan, sealed: int | None) -> str:
+    shown = [
+        f"at offset {region.offset} ({region.reason}"
+        + (f", {region.length} bytes)" if region.length else ")")
+        for region in found.damage[:3]
+    ]
+    more = len(found.damage) - len(shown)
+    others = f", and {more} more damaged regions" if more else ""
+    if found.next_commit is not None:
+        proof = (
+            f"the valid commit record at offset {found.next_commit} after it shows that the "
+            "damaged records had been acknowledged"
+        )
+    else:
+        proof = (
+            f"the journal was closed cleanly at {sealed} bytes ({SEAL_FILE}), so every record "
+            "in it had been acknowledged"
+        )
+    return (
+        f"journal {path} is damaged {', '.join(shown)}{others}: {proof}. "
+        "Refusing to start rather than drop writes that were answered 202. Keep a copy of "
+        f"{path.parent}; then restore {path.name} from a good copy, or set the damaged bytes "
+        "aside and start with the rest: run `registry-proxy journal recover`, or start once with "
+        "REGISTRY_PROXY_JOURNAL__ON_DAMAGE=quarantine (the writes in the damaged bytes are then "
+        "not applied)."
+    )
+
+
+def inspect_journal(directory: Path) -> dict[str, Any]:
+    """What `open` would find in `directory`, without changing or locking anything."""
+    directory = Path(directory)
+    path = directory / JOURNAL_FILE
+    try:
+        sealed = _read_seal(directory / SEAL_FILE)
+        buf = path.read_bytes()
+    except FileNotFoundError:
+        return {"path": str(path), "exists": False, "damage": [], "side_files": []}
+    except OSError as exc:
+        raise JournalError(f"cannot read journal {path}: {exc}") from exc
+    try:
+        found = scan(buf, sealed_size=sealed)
+    except UnsupportedRecord as exc:
+        raise JournalError(f"journal {path} has a {exc}") from exc
+    return {
+        "path": str(path),
+        "exists": True,
+        "size_bytes": len(buf),
+        "closed_cleanly": sealed is not None,
+        "format": 1 if found.legacy else FORMAT_VERSION,
+        "acknowledged_records": len(found.records),
+        "torn_tail_bytes": len(buf) - found.end if sealed is None else 0,
+        "damage": [region.to_obj() for region in found.damage],
+        "message": _damage_message(path, found, sealed) if found.damage else None,
+        "side_files": _side_files(directory),
+    }
 
 
 @dataclass(slots=True)
@@ -289,6 +420,26 @@ class _Write:
     entry: JournalEntry | None = None
     outcome: Outcome | None = None
     compact: bool = False
+    bound: int = 0  # room the entry's outcome may take, held in the reserve
+    retried: bool = False
+
+
+@dataclass(slots=True)
+class _BatchResult:
+    end: int
+    written: list[_Write] = field(default_factory=list)
+    refused: list[_Write] = field(default_factory=list)  # entries the disk had no room for
+    unwritten: list[_Write] = field(default_factory=list)  # others that failed with `failed`
+    failed: OSError | None = None
+
+
+class _Unrecoverable(Exception):
+    """A failed write could not be undone: the file's end is unknown."""
+
+    def __init__(self, cause: OSError, error: OSError) -> None:
+        super().__init__(f"{cause}; rolling it back failed: {error}")
+        self.cause = cause
+        self.error = error
 
 
 # --------------------------------------------------------------------------- the journal
@@ -310,17 +461,25 @@ class Journal:
         fsync: bool,
         max_outcomes: int,
         compact_bytes: int,
+        reserve_bytes: int,
+        on_damage: OnDamage,
         lock_fd: int,
         executor: ThreadPoolExecutor,
     ) -> None:
         self._dir = directory
         self._path = directory / JOURNAL_FILE
         self._compact_path = directory / (JOURNAL_FILE + _COMPACT_SUFFIX)
+        self._seal_path = directory / SEAL_FILE
         self._fsync = fsync
         self._max_outcomes = max_outcomes
         self._compact_bytes = compact_bytes
+        self._reserve_base = reserve_bytes
+        self._on_damage = on_damage
         self._lock_fd = lock_fd
+        self._seal_fd = -1
         self._executor = executor
+        self._reserve = Reserve(directory / RESERVE_FILE)
+        self._chunk = max(4096, min(_RESERVE_CHUNK_MAX, reserve_bytes // 4))
 
         self._fd = -1
         self._size = 0
@@ -331,6 +490,7 @@ class Journal:
         self._finished: OrderedDict[str, tuple[Outcome, JournalEntry]] = OrderedDict()
         self._inflight_appends: dict[str, asyncio.Future[JournalEntry]] = {}
         self._inflight_completions: dict[str, asyncio.Future[None]] = {}
+        self._reserved = 0  # sum of outcome_bound() over pending entries
 
         self._queue: list[_Write] = []
         self._flushing = False
@@ -339,6 +499,17 @@ class Journal:
         self._closing = False
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
+
+        self._full_since: float | None = None
+        self._space_error: str | None = None
+        self._free: int | None = None
+        self._free_sampled = 0.0
+        self._refused_full = 0
+        self._sheddable = 0  # outcome records in the file that a rewrite could leave out
+        self._pressure_tried_at = 0  # `_sheddable` when a rewrite under pressure last failed
+
+        self._damage: list[dict[str, Any]] = []
+        self._side_files: list[dict[str, Any]] = []
 
         self._compact_at = compact_bytes
         self._appends = 0
@@ -360,12 +531,21 @@ class Journal:
         fsync: bool = True,
         max_outcomes: int = 10_000,
         compact_bytes: int = 4 * 1024 * 1024,
+        reserve_bytes: int = 256 * 1024,
+        on_damage: OnDamage | str = OnDamage.REFUSE,
     ) -> Journal:
-        """Lock `directory`, recover the journal in it (creating both if missing)."""
+        """Lock `directory`, recover the journal in it (creating both if missing).
+
+        Raises JournalDamaged when acknowledged records do not read back and `on_damage` is
+        "refuse"; with "quarantine" they are set aside and reported instead.
+        """
         if max_outcomes < 0:
             raise ValueError("max_outcomes must be >= 0")
         if compact_bytes <= 0:
             raise ValueError("compact_bytes must be > 0")
+        if reserve_bytes < 0:
+            raise ValueError("reserve_bytes must be >= 0")
+        policy = OnDamage(on_damage)
         directory = Path(directory)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-io")
 
@@ -376,6 +556,8 @@ class Journal:
                 fsync=fsync,
                 max_outcomes=max_outcomes,
                 compact_bytes=compact_bytes,
+                reserve_bytes=reserve_bytes,
+                on_damage=policy,
                 lock_fd=lock_fd,
                 executor=executor,
             )
@@ -408,89 +590,189 @@ class Journal:
             with contextlib.suppress(FileNotFoundError):
                 # Left by a compaction that crashed before its rename: the old file is complete.
                 self._compact_path.unlink()
+            sealed = _read_seal(self._seal_path)
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             buf = _read_all(self._fd)
+            self._side_files = _side_files(self._dir)
         except OSError as exc:
             raise JournalError(f"cannot read journal {self._path}: {exc}") from exc
-
-        good_end = self._scan(buf)
         try:
-            if good_end < len(buf):
-                self._torn_records_dropped += 1
-                self._torn_bytes_dropped += len(buf) - good_end
+            found = scan(buf, sealed_size=sealed)
+        except UnsupportedRecord as exc:
+            raise JournalError(f"journal {self._path} has a {exc}") from exc
+        if found.damage and self._on_damage is OnDamage.REFUSE:
+            raise JournalDamaged(_damage_message(self._path, found, sealed), found.damage)
+        for record in found.records:
+            try:
+                self._load_record(record.rtype, orjson.loads(record.body))
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                raise JournalError(
+                    f"journal {self._path} has an unreadable record at offset {record.offset}: "
+                    f"{exc}"
+                ) from exc
+        self._sheddable = len(self._finished)
+
+        try:
+            self._open_reserve()
+            if found.damage:
+                self._quarantine(buf, found)
+            # From here on the journal changes: an old clean-close size must not outlive that.
+            self._mark_in_use()
+            self._size = found.end
+            self._durable_next_seq = self._next_seq
+            torn = len(buf) - found.end if sealed is None else 0
+            if torn > 0:
+                self._torn_records_dropped += found.tail_records
+                self._torn_bytes_dropped += torn
                 _log.warning(
                     "journal_torn_tail_dropped",
                     path=str(self._path),
-                    offset=good_end,
-                    bytes=len(buf) - good_end,
+                    offset=found.end,
+                    bytes=torn,
+                    records=found.tail_records,
                 )
-                os.ftruncate(self._fd, good_end)
+            if torn > 0 and not found.damage:
+                os.ftruncate(self._fd, found.end)
                 if self._fsync:
                     os.fsync(self._fd)
-            self._size = good_end
-            self._durable_next_seq = self._next_seq
-            if self._size == 0:
-                meta = _encode(_TYPE_META, self._meta_body())
-                _write_all(self._fd, meta, 0)
-                if self._fsync:
-                    os.fsync(self._fd)
-                    _fsync_dir(self._dir)
-                self._size = len(meta)
+            if found.damage or found.legacy:
+                # Without the damaged bytes, or in the current format: rewrite the live state.
+                self._rewrite_on_open(required=bool(found.damage))
+            elif self._size == 0:
+                self._write_first_meta()
         except OSError as exc:
             raise JournalError(f"cannot repair journal {self._path}: {exc}") from exc
 
         self._compact_at = self._compact_bytes
         if self._size > self._compact_bytes:
             # Ran over the threshold before the last shutdown (or the threshold was lowered).
-            entries, outcomes = self._live_state()
-            try:
-                new_fd, new_size = self._write_compacted(entries, outcomes)
-            except OSError as exc:
-                self._compaction_failed(exc)
-            else:
-                self._install_compacted(new_fd, new_size)
-                try:
-                    if self._fsync:
-                        _fsync_dir(self._dir)
-                except OSError as exc:
-                    raise JournalError(f"cannot make compacted journal durable: {exc}") from exc
+            self._rewrite_on_open(required=False)
+        self._restore_reserve()
+        self._sample_free(force=True)
 
-    def _scan(self, buf: bytes) -> int:
-        """Load every record into memory; return the offset where valid data ends."""
-        offset = 0
-        while offset < len(buf):
-            parsed = _parse(buf, offset)
-            if isinstance(parsed, str):
-                following = _next_valid_record(buf, offset + 1)
-                if following is not None:
-                    raise JournalError(
-                        f"journal {self._path} is corrupt at offset {offset} ({parsed}) but a "
-                        f"valid record follows at offset {following}; refusing to drop data. "
-                        "Stop the sidecar, keep a copy of the file and repair or move it aside."
-                    )
-                return offset
-            version, rtype, body, end = parsed
-            if version != _FORMAT_VERSION or rtype not in _KNOWN_TYPES:
+    def _open_reserve(self) -> None:
+        try:
+            self._reserve.open()
+        except OSError as exc:
+            # Entries are refused until it can be made (see Reserve.ensure); outcomes go on.
+            _log.warning(
+                "journal_reserve_unavailable", path=str(self._reserve.path), error=str(exc)
+            )
+
+    def _write_first_meta(self) -> None:
+        try:
+            self._size = self._append_sync([encode(TYPE_META, self._meta_body())], 0)
+        except OSError as exc:
+            if not is_space_error(exc):
+                raise
+            # A new journal on a full disk: it holds nothing yet, so start, but refuse entries.
+            self._note_space_error(exc)
+            self._set_full(True)
+            return
+        if self._fsync:
+            _fsync_dir(self._dir)
+
+    def _rewrite_on_open(self, *, required: bool) -> None:
+        entries, outcomes = self._live_state(shed=False)
+        try:
+            new_fd, new_size, kept = self._write_compacted_making_room(entries, outcomes)
+        except OSError as exc:
+            if required:
                 raise JournalError(
-                    f"journal {self._path} has a record of format version {version}, type "
-                    f"{rtype} at offset {offset} that this version does not understand"
-                )
-            try:
-                self._load_record(rtype, orjson.loads(body))
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                raise JournalError(
-                    f"journal {self._path} has an unreadable record at offset {offset}: {exc}"
+                    f"journal {self._path}: the damaged bytes were set aside but the journal "
+                    f"could not be rewritten without them: {exc}"
                 ) from exc
-            offset = end
-        return offset
+            self._compaction_failed(exc)
+            return
+        self._install_compacted(new_fd, new_size, kept_outcomes=kept)
+        if self._fsync:
+            try:
+                _fsync_dir(self._dir)
+            except OSError as exc:
+                raise JournalError(f"cannot make compacted journal durable: {exc}") from exc
+
+    def _quarantine(self, buf: bytes, found: Scan) -> None:
+        """Copy the damaged bytes to a side file (with a description) before they are dropped."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name = DAMAGED_PREFIX + stamp
+        suffix = 1
+        while (self._dir / name).exists() or (self._dir / (name + ".json")).exists():
+            suffix += 1
+            name = f"{DAMAGED_PREFIX}{stamp}-{suffix}"
+        regions = [region.to_obj() for region in found.damage]
+        data = b"".join(buf[r.offset : r.offset + r.length] for r in found.damage)
+        description = orjson.dumps(
+            {
+                "journal": str(self._path),
+                "journal_size": len(buf),
+                "quarantined_at": time.time(),
+                "regions": regions,
+                "note": "each region's bytes follow one another in the side file, in this order",
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+        for attempt in (1, 2):
+            try:
+                _write_new_file(self._dir / name, data, fsync=self._fsync)
+                _write_new_file(self._dir / (name + ".json"), description, fsync=self._fsync)
+                break
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    (self._dir / name).unlink()
+                if attempt == 2 or not is_space_error(exc):
+                    raise JournalError(
+                        f"journal {self._path} is damaged and the damaged bytes could not be "
+                        f"set aside in {self._dir}: {exc}"
+                    ) from exc
+                self._reserve.shrink_to(0)
+        if self._fsync:
+            _fsync_dir(self._dir)
+        missing = sum(region.missing for region in found.damage)
+        self._damage.append(
+            {"file": name, "bytes": len(data), "missing_bytes": missing, "regions": regions}
+        )
+        self._side_files.append({"file": name, "bytes": len(data)})
+        _log.error(
+            "journal_damage_quarantined",
+            path=str(self._path),
+            side_file=str(self._dir / name),
+            bytes=len(data),
+            missing_bytes=missing,
+            regions=regions,
+            consequence="writes whose records were in the damaged bytes will not be applied",
+        )
+
+    def _mark_in_use(self) -> None:
+        existed = self._seal_path.exists()
+        try:
+            fd = os.open(self._seal_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if existed or not is_space_error(exc):
+                raise
+            _log.warning("journal_seal_unavailable", path=str(self._seal_path), error=str(exc))
+            return
+        try:
+            _write_all(fd, encode_seal(None), 0)
+            if self._fsync:
+                os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            if existed or not is_space_error(exc):
+                raise
+            # A fresh seal on a full disk: without one, the next open applies the crash rules.
+            with contextlib.suppress(OSError):
+                self._seal_path.unlink()
+            _log.warning("journal_seal_unavailable", path=str(self._seal_path), error=str(exc))
+            return
+        self._seal_fd = fd
 
     def _load_record(self, rtype: int, obj: Any) -> None:
-        if rtype == _TYPE_META:
+        if rtype == TYPE_META:
             next_seq = obj.get("next_seq") if isinstance(obj, dict) else None
-            if not _is_int(next_seq):
+            if not is_int(next_seq):
                 raise ValueError("meta record has no integer next_seq")
             self._next_seq = max(self._next_seq, next_seq)
-        elif rtype == _TYPE_ENTRY:
+        elif rtype == TYPE_ENTRY:
             entry = _entry_from_obj(obj)
             self._next_seq = max(self._next_seq, entry.seq + 1)
             if entry.op_id in self._pending:
@@ -509,7 +791,7 @@ class Journal:
 
     def _meta_body(self) -> bytes:
         return orjson.dumps(
-            {"format": _FORMAT_VERSION, "next_seq": self._durable_next_seq, "at": time.time()}
+            {"format": FORMAT_VERSION, "next_seq": self._durable_next_seq, "at": time.time()}
         )
 
     # ----------------------------------------------------------------------- writing
@@ -520,9 +802,10 @@ class Journal:
         """Durably record an operation; returns once it is fsynced (when fsync is enabled).
 
         An op_id already pending, in flight or recently finished returns the existing entry and
-        writes nothing. Raises JournalError when the record did not reach the disk (the entry is
-        then not pending), TypeError when the payload is not JSON-serialisable, ValueError for an
-        empty op_id or an oversized record.
+        writes nothing. Raises JournalFull when the disk has no room for it (with its outcome),
+        JournalError when the record did not reach the disk (the entry is then not pending),
+        TypeError when the payload is not JSON-serialisable, ValueError for an empty op_id or an
+        oversized record.
         """
         self._check_usable()
         if not op_id:
@@ -558,15 +841,17 @@ class Journal:
         fut: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
         self._inflight_appends[op_id] = fut
-        self._enqueue(_Write(_encode(_TYPE_ENTRY, body), fut, entry=entry))
+        write = _Write(encode(TYPE_ENTRY, body), fut, entry=entry, bound=outcome_bound(op_id))
+        self._enqueue(write)
         return await asyncio.shield(fut)
 
     async def complete(self, op_id: str, status: OpStatus, reason: str | None = None) -> None:
         """Durably record that `op_id` left the journal as applied or rejected.
 
-        Completing an op that is already finished is a no-op (the first outcome stands). Raises
-        KeyError for an op_id the journal does not hold, JournalError when the outcome did not
-        reach the disk (the entry then stays pending).
+        Completing an op that is already finished is a no-op (the first outcome stands). A
+        reason longer than 256 encoded bytes is cut. Raises KeyError for an op_id the journal
+        does not hold, JournalError when the outcome did not reach the disk (the entry then stays
+        pending).
         """
         self._check_usable()
         status = OpStatus(status)
@@ -585,12 +870,12 @@ class Journal:
             raise KeyError(op_id)
         self._check_usable()  # close() may have begun while we waited above
 
-        outcome = Outcome(op_id=op_id, status=status, reason=reason, at=time.time())
+        outcome = Outcome(op_id=op_id, status=status, reason=fit_reason(reason), at=time.time())
         body = orjson.dumps(_outcome_to_obj(outcome))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
         self._inflight_completions[op_id] = fut
-        self._enqueue(_Write(_encode(_TYPE_OUTCOME, body), fut, outcome=outcome))
+        self._enqueue(_Write(encode(TYPE_OUTCOME, body), fut, outcome=outcome))
         await asyncio.shield(fut)
 
     async def compact(self) -> None:
@@ -630,23 +915,12 @@ class Journal:
                 if self._failed is not None:
                     self._fail(batch, self._failed)
                     continue
-                data = b"".join(write.data for write in batch)
-                start = self._size
-                if data:
-                    try:
-                        await self._io(self._write_batch, data, start)
-                    except OSError as exc:
-                        error = JournalError(f"journal write to {self._path} failed: {exc}")
-                        error.__cause__ = exc
-                        await self._roll_back(start, exc)
-                        self._fail(batch, error)
-                        continue
-                    self._size = start + len(data)
-                    self._batches += 1
-                self._commit(batch)
+                records = [write for write in batch if not write.compact]
+                if records:
+                    await self._write_records(records)
                 requested = [write for write in batch if write.compact]
-                if requested or self._size > self._compact_at:
-                    compaction_error = await self._compact()
+                if requested or self._size > self._compact_at or self._pressure_compaction_due():
+                    compaction_error = await self._compact(shed=self.full)
                     for write in requested:
                         if compaction_error is not None:
                             self._fail([write], compaction_error)
@@ -667,30 +941,138 @@ class Journal:
         finally:
             self._flushing = False
 
-    def _write_batch(self, data: bytes, offset: int) -> None:
-        _write_all(self._fd, data, offset)
-        if self._fsync:
-            os.fsync(self._fd)
-            self._fsyncs += 1
+    async def _write_records(self, records: list[_Write]) -> None:
+        try:
+            result = await self._io(self._write_batch, records, self._size, self._reserved)
+        except _Unrecoverable as exc:
+            self._failed = JournalError(
+                f"journal {self._path} is unusable: a failed write ({exc.cause}) could not be "
+                f"rolled back ({exc.error}); restart the sidecar to recover"
+            )
+            self._failed.__cause__ = exc.cause
+            _log.error(
+                "journal_failed", path=str(self._path), error=str(exc.error), cause=str(exc.cause)
+            )
+            self._fail(records, self._failed)
+            return
+        except OSError as exc:
+            error = JournalError(f"journal write to {self._path} failed: {exc}")
+            error.__cause__ = exc
+            _log.warning("journal_write_failed", path=str(self._path), error=str(exc))
+            self._fail(records, error)
+            return
+        self._size = result.end
+        if result.written:
+            self._batches += 1
+            self._commit(result.written)
+            if any(write.entry is not None for write in result.written):
+                self._set_full(False)
+        if result.failed is not None:
+            # Not even the reserve gave enough room (something else filled the disk): these
+            # outcomes stay pending, and the replay records them on a later round.
+            error = JournalError(f"journal write to {self._path} failed: {result.failed}")
+            error.__cause__ = result.failed
+            _log.warning("journal_write_failed", path=str(self._path), error=str(result.failed))
+            self._fail(result.unwritten, error)
+        refused = result.refused
+        if not refused:
+            return
+        self._set_full(True)
+        # Finished operations still take room in the file: a rewrite without them may make
+        # enough. Try that once before refusing.
+        if (
+            self._sheddable > self._pressure_tried_at
+            and not any(write.retried for write in refused)
+            and await self._compact(shed=True) is None
+        ):
+            for write in refused:
+                write.retried = True
+            self._queue[:0] = refused
+            return
+        self._refused_full += len(refused)
+        self._fail(refused, self._full_error())
 
-    async def _roll_back(self, offset: int, cause: OSError) -> None:
-        """Cut a failed batch off the file so its records cannot resurface after a restart."""
+    def _write_batch(self, writes: list[_Write], start: int, reserved: int) -> _BatchResult:
+        """I/O thread: append `writes` as one batch at `start`.
 
-        def truncate() -> None:
-            os.ftruncate(self._fd, offset)
+        An entry needs its own bytes plus room in the reserve for its outcome; when the disk
+        cannot give that, the entries are refused and the rest of the batch is written. Outcome
+        records may take their room from the reserve: that is what it is kept for.
+        """
+        chosen, refused = writes, []
+        entries = [write for write in writes if write.entry is not None]
+        new_bounds = sum(write.bound for write in entries)
+        if new_bounds:
+            try:
+                self._reserve.ensure(self._reserve_base + reserved + new_bounds, self._chunk)
+            except OSError as exc:
+                if not is_space_error(exc):
+                    raise
+                self._note_space_error(exc)
+                # Take the entries (in order) whose outcomes still find room, refuse the rest.
+                held = self._reserve_base + reserved
+                taken = 0
+                for write in entries:
+                    try:
+                        self._reserve.ensure(held + write.bound, 1)
+                    except OSError as again:
+                        if not is_space_error(again):
+                            raise
+                        break
+                    held += write.bound
+                    taken += 1
+                refused = entries[taken:]
+                new_bounds = held - self._reserve_base - reserved
+                out = {id(write) for write in refused}
+                chosen = [write for write in writes if id(write) not in out]
+        if not chosen:
+            self._sample_free()
+            return _BatchResult(end=start, refused=refused)
+        try:
+            end = self._append_sync([write.data for write in chosen], start)
+        except OSError as exc:
+            if not is_space_error(exc):
+                raise
+            self._note_space_error(exc)
+            refused += [write for write in chosen if write.entry is not None]
+            chosen = [write for write in chosen if write.entry is None]
+            if not chosen:
+                self._sample_free()
+                return _BatchResult(end=start, refused=refused)
+            need = sum(len(write.data) for write in chosen) + COMMIT_RECORD_SIZE
+            self._reserve.shrink_to(self._reserve.size - need - 2 * self._reserve.block)
+            try:
+                end = self._append_sync([write.data for write in chosen], start)
+            except OSError as again:
+                if not is_space_error(again):
+                    raise
+                self._note_space_error(again)
+                self._sample_free()
+                return _BatchResult(end=start, refused=refused, unwritten=chosen, failed=again)
+        if not refused:
+            self._trim_reserve(reserved + new_bounds)
+        self._sample_free()
+        return _BatchResult(end=end, written=chosen, refused=refused)
+
+    def _append_sync(self, parts: list[bytes], start: int) -> int:
+        """Write the records and their commit record at `start`, fsync; return the new end. On
+        failure the file is cut back to `start` (raises _Unrecoverable if that fails too)."""
+        data = b"".join(parts)
+        blob = data + encode_commit(start, len(parts), data)
+        try:
+            _write_all(self._fd, blob, start)
             if self._fsync:
                 os.fsync(self._fd)
-
-        try:
-            await self._io(truncate)
+                self._fsyncs += 1
         except OSError as exc:
-            self._failed = JournalError(
-                f"journal {self._path} is unusable: a failed write ({cause}) could not be rolled "
-                f"back ({exc}); restart the sidecar to recover"
-            )
-            _log.error("journal_failed", path=str(self._path), error=str(exc), cause=str(cause))
-        else:
-            _log.warning("journal_write_failed", path=str(self._path), error=str(cause))
+            try:
+                os.ftruncate(self._fd, start)
+                if self._fsync:
+                    os.fsync(self._fd)
+            except OSError as rollback:
+                raise _Unrecoverable(exc, rollback) from exc
+            raise
+        return start + len(blob)
 
     def _commit(self, batch: list[_Write]) -> None:
         for write in batch:
@@ -706,10 +1088,11 @@ class Journal:
                 self._finish(write.outcome)
                 self._inflight_completions.pop(write.outcome.op_id, None)
                 self._completions += 1
+                self._sheddable += 1
                 if not write.future.done():
                     write.future.set_result(None)
 
-    def _fail(self, batch: list[_Write], error: JournalError) -> None:
+    def _fail(self, batch: Iterable[_Write], error: JournalError) -> None:
         for write in batch:
             if write.entry is not None:
                 self._inflight_appends.pop(write.entry.op_id, None)
@@ -721,9 +1104,11 @@ class Journal:
     def _add_pending(self, entry: JournalEntry) -> None:
         self._pending[entry.op_id] = entry
         self._by_tenant.setdefault(entry.tenant, {})[entry.op_id] = entry
+        self._reserved += outcome_bound(entry.op_id)
 
     def _finish(self, outcome: Outcome) -> None:
         entry = self._pending.pop(outcome.op_id)
+        self._reserved -= outcome_bound(entry.op_id)
         tenant_ops = self._by_tenant[entry.tenant]
         del tenant_ops[outcome.op_id]
         if not tenant_ops:
@@ -734,10 +1119,83 @@ class Journal:
         while len(self._finished) > self._max_outcomes:
             self._finished.popitem(last=False)
 
+    # ----------------------------------------------------------------------- disk space
+
+    def _set_full(self, full: bool) -> None:
+        if full and self._full_since is None:
+            self._full_since = time.time()
+            _log.error(
+                "journal_disk_full",
+                path=str(self._path),
+                depth=self.depth,
+                reserve_bytes=self._reserve.size,
+                error=self._space_error,
+            )
+        elif not full and self._full_since is not None:
+            _log.info(
+                "journal_disk_ok",
+                path=str(self._path),
+                full_for_s=round(time.time() - self._full_since, 3),
+                refused=self._refused_full,
+            )
+            self._full_since = None
+
+    def _full_error(self) -> JournalFull:
+        return JournalFull(
+            f"journal disk of {self._dir} is full: new entries are refused while its "
+            f"{self._reserve.size} reserved bytes are kept for the outcomes of the {self.depth} "
+            f"pending entries ({self._space_error})"
+        )
+
+    def _note_space_error(self, exc: OSError) -> None:
+        self._space_error = exc.strerror or str(exc)
+        self._sample_free(force=True)
+
+    def _sample_free(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._free_sampled >= _FREE_SAMPLE_S:
+            self._free_sampled = now
+            with contextlib.suppress(OSError):
+                self._free = free_bytes(self._dir)
+
+    def _trim_reserve(self, reserved: int) -> None:
+        """Give back what the reserve holds beyond its need (after a drain), in whole chunks."""
+        target = self._reserve_base + reserved
+        if self._reserve.size > target + 2 * self._chunk:
+            with contextlib.suppress(OSError):
+                self._reserve.shrink_to(round_up(target, self._chunk))
+
+    def _restore_reserve(self) -> bool:
+        """I/O thread: grow the reserve back to its need; False (and full) when the disk has no
+        room. Also clears `full` when the reserve is whole and the disk has room again."""
+        target = self._reserve_base + self._reserved
+        try:
+            self._reserve.ensure(target, self._chunk)
+        except OSError as exc:
+            if not is_space_error(exc):
+                _log.warning("journal_reserve_failed", path=str(self._path), error=str(exc))
+                return False
+            self._note_space_error(exc)
+            self._set_full(True)
+            return False
+        self._trim_reserve(self._reserved)
+        self._sample_free(force=True)
+        resume = max(_FREE_BLOCKS_TO_RESUME * self._reserve.block, self._chunk)
+        if self._free is None or self._free >= resume:
+            self._set_full(False)
+        return True
+
+    def _pressure_compaction_due(self) -> bool:
+        fresh = self._sheddable - self._pressure_tried_at
+        if not self.full or fresh <= 0:
+            return False
+        return not self._pending or fresh >= max(_PRESSURE_COMPACT_MIN, self.depth)
+
     # ----------------------------------------------------------------------- compaction
 
-    def _live_state(self) -> tuple[list[JournalEntry], list[Outcome]]:
-        finished = list(self._finished.values())
+    def _live_state(self, *, shed: bool) -> tuple[list[JournalEntry], list[Outcome]]:
+        """What a rewrite keeps; `shed` leaves out finished operations (only pending remain)."""
+        finished = [] if shed else list(self._finished.values())
         entries = [*self._pending.values(), *(entry for _, entry in finished)]
         entries.sort(key=lambda entry: entry.seq)
         return entries, [outcome for outcome, _ in finished]
@@ -746,10 +1204,11 @@ class Journal:
         self, entries: list[JournalEntry], outcomes: list[Outcome]
     ) -> tuple[int, int]:
         """Write the live state to the side file and rename it into place; runs in the thread."""
-        parts = [_encode(_TYPE_META, self._meta_body())]
-        parts.extend(_encode(_TYPE_ENTRY, orjson.dumps(_entry_to_obj(e))) for e in entries)
-        parts.extend(_encode(_TYPE_OUTCOME, orjson.dumps(_outcome_to_obj(o))) for o in outcomes)
+        parts = [encode(TYPE_META, self._meta_body())]
+        parts.extend(encode(TYPE_ENTRY, orjson.dumps(_entry_to_obj(e))) for e in entries)
+        parts.extend(encode(TYPE_OUTCOME, orjson.dumps(_outcome_to_obj(o))) for o in outcomes)
         data = b"".join(parts)
+        data += encode_commit(0, len(parts), data)
         fd = os.open(self._compact_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             _write_all(fd, data, 0)
@@ -764,11 +1223,28 @@ class Journal:
             raise
         return fd, len(data)
 
-    def _install_compacted(self, new_fd: int, new_size: int) -> None:
+    def _write_compacted_making_room(
+        self, entries: list[JournalEntry], outcomes: list[Outcome]
+    ) -> tuple[int, int, int]:
+        """`_write_compacted` (fd, size, outcomes kept); when the disk is full, again without the
+        finished operations and with the reserve lent to it: the rename frees the old file,
+        which holds all the new one does, and the reserve is restored after."""
+        try:
+            return (*self._write_compacted(entries, outcomes), len(outcomes))
+        except OSError as exc:
+            if not is_space_error(exc):
+                raise
+            self._note_space_error(exc)
+        pending = [entry for entry in entries if entry.op_id in self._pending]
+        self._reserve.shrink_to(0)
+        return (*self._write_compacted(pending, []), 0)
+
+    def _install_compacted(self, new_fd: int, new_size: int, *, kept_outcomes: int) -> None:
         old_fd, self._fd, self._size = self._fd, new_fd, new_size
         with contextlib.suppress(OSError):
             os.close(old_fd)
         self._compactions += 1
+        self._sheddable = self._pressure_tried_at = kept_outcomes
         # Doubling keeps compaction amortised O(1) even when the live state itself is large.
         self._compact_at = max(self._compact_bytes, 2 * new_size)
 
@@ -777,25 +1253,32 @@ class Journal:
         self._compact_at = self._size + self._compact_bytes
         _log.warning("journal_compaction_failed", path=str(self._path), error=str(exc))
 
-    async def _compact(self) -> JournalError | None:
-        entries, outcomes = self._live_state()
+    async def _compact(self, *, shed: bool = False) -> JournalError | None:
+        entries, outcomes = self._live_state(shed=shed)
         try:
-            new_fd, new_size = await self._io(self._write_compacted, entries, outcomes)
+            new_fd, new_size, kept = await self._io(
+                self._write_compacted_making_room, entries, outcomes
+            )
         except OSError as exc:
             self._compaction_failed(exc)
+            # Under pressure, the next try waits until there is more to leave out.
+            self._pressure_tried_at = self._sheddable
+            await self._io(self._restore_reserve)
             return JournalError(f"journal {self._path}: compaction failed: {exc}")
-        self._install_compacted(new_fd, new_size)
-        if not self._fsync:
-            return None
-        try:
-            await self._io(_fsync_dir, self._dir)
-        except OSError as exc:
-            # The rename might be undone by a crash, taking later appends with it; stop taking any.
-            self._failed = JournalError(
-                f"journal {self._path} is unusable: compaction could not be made durable ({exc})"
-            )
-            _log.error("journal_failed", path=str(self._path), error=str(exc))
-            return self._failed
+        self._install_compacted(new_fd, new_size, kept_outcomes=kept)
+        if self._fsync:
+            try:
+                await self._io(_fsync_dir, self._dir)
+            except OSError as exc:
+                # The rename might be undone by a crash, taking later appends with it; stop
+                # taking any.
+                self._failed = JournalError(
+                    f"journal {self._path} is unusable: compaction could not be made durable "
+                    f"({exc})"
+                )
+                _log.error("journal_failed", path=str(self._path), error=str(exc))
+                return self._failed
+        await self._io(self._restore_reserve)
         return None
 
     # ----------------------------------------------------------------------- reading
@@ -844,6 +1327,30 @@ class Journal:
         """True after an I/O error the journal could not undo; it then refuses writes."""
         return self._failed is not None
 
+    @property
+    def full(self) -> bool:
+        """True while the disk has no room for new entries (they get JournalFull)."""
+        return self._full_since is not None
+
+    @property
+    def writable(self) -> bool:
+        """Whether a new entry can be taken now: open, not failed, disk not full."""
+        return not (self._closing or self._closed or self.failed or self.full)
+
+    @property
+    def condition(self) -> str:
+        """One word for probes: ok, disk-full, failed or closed."""
+        if self._closing or self._closed:
+            return "closed"
+        if self.failed:
+            return "failed"
+        return "disk-full" if self.full else "ok"
+
+    @property
+    def quarantine_files(self) -> int:
+        """Side files of damaged records in the directory (found at open or written by it)."""
+        return len(self._side_files)
+
     def stats(self) -> dict[str, Any]:
         oldest = next(iter(self._pending.values()), None)
         return {
@@ -864,13 +1371,28 @@ class Journal:
             "write_batches": self._batches,
             "compactions": self._compactions,
             "compaction_failures": self._compaction_failures,
+            "writable": self.writable,
             "failed": str(self._failed) if self._failed is not None else None,
+            "disk": {
+                "full": self.full,
+                "full_since": self._full_since,
+                "entries_refused": self._refused_full,
+                "free_bytes": self._free,
+                "reserve_bytes": self._reserve.size,
+                "reserve_needed_bytes": self._reserve_base + self._reserved,
+                "last_error": self._space_error,
+            },
+            "damage": {
+                "on_damage": self._on_damage.value,
+                "quarantined": list(self._damage),
+                "side_files": list(self._side_files),
+            },
         }
 
     # ----------------------------------------------------------------------- closing
 
     async def close(self) -> None:
-        """Drain queued writes, fsync, close the file and release the directory lock."""
+        """Drain queued writes, fsync, seal, close the file and release the directory lock."""
         if self._close_task is None:
             self._closing = True
             self._close_task = asyncio.get_running_loop().create_task(self._close())
@@ -887,6 +1409,7 @@ class Journal:
             try:
                 if self._fsync and self._failed is None and self._fd >= 0:
                     os.fsync(self._fd)
+                    self._seal()
             finally:
                 self._release_files()
 
@@ -898,12 +1421,24 @@ class Journal:
             self._closed = True
             self._executor.shutdown(wait=False)
 
+    def _seal(self) -> None:
+        """Record the size of the cleanly closed journal: the next open then knows that every
+        byte of it was acknowledged and that none may be missing."""
+        if self._seal_fd < 0:
+            return
+        try:
+            _write_all(self._seal_fd, encode_seal(self._size), 0)
+            os.fsync(self._seal_fd)
+        except OSError as exc:
+            _log.warning("journal_seal_failed", path=str(self._seal_path), error=str(exc))
+
     def _release_files(self) -> None:
-        for fd in (self._fd, self._lock_fd):
+        self._reserve.close()
+        for fd in (self._fd, self._seal_fd, self._lock_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)  # closing the lock descriptor releases the flock
-        self._fd = self._lock_fd = -1
+        self._fd = self._seal_fd = self._lock_fd = -1
 
     async def __aenter__(self) -> Journal:
         return self

@@ -56,6 +56,8 @@ SIDECAR_SERIES = frozenset(
         "registry_proxy_replica_max_staleness_seconds",
         "registry_proxy_replica_hits_total",
         "registry_proxy_journal_depth",
+        "registry_proxy_journal_writable",
+        "registry_proxy_journal_quarantine_files",
         "registry_proxy_journal_appends_total",
         "registry_proxy_journal_replay_total",
         "registry_proxy_writes_accepted_total",
@@ -372,6 +374,8 @@ def test_no_exported_gauge_looks_like_a_suffixed_series() -> None:
         "registry_proxy_replica_age_seconds",
         "registry_proxy_replica_max_staleness_seconds",
         "registry_proxy_journal_depth",
+        "registry_proxy_journal_writable",
+        "registry_proxy_journal_quarantine_files",
     }
     assert gauges <= SIDECAR_SERIES
     assert all(metric_family(gauge) == gauge for gauge in gauges)
