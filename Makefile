@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest chaos bench soak clean tools
+.PHONY: run test lint typecheck pytest chaos bench soak schemathesis clean tools
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "need Python 3.11 or newer (set PYTHON=...)"; exit 2; }
@@ -33,8 +33,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy chaos
 
+# Line and branch coverage of proxy/ and chaos/, child processes included; the floor and the
+# exclusions are in pyproject.toml ([tool.coverage.*]).
 pytest: tools
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
 test: lint typecheck pytest
 
@@ -46,6 +48,11 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak
+
+# A live sidecar on an embedded PostgreSQL, and schemathesis (every check) against its
+# /openapi.json; ST_ARGS go to `st run` (e.g. ST_ARGS="--max-examples 1000 --seed 1").
+schemathesis: $(STAMP)
+	$(BIN)/python -m tests.schemathesis_run $(ST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

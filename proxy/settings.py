@@ -91,6 +91,22 @@ class RequestSettings(BaseModel):
     read_timeout_s: float = Field(
         10.0, gt=0, le=300, description="a client must send its request within this; > 0 and <= 300"
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="a client must send its request line and headers within this many seconds "
+        "(from connecting, or from its first byte of a request after the previous answer), or it "
+        "is answered 408 and disconnected; > 0 and <= 300",
+    )
+    max_connections: int = Field(
+        4_096,
+        ge=16,
+        le=1_000_000,
+        description="client connections open at once (lowered to fit the descriptor limit); at "
+        "the cap a new connection closes the oldest idle one, or is answered 503 when none is "
+        "idle; 16 to 1000000",
+    )
     drain_timeout_s: float = Field(
         10.0, ge=0, le=300, description="SIGTERM: time left for in-flight requests; 0 to 300"
     )

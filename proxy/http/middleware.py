@@ -19,6 +19,7 @@ from time import perf_counter
 
 import structlog
 from aiohttp import web
+from multidict import CIMultiDictProxy
 
 from proxy.http import keys
 from proxy.http.auth import TokenStore
@@ -156,7 +157,12 @@ class Gate:
         required = ROLE_BY_NAME.get(route)
         if required is None:
             return None
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        headers = request.headers
+        presented = headers.getall("Authorization", ())
+        if len(presented) > 1:
+            # Which one counts would depend on the parser in front of us: refuse the ambiguity.
+            raise ProblemError(400, "send one Authorization header, not several")
+        scheme, _, token = (presented[0] if presented else "").partition(" ")
         token = token.strip()
         if not token or scheme.lower() != "bearer":
             raise ProblemError(401, "send Authorization: Bearer <token>", headers=_UNAUTHENTICATED)
@@ -180,17 +186,9 @@ class Gate:
                 )
         default_ms = self.settings.request.default_timeout_ms
         timeout_ms = default_ms
-        raw = request.headers.get("X-Request-Timeout")
+        raw = headers.get("X-Request-Timeout")
         if raw is not None:
-            try:
-                asked = int(raw)
-            except ValueError:
-                raise ProblemError(
-                    400, "X-Request-Timeout must be an integer of milliseconds"
-                ) from None
-            if asked < 1:
-                raise ProblemError(400, "X-Request-Timeout must be at least 1 ms")
-            timeout_ms = min(timeout_ms, asked)
+            timeout_ms = min(timeout_ms, _deadline_ms(raw, headers))
         ctx = request[keys.CONTEXT] = RequestContext(
             tenant=principal.tenant,
             actor=principal.token_id,
@@ -199,6 +197,23 @@ class Gate:
             client_deadline=timeout_ms < default_ms,
         )
         return ctx
+
+
+# X-Request-Timeout: ASCII digits only (int() would also take "1_000", "+5" or other scripts'
+# digits, which the document does not promise), few enough to fit a 64-bit integer.
+DEADLINE_MAX_MS = 10**18 - 1
+_DEADLINE = re.compile(r"[0-9]{1,18}")
+
+
+def _deadline_ms(raw: str, headers: CIMultiDictProxy[str]) -> int:
+    if len(headers.getall("X-Request-Timeout")) > 1:
+        raise ProblemError(400, "send one X-Request-Timeout header, not several")
+    if _DEADLINE.fullmatch(raw.strip()) is None:
+        raise ProblemError(400, "X-Request-Timeout must be an integer of milliseconds")
+    asked = int(raw)
+    if asked < 1:
+        raise ProblemError(400, "X-Request-Timeout must be at least 1 ms")
+    return asked
 
 
 @web.middleware

@@ -6,10 +6,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from proxy import __version__
-from proxy.http.routes import ROUTES
+from proxy.http.middleware import DEADLINE_MAX_MS
+from proxy.http.routes import ROUTES, AuditQuery, Route
 from proxy.registry import models
 
 _COMPONENTS = (
@@ -32,32 +34,108 @@ _COMPONENTS = (
 _SUCCESS = {"POST /v1/agents": "201", "DELETE /v1/agents/{agent_id}": "204"}
 # Answers besides the main one: a performance event counted now is a 201 (already counted: 200).
 _ALSO = {"POST /v1/agents/{agent_id}/performance": ("201", "PerformanceAnswer")}
-_WRITE_ERRORS = (
-    "400",
-    "401",
-    "403",
-    "404",
-    "409",
-    "412",
-    "413",
-    "415",
-    "422",
-    "429",
-    "503",
-    "504",
+# The query string's parameters, validated by these models exactly as documented.
+_QUERIES: dict[str, type[BaseModel]] = {"query_agents": models.AgentQuery, "audit": AuditQuery}
+_LIST_DESCRIPTION = (
+    "comma-separated, or the parameter repeated; an empty value is an empty list, an empty item "
+    "is refused"
 )
-_READ_ERRORS = ("400", "401", "403", "404", "422", "429", "503")
+
+# Why each problem is answered; every one is an RFC 9457 document (application/problem+json).
+_PROBLEMS = {
+    "400": "the request cannot be read: a body that is not JSON, Authorization or "
+    "X-Request-Timeout given twice, a malformed X-Request-Timeout or If-Match",
+    "401": "no bearer token, or one the sidecar does not know",
+    "403": "the token's role may not call this operation",
+    "404": "no such agent or operation in the token's tenant",
+    "408": "the body did not arrive within request.read_timeout_s",
+    "409": "the agent is registered already (duplicate-agent), or the tenant holds max_agents "
+    "agents (registry-full)",
+    "412": "If-Match names another revision of the agent",
+    "413": "the body is larger than request.max_body_bytes",
+    "415": "Content-Type is not application/json",
+    "422": "a field, parameter or header breaks a rule this document states (`errors` says "
+    "which), or an Idempotency-Key used before with a different request",
+    "429": "the token's rate limit is spent; Retry-After says when to come back",
+    "503": "PostgreSQL is unavailable and nothing can stand in (Retry-After), or the sidecar "
+    "is overloaded",
+    "504": "the deadline passed before PostgreSQL answered; a write may still commit, and "
+    "retrying it with the same Idempotency-Key is safe",
+}
+_REQUIRED_HEADERS = {
+    "401": {"WWW-Authenticate": "Bearer realm, or the invalid_token error"},
+    "429": {"Retry-After": "seconds"},
+}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
+def _problem(status: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "description": _PROBLEMS[status],
         "content": {"application/problem+json": {"schema": _ref("Problem")}},
     }
+    headers = _REQUIRED_HEADERS.get(status)
+    if headers:
+        answer["headers"] = {
+            name: {"description": text, "required": True, "schema": {"type": "string"}}
+            for name, text in headers.items()
+        }
+    return answer
+
+
+def _is_write(r: Route) -> bool:
+    """Writes of the registry: journaled during outages, and they honour Idempotency-Key."""
+    return r.method != "GET" and r.role is not None and r.name != "admin_breaker"
+
+
+def _problems_of(r: Route) -> list[str]:
+    """The problems an operation can answer with, from what it reads and what it calls."""
+    if r.role is None:
+        return []
+    statuses = {"400", "401", "403", "429"}
+    if r.name != "status":
+        statuses |= {"503", "504"}  # it calls PostgreSQL
+    if "{" in r.path:
+        statuses |= {"404", "422"}
+    if r.name in _QUERIES or _is_write(r):
+        statuses.add("422")
+    if r.body is not None:
+        statuses |= {"408", "413", "415", "422"}
+    if r.name == "register":
+        statuses.add("409")
+    if r.name == "patch_agent":
+        statuses.add("412")
+    return sorted(statuses)
+
+
+def _plain(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's schema without what only a JSON body can carry (null) or needs (a title)."""
+    schema = {k: v for k, v in schema.items() if k != "title"}
+    if "anyOf" in schema:
+        kept = [s for s in schema["anyOf"] if s != {"type": "null"}]
+        if len(kept) == 1:
+            schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **kept[0]}
+    if schema.get("default", 0) is None:
+        del schema["default"]
+    return schema
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    params = []
+    for name, schema in model.model_json_schema()["properties"].items():
+        param: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": _plain(schema),
+        }
+        if param["schema"].get("type") == "array":
+            param.update(style="form", explode=False, description=_LIST_DESCRIPTION)
+        params.append(param)
+    return params
 
 
 @functools.cache
@@ -83,17 +161,9 @@ def document() -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": models.ID_PATTERN},
                     }
                 )
-        if r.name == "query_agents":
-            for name, schema in models.AgentQuery.model_json_schema()["properties"].items():
-                params.append(
-                    {
-                        "name": name,
-                        "in": "query",
-                        "required": False,
-                        "schema": schema,
-                        "explode": False,
-                    }
-                )
+        query = _QUERIES.get(r.name)
+        if query is not None:
+            params += _query_parameters(query)
         if r.role is not None:
             op["security"] = [{"bearer": []}]
             params.append(
@@ -101,15 +171,19 @@ def document() -> dict[str, Any]:
                     "name": "X-Request-Timeout",
                     "in": "header",
                     "required": False,
-                    "schema": {"type": "integer", "minimum": 1},
+                    "description": "milliseconds, ASCII digits; lowers the default deadline "
+                    "(request.default_timeout_ms) for this request, never raises it",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": DEADLINE_MAX_MS},
                 }
             )
-        if r.method in ("POST", "PATCH", "PUT", "DELETE") and r.role is not None:
+        if _is_write(r):
             params.append(
                 {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": False,
+                    "description": "the same key and request again: the first answer again; "
+                    "the same key with another request: 422",
                     "schema": {"type": "string", "pattern": models.ID_PATTERN},
                 }
             )
@@ -120,8 +194,9 @@ def document() -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "description": "the ETag of a read (the agent's revision); heartbeats, "
-                    "load and performance do not change it",
-                    "schema": {"type": "string"},
+                    "load and performance do not change it. `*`, or the revision quoted "
+                    '(strong or weak) or bare, at most 18 digits: "12", W/"12", 12',
+                    "schema": {"type": "string", "pattern": models.IF_MATCH_PATTERN},
                 }
             )
         if params:
@@ -142,15 +217,13 @@ def document() -> dict[str, Any]:
                 "description": "success",
                 "content": {"application/json": {"schema": _ref(extra[1])}},
             }
-        is_write = r.method != "GET" and r.role is not None and r.name != "admin_breaker"
-        if is_write:
+        if _is_write(r):
             responses["202"] = {
                 "description": "journaled while PostgreSQL is unavailable",
                 "content": {"application/json": {"schema": _ref("Accepted")}},
             }
-        if r.role is not None:
-            for status in _WRITE_ERRORS if r.method != "GET" else _READ_ERRORS:
-                responses[status] = _problem("error")
+        for status in _problems_of(r):
+            responses[status] = _problem(status)
         if r.name == "readyz":
             responses["503"] = {"description": "not ready"}
         op["responses"] = responses
@@ -160,7 +233,14 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "registry-proxy",
             "version": __version__,
-            "description": "Resilience sidecar for the agent registry.",
+            "description": "Resilience sidecar for the agent registry.\n\n"
+            "Every error is an RFC 9457 problem document (application/problem+json) with a "
+            "stable `type`. Every GET operation also answers HEAD: the same status and "
+            "headers, no body. A client must send its request line and headers within "
+            "request.header_timeout_s (10 s by default; then 408 and the connection is closed) "
+            "and its body within request.read_timeout_s (408). Past request.max_connections "
+            "open connections, a new one closes the oldest idle one, or is answered 503 "
+            "(too-many-connections) when every connection is busy.",
         },
         "servers": [{"url": "http://127.0.0.1:3580"}],
         "paths": paths,

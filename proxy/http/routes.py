@@ -7,6 +7,7 @@ it, and a test walks every route of the app to prove none is missing.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,8 +18,6 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,7 +31,10 @@ from proxy.http.body import field_errors, read_json, validate
 from proxy.http.problems import PROBLEM_TYPE, ProblemError
 from proxy.registry.models import (
     ID_PATTERN,
+    IF_MATCH_PATTERN,
+    PRINTABLE,
     AgentQuery,
+    AuditTime,
     BreakerCommand,
     HeartbeatRequest,
     LoadRequest,
@@ -41,13 +43,11 @@ from proxy.registry.models import (
     RegisterRequest,
 )
 from proxy.service.registry import Answer, RequestContext
-from proxy.store.repository import request_hash
+from proxy.store.repository import REGISTRY_KINDS, request_hash
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = re.compile(ID_PATTERN)
-_ETAG = re.compile(r'(?:W/)?"?(\d{1,19})"?')
-_MAX_VERSION = 2**63 - 1
-_MAX_VERSION = 2**63 - 1
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -103,12 +103,14 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 def _if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
+    if raw is None:
         return None
-    m = _ETAG.fullmatch(raw.strip())
-    if not m or int(m.group(1)) > _MAX_VERSION:
+    raw = raw.strip()
+    if _IF_MATCH.fullmatch(raw) is None:
         raise ProblemError(400, 'If-Match must be an ETag of this API, like "12"')
-    return int(m.group(1))
+    if raw == "*":
+        return None
+    return int(raw.removeprefix("W/").strip('"'))
 
 
 async def _body(request: web.Request, model: type[BaseModel], *, allow_empty: bool = False) -> Any:
@@ -163,8 +165,9 @@ def _query_params(request: web.Request) -> AgentQuery:
     for key in request.query:
         values = request.query.getall(key)
         if key in _LIST_PARAMS:
-            items = [v.strip() for raw in values for v in raw.split(",") if v.strip()]
-            data[key] = items
+            # Comma-separated, as the document says; an empty value is an empty list, and an
+            # empty item (`a,,b`, a lone comma) is refused like any capability that is not one.
+            data[key] = [v for raw in values if raw for v in raw.split(",")]
         elif len(values) > 1:
             raise ProblemError(
                 422,
@@ -277,10 +280,59 @@ def status_document(app: web.Application) -> dict[str, Any]:
     }
 
 
+# Parts of the status document about the sidecar and PostgreSQL as a whole, which every role
+# sees; anything else reaches a non-admin token only as `tenant_status` rebuilds it.
+_SIDECAR_WIDE = (
+    "read_mode",
+    "write_fallback",
+    "breaker",
+    "probe",
+    "retry_budget",
+    "pool",
+    "overload",
+)
+
+
+def tenant_status(app: web.Application, full: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """The status document as a non-admin token sees it: the sidecar's own health, and replica
+    and journal figures of its tenant only. No other tenant's counts, no journal path, no replay
+    errors (which name the writes they failed on)."""
+    service = app[keys.SERVICE]
+    replica, journal = service.replica, service.journal
+    pending = journal.pending_for(tenant) if journal is not None else []
+    doc = {key: full[key] for key in _SIDECAR_WIDE if key in full}
+    rep = full["replica"]
+    doc["replica"] = {
+        "agents": len(replica.all(tenant)) if replica is not None else 0,
+        # The journaled writes the replica shows over its rows: those of the registry's kinds.
+        "pending_writes": (
+            sum(e.kind in REGISTRY_KINDS for e in pending) if replica is not None else 0
+        ),
+        **{
+            key: rep[key]
+            for key in ("age_seconds", "partial", "warm", "connected", "from_snapshot")
+            if key in rep
+        },
+    }
+    if journal is None:
+        doc["journal"] = {"depth": 0, "enabled": False}
+    else:
+        oldest = min((entry.created_at for entry in pending), default=None)
+        doc["journal"] = {
+            "depth": len(pending),
+            "oldest_pending_age_s": max(0.0, time.time() - oldest) if oldest is not None else 0.0,
+            "failed": journal.failed,
+        }
+    doc["scope"] = {"tenant": tenant}
+    return doc
+
+
 async def status(request: web.Request) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(status_document(request.app)), content_type="application/json"
-    )
+    document = status_document(request.app)
+    principal = request[keys.PRINCIPAL]
+    if principal.role < Role.ADMIN:
+        document = tenant_status(request.app, document, principal.tenant)
+    return web.Response(body=orjson.dumps(document), content_type="application/json")
 
 
 async def admin_breaker(request: web.Request) -> web.Response:
@@ -298,21 +350,14 @@ async def admin_breaker(request: web.Request) -> web.Response:
     )
 
 
-def _in_range(value: datetime) -> datetime:
-    if not datetime(2000, 1, 1, tzinfo=UTC) <= value <= datetime(9000, 1, 1, tzinfo=UTC):
-        raise ValueError("must be between 2000-01-01 and 9000-01-01")
-    return value
-
-
-AuditTime = Annotated[AwareDatetime, AfterValidator(_in_range)]
-
-
 class AuditQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    actor: Annotated[str, StringConstraints(max_length=128)] | None = None
-    action: Annotated[str, StringConstraints(max_length=64)] | None = None
-    target: Annotated[str, StringConstraints(max_length=128)] | None = None
+    # Printable, like every actor, action and target the log records (PostgreSQL text cannot
+    # even hold a NUL).
+    actor: Annotated[str, StringConstraints(max_length=128), PRINTABLE] | None = None
+    action: Annotated[str, StringConstraints(max_length=64), PRINTABLE] | None = None
+    target: Annotated[str, StringConstraints(max_length=128), PRINTABLE] | None = None
     since: AuditTime | None = None
     until: AuditTime | None = None
     after_id: int = Field(0, ge=0, le=2**63 - 1)
@@ -464,7 +509,15 @@ ROUTES: tuple[Route, ...] = (
         None,
         "Operation",
     ),
-    Route("GET", "/v1/status", status, R, "status", "Breaker, budget, replica, journal, pool"),
+    Route(
+        "GET",
+        "/v1/status",
+        status,
+        R,
+        "status",
+        "Breaker, retry budget, pool; replica and journal figures of the caller's tenant "
+        "(admin: of every tenant, with the journal's path and replay errors)",
+    ),
     Route(
         "POST",
         "/v1/admin/breaker",
@@ -494,4 +547,8 @@ ROLE_BY_NAME: dict[str, Role | None] = {r.name: r.role for r in ROUTES}
 
 def add_routes(app: web.Application) -> None:
     for r in ROUTES:
-        app.router.add_route(r.method, r.path, r.handler, name=r.name)
+        if r.method == "GET":
+            # HEAD wherever GET is (RFC 9110): the same route, so the same name, role and checks.
+            app.router.add_get(r.path, r.handler, name=r.name, allow_head=True)
+        else:
+            app.router.add_route(r.method, r.path, r.handler, name=r.name)

@@ -1,30 +1,157 @@
-"""The HTTP server around the app: the front door, and problem documents even for requests
-aiohttp cannot parse.
+"""The HTTP server around the app: the front door, problem documents even for requests aiohttp
+cannot parse, a bound on the time a client takes to send its request head, and a cap on open
+connections.
 
 aiohttp answers a request its parser refuses (a header line over the limit, a NUL or a bare CR in
 a header, a malformed request line) from its protocol handler, before any middleware runs, and
 in text/plain. The sidecar promises an RFC 9457 problem for every error, so its runner installs
-a protocol handler whose error answer is one. This reaches into aiohttp's server classes, which
-is why aiohttp is pinned below 4; a test sends such requests to keep it honest.
+a protocol handler whose error answer is one.
+
+aiohttp 3 has no timeout for the request line and headers: a client that trickles them holds its
+connection (and a descriptor) until the keep-alive timeout, an hour by default, and enough such
+clients exhaust the descriptor limit. The handler here arms one timer when a connection opens, and
+one when the first bytes of a later request arrive in pieces; the timer is cancelled as soon as
+the parser has the whole head, and when it fires first the client gets 408 and is disconnected.
+A request whose head arrives in one piece, the usual case, costs no timer at all. The body has its
+own bound (`request.read_timeout_s`, in `proxy.http.body`).
+
+The number of open connections is capped too: at the cap, a new connection closes the oldest idle
+one (waiting for its next request, or still sending its head) and is served; when every
+connection is busy with a request it is answered 503 and closed at once, so it holds nothing.
+
+This reaches into aiohttp's server classes, which is why aiohttp is pinned below 4; tests send
+such requests and hold such connections to keep it honest.
 """
 
 from __future__ import annotations
 
+import asyncio
+import resource
 import uuid
 from http import HTTPStatus
+from typing import Any, cast
 
 import orjson
+import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from proxy.http import keys
 from proxy.http.front import FrontDoor
 from proxy.http.problems import GENERIC, PROBLEM_TYPE
 from proxy.registry.errors import PROBLEM_BASE
 
+log = structlog.get_logger(__name__)
+
+# Descriptors kept for everything but client connections: the database pool, the replica's
+# listener, the journal, snapshots, the probe, logs.
+_RESERVED_DESCRIPTORS = 128
+# At the cap, how many of the oldest connections are looked at for an idle one.
+_EVICTION_SCAN = 64
+
+
+def _raw_problem(status: int, slug: str, title: str, detail: str, extra: str = "") -> bytes:
+    """A whole HTTP/1.1 answer with a problem document, for a connection that has no request
+    object to answer through; it closes the connection."""
+    body = orjson.dumps(
+        {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail}
+    )
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+        f"Content-Type: {PROBLEM_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Request-ID: {uuid.uuid4().hex}\r\n"
+        f"{extra}"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def connection_cap(configured: int) -> int:
+    """The configured cap, lowered to what the process's descriptor limit leaves for clients."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(16, min(configured, soft - _RESERVED_DESCRIPTORS))
+
 
 class _ProblemRequestHandler(RequestHandler):
-    __slots__ = ()
+    __slots__ = ("_head_timer", "_refused")
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        # Armed while the client owes us a request head; None otherwise.
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    # ---- the connection's life ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        server = cast(_ProblemServer, self._manager)
+        if len(server._connections) >= server.max_connections and not server.evict_idle():
+            # Every connection is busy with a request: this one gets an answer and nothing
+            # else, not even a handler task, and its descriptor is released at once.
+            self._refused = True
+            server.refused += 1
+            write = cast(asyncio.WriteTransport, transport)
+            write.write(_TOO_MANY)
+            write.close()
+            return
+        super().connection_made(transport)
+        self._head_timer = self._loop.call_later(server.header_timeout, self._head_late)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return  # never registered with the server, nothing started
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        waiter = self._waiter
+        # Waiting for a request (idle between requests, or before the first one).
+        idle = waiter is not None and not waiter.done()
+        count = self._request_count
+        super().data_received(data)
+        if self._request_count != count:
+            self._cancel_head_timer()  # a whole head arrived (or one the parser refused)
+        elif idle and data and self._head_timer is None and not self._force_close:
+            # The first piece of a request head that did not arrive whole.
+            server = cast(_ProblemServer, self._manager)
+            self._head_timer = self._loop.call_later(server.header_timeout, self._head_late)
+
+    # ---- the head timeout and eviction ---------------------------------------------------
+
+    def _cancel_head_timer(self) -> None:
+        timer = self._head_timer
+        if timer is not None:
+            timer.cancel()
+            self._head_timer = None
+
+    @property
+    def idle(self) -> bool:
+        """Waiting for a request: nothing is being answered on this connection."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._force_close
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or not self.idle:
+            return  # closed meanwhile, or a request is being answered
+        server = cast(_ProblemServer, self._manager)
+        server.head_timeouts += 1
+        transport.write(_HEAD_LATE)
+        self.force_close()
+
+    def evict(self) -> None:
+        """Close an idle connection to make room for a new one."""
+        self._cancel_head_timer()
+        self.force_close()
+
+    # ---- answers to requests the parser refused ------------------------------------------
 
     def handle_error(
         self,
@@ -53,17 +180,61 @@ class _ProblemRequestHandler(RequestHandler):
         return response
 
 
+_TOO_MANY = _raw_problem(
+    503,
+    "too-many-connections",
+    "Too many connections",
+    "every connection the sidecar keeps open is busy with a request; retry shortly",
+    "Retry-After: 1\r\n",
+)
+_HEAD_LATE = _raw_problem(
+    408,
+    *GENERIC[408],
+    "the request line and headers did not arrive in time",
+)
+
+
 class _ProblemServer(web.Server):
+    # Set by SidecarRunner once the server is made (the class is swapped in, not constructed).
+    header_timeout: float = 10.0
+    max_connections: int = 4096
+    head_timeouts: int = 0
+    refused: int = 0
+    evicted: int = 0
+
     def __call__(self) -> RequestHandler:
         return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def evict_idle(self) -> bool:
+        """Close the oldest idle connection among the oldest few; False when none is idle."""
+        for scanned, handler in enumerate(self._connections):
+            if scanned >= _EVICTION_SCAN:
+                break
+            if isinstance(handler, _ProblemRequestHandler) and handler.idle:
+                handler.evict()
+                # Its entry goes when its task ends; the new connection must not wait for that.
+                self._connections.pop(handler, None)
+                self.evicted += 1
+                return True
+        return False
 
 
 class SidecarRunner(web.AppRunner):
     """An AppRunner whose requests enter through `FrontDoor` and whose connections answer
-    unparseable requests with problem documents."""
+    unparseable requests with problem documents, bound the time to send a request head and are
+    capped in number."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # the app has started: its service exists
         server.__class__ = _ProblemServer
+        problem_server = cast(_ProblemServer, server)
+        limits = self.app[keys.SETTINGS].request
+        problem_server.header_timeout = limits.header_timeout_s
+        problem_server.max_connections = connection_cap(limits.max_connections)
+        if problem_server.max_connections < limits.max_connections:
+            log.info(
+                "connection cap lowered to fit the descriptor limit",
+                max_connections=problem_server.max_connections,
+            )
         server.request_handler = FrontDoor(self.app)
         return server
