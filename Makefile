@@ -33,10 +33,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy chaos
 
-# Line and branch coverage of proxy/ and chaos/, child processes included; the floor and the
-# exclusions are in pyproject.toml ([tool.coverage.*]).
 pytest: tools
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --cov --cov-report=term:skip-covered
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 test: lint typecheck pytest
 
