@@ -211,7 +211,11 @@ class Bench:
                 res["server_cpu_share_of_one_core"] = round(cpu / wall, 3) if wall else None
                 after = await self._counts(server, ROUTE[name])
                 if before or after:
-                    res["sidecar_answers"] = diff_counts(before, after)
+                    res["sidecar_answers"] = answers = diff_counts(before, after)
+                    # A healthy database at saturation is overload, not an outage: writes
+                    # are committed (201) or refused (503 overloaded), never journaled (202).
+                    res["journaled"] = sum(n for k, n in answers.items() if k.startswith("202/"))
+                    res["overloaded"] = sum(n for k, n in answers.items() if k.startswith("503/"))
                 out[t]["saturation_rounds"].append(res)
                 await asyncio.sleep(self.plan.settle_s)
         for t in targets:
@@ -768,6 +772,8 @@ def report(doc: dict[str, Any]) -> str:
             o = r.get("open", {}).get(rate)
             lat = o["latency_ms"] if o else {}
             flag = " overloaded" if o and o.get("overloaded") else ""
+            if "journaled" in sat:
+                flag += f"  [saturation: {sat['journaled']} journaled, {sat['overloaded']} 503]"
             lines.append(
                 f"{name:<12} {t:<17} {sat.get('throughput_rps', 0.0):>10.0f} {cpu:>10.1f} "
                 f"{lat.get('p50', 0):>8.2f} {lat.get('p90', 0):>8.2f} {lat.get('p99', 0):>8.2f}"

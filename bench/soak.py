@@ -97,6 +97,7 @@ def _record(i: int, rng: random.Random, now: datetime) -> Any:
         success_count=rng.randint(0, 10_000),
         quality_sum=rng.random() * 1000,
         latency_ms_sum=rng.random() * 1e6,
+        revision=1,
     )
 
 

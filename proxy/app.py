@@ -23,6 +23,8 @@ from proxy.http.routes import add_routes
 from proxy.observability.metrics import Metrics
 from proxy.resilience.breaker import CircuitBreaker, Transition
 from proxy.resilience.budget import RetryBudget
+from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks
+from proxy.resilience.looplag import LoopLag
 from proxy.resilience.probe import HealthProbe
 from proxy.resilience.retry import RetryHooks
 from proxy.service.registry import RegistryService, ServiceHooks
@@ -125,6 +127,7 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
         journal_append=lambda: _both(metrics.journal_appends.inc, metrics.writes_accepted.inc),
         committed=lambda path: metrics.writes_committed.labels(path).inc(),
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),
+        shed=lambda reason: metrics.shed.labels(reason).inc(),
         retry=RetryHooks(
             on_retry=on_retry,
             on_budget_exhausted=metrics.retry_budget_exhausted.inc,
@@ -208,12 +211,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         dsn,
         min_size=settings.database.pool_min_size,
         max_size=settings.database.pool_max_size,
+        background=settings.database.background_connections,
         acquire_timeout_s=settings.database.acquire_timeout_ms / 1000,
         connect_timeout_s=settings.database.connect_timeout_ms / 1000,
         statement_cache_size=settings.database.statement_cache_size,
         reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
         run_migrations=settings.migrate_on_start,
         tenants=app[keys.TOKENS].tenants(),
+    )
+    bulkhead = Bulkhead(
+        limit=settings.database.pool_max_size,
+        max_queue=settings.database.queue_max,
+        max_wait_s=settings.database.acquire_timeout_ms / 1000,
+        hooks=BulkheadHooks(waited=metrics.db_queue_wait.observe),
+    )
+    lag = LoopLag(
+        threshold_s=settings.overload.max_loop_lag_ms / 1000,
+        window_s=settings.overload.loop_lag_window_ms / 1000,
     )
     service = RegistryService(
         settings=settings,
@@ -223,15 +237,22 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         replica=replica,
         journal=journal,
         hooks=hooks,
+        bulkhead=bulkhead,
+        lag=lag,
     )
     db._on_ready = _wake(service)
 
-    async def check(timeout: float) -> None:
+    async def probe_query(timeout: float) -> None:
         conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=db.server_settings)
         try:
             await conn.execute("SELECT 1")
         finally:
             await conn.close(timeout=timeout)
+
+    async def check(timeout: float) -> None:
+        # On a thread with an event loop of its own: a sidecar whose loop is behind under load
+        # would otherwise time its probe out against a healthy PostgreSQL and stay open.
+        await asyncio.to_thread(asyncio.run, probe_query(timeout))
 
     b = settings.breaker
     probe = HealthProbe(
@@ -268,6 +289,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         breaker.add_listener(snapshot_on_open)
 
     db.start()
+    lag.start()
     if sync is not None:
         sync.start()
     probe.start()
@@ -295,6 +317,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await snapshots
         await probe.stop()
+        await lag.stop()
         await service.stop()
         if sync is not None:
             await sync.stop()

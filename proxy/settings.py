@@ -39,10 +39,29 @@ class DatabaseSettings(BaseModel):
         2, ge=0, le=100, description="connections kept open; 0 to 100, at most pool_max_size"
     )
     pool_max_size: int = Field(
-        10, ge=1, le=200, description="upper bound of the pool (bulkhead); 1 to 200"
+        10, ge=1, le=200, description="connections for requests at once (the bulkhead); 1 to 200"
+    )
+    background_connections: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="connections beyond pool_max_size kept for the journal replay and "
+        "maintenance, so they run however busy requests keep the pool; 1 to 20",
     )
     acquire_timeout_ms: int = Field(
-        100, ge=1, le=60_000, description="longest wait for a free pooled connection; 1 to 60000"
+        1_000,
+        ge=1,
+        le=60_000,
+        description="longest wait in the queue for a database connection (the request's "
+        "deadline may cut it shorter); past it the answer is 503 overloaded and nothing is "
+        "journaled; 1 to 60000",
+    )
+    queue_max: int = Field(
+        256,
+        ge=0,
+        le=100_000,
+        description="requests that may wait for a database connection; beyond, 503 overloaded "
+        "at once; 0 to 100000",
     )
     connect_timeout_ms: int = Field(
         1_000, ge=10, le=60_000, description="TCP connect plus PostgreSQL startup; 10 to 60000"
@@ -109,6 +128,23 @@ class RequestSettings(BaseModel):
     )
     drain_timeout_s: float = Field(
         10.0, ge=0, le=300, description="SIGTERM: time left for in-flight requests; 0 to 300"
+    )
+
+
+class OverloadSettings(BaseModel):
+    max_loop_lag_ms: int = Field(
+        100,
+        ge=1,
+        le=60_000,
+        description="when the event loop stays this far behind for loop_lag_window_ms, new "
+        "database work is refused (503 overloaded; reads from the replica) until it catches "
+        "up; 1 to 60000",
+    )
+    loop_lag_window_ms: int = Field(
+        1_000,
+        ge=50,
+        le=60_000,
+        description="how long the lag must stand before shedding; 50 to 60000",
     )
 
 
@@ -246,6 +282,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = DatabaseSettings()
     request: RequestSettings = RequestSettings()
+    overload: OverloadSettings = OverloadSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()

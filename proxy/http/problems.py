@@ -40,6 +40,7 @@ def problem(
     title: str | None = None,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    extensions: dict[str, str] | None = None,
 ) -> web.Response:
     default_slug, default_title = GENERIC.get(status, ("error", "Error"))
     body: dict[str, Any] = {
@@ -48,6 +49,8 @@ def problem(
         "status": status,
         "detail": detail,
     }
+    if extensions:
+        body.update({k: v for k, v in extensions.items() if k not in body})
     if errors is not None:
         body["errors"] = errors
     return web.Response(
@@ -57,7 +60,12 @@ def problem(
 
 def from_error(exc: RegistryError) -> web.Response:
     return problem(
-        exc.status, exc.detail, slug=exc.slug, title=exc.title, headers=exc.headers or None
+        exc.status,
+        exc.detail,
+        slug=exc.slug,
+        title=exc.title,
+        headers=exc.headers or None,
+        extensions=exc.extensions or None,
     )
 
 

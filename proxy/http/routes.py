@@ -277,6 +277,7 @@ def status_document(app: web.Application) -> dict[str, Any]:
         "journal": journal.stats() if journal is not None else {"depth": 0, "enabled": False},
         "replay": dict(service.replays),
         "pool": service.db.stats(),
+        "overload": service.overload_stats(),
     }
 
 
@@ -421,6 +422,10 @@ async def metrics(request: web.Request) -> web.Response:
         m.journal_depth.set(service.journal.depth)
         m.journal_writable.set(1 if service.journal.writable else 0)
         m.journal_quarantine_files.set(service.journal.quarantine_files)
+    if service.bulkhead is not None:
+        m.db_queue_depth.set(service.bulkhead.queued)
+    if service.lag is not None:
+        m.loop_lag.set(service.lag.last_s)
     resp = web.Response(body=generate_latest(m.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"

@@ -15,12 +15,13 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 PREFIX = "registry_proxy_"
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
+SHED_REASONS = ("loop-lag", "queue-full", "queue-timeout", "backlog")
 
 # Sub-millisecond resolution matters: the sidecar's own overhead is a fraction of a millisecond.
 LATENCY_BUCKETS = (
@@ -231,6 +232,31 @@ class Metrics:
         self.writes_committed = Counter(
             PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
         )
+        # Overload: the queue for database connections, and what was refused for capacity.
+        self.db_queue_depth = Gauge(
+            PREFIX + "db_queue_depth",
+            "Requests waiting for a database connection (the bulkhead's queue)",
+            registry=r,
+        )
+        self.db_queue_wait = Histogram(
+            PREFIX + "db_queue_wait_seconds",
+            "Time a request waited for a database connection",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.shed = Counter(
+            PREFIX + "shed",
+            "Requests refused for lack of capacity (503 overloaded, or a read from the replica)",
+            ["reason"],
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            PREFIX + "loop_lag_seconds",
+            "How late the event loop ran its last timer",
+            registry=r,
+        )
+        for reason in SHED_REASONS:
+            self.shed.labels(reason)
         for state in BREAKER_STATES:
             self.breaker_state.labels("postgres", state).set(1 if state == "closed" else 0)
         for outcome in ("applied", "rejected", "failed"):

@@ -14,10 +14,18 @@ class RegistryError(Exception):
     slug = "bad-request"
     title = "Bad request"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extensions: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        self.extensions = extensions or {}
+        """Extra members of the problem document (RFC 9457), e.g. the op id of a write."""
 
     @property
     def type(self) -> str:
@@ -70,6 +78,19 @@ class JournalDiskFull(Unavailable):
 
     slug = "journal-disk-full"
     title = "Local journal disk full"
+
+
+class Overloaded(RegistryError):
+    """The sidecar has no capacity for this request now; nothing was done, nothing journaled.
+    PostgreSQL is not known to be away: try again after `Retry-After`."""
+
+    status = 503
+    slug = "overloaded"
+    title = "Sidecar overloaded"
+
+    def __init__(self, detail: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, round(retry_after + 0.49)))})
+        self.retry_after = retry_after
 
 
 class Unprocessable(RegistryError):

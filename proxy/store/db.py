@@ -2,8 +2,10 @@
 
 The sidecar must start (and report not ready) when PostgreSQL is not there yet, and connect as
 soon as it appears, without a restart; so the pool is created by a background task that retries
-until it succeeds, then applies migrations once. The pool is also the bulkhead: a bounded number
-of connections and a bounded wait for one.
+until it succeeds, then applies migrations once. Requests reach it through the service's
+bulkhead (`proxy.resilience.bulkhead`), which admits no more callers than the pool has
+connections for them; the pool holds a few more (`background`) for the journal replay and
+maintenance, so they get a connection however busy the front door is.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import asyncpg
 import structlog
 
 from proxy.registry.errors import RegistryError
-from proxy.resilience.errors import BulkheadFull, ErrorKind, classify
+from proxy.resilience.bulkhead import Overloaded
+from proxy.resilience.errors import ErrorKind, classify
 from proxy.store.migrate import migrate
 
 log = structlog.get_logger(__name__)
@@ -59,7 +62,8 @@ class Database:
         *,
         min_size: int = 2,
         max_size: int = 10,
-        acquire_timeout_s: float = 0.1,
+        background: int = 0,
+        acquire_timeout_s: float = 1.0,
         connect_timeout_s: float = 1.0,
         statement_cache_size: int = 256,
         reconnect_interval_s: float = 0.5,
@@ -69,7 +73,8 @@ class Database:
     ) -> None:
         self._dsn = dsn
         self._min = min_size
-        self._max = max_size
+        self._max = max_size + background
+        self.background = background
         self.acquire_timeout_s = acquire_timeout_s
         self._connect_timeout = connect_timeout_s
         self._cache = statement_cache_size
@@ -130,18 +135,22 @@ class Database:
         pool = self.pool
         if pool is None:
             raise DatabaseNotConnected(self.last_error or "database not connected yet")
-        wait = self.acquire_timeout_s if timeout is None else min(timeout, self.acquire_timeout_s)
+        # Callers were admitted by the bulkhead, so a connection is free or being opened: the
+        # wait is spent connecting, and bounded by the caller's time.
+        wait = self.acquire_timeout_s if timeout is None else timeout
         try:
             # A timeout scope rather than acquire(timeout=): that one wraps the wait in
             # asyncio.wait_for, a task per call, for a wait that is nearly always zero.
             async with asyncio.timeout(wait):
                 conn = await pool.acquire()
         except TimeoutError:
-            # Connections busy with real work explain the wait: the bulkhead is full, and the
-            # database is not necessarily sick (a stuck query meets its own deadline and is
-            # counted then). With none in use, the wait was spent connecting: a failure.
-            if pool.get_size() - pool.get_idle_size() > 0:
-                raise BulkheadFull("all database connections are busy", retry_after=0.1) from None
+            # Every connection busy with real work explains the wait (more callers than the
+            # bulkhead admits, e.g. background work piling up): capacity, not an outage. With
+            # some free, the wait was spent connecting: a failure of the database.
+            if pool.get_size() - pool.get_idle_size() >= self._max:
+                raise Overloaded(
+                    "all database connections are busy", reason="queue-timeout", retry_after=1.0
+                ) from None
             raise
         try:
             yield conn
@@ -187,6 +196,7 @@ class Database:
             "in_use": size - idle,
             "idle": idle,
             "max": self._max,
+            "background": self.background,
             "last_error": self.last_error,
         }
 

@@ -7,6 +7,15 @@ fresh enough). Two layers:
   replaces the one held when its version is higher, so out-of-order news cannot regress it;
 - the overlay: writes journaled during an outage, per agent, in order. Reads fold them over the
   base (`proxy.registry.apply`), so the host app reads its own writes before PostgreSQL has them.
+  The fold is kept per agent until the agent changes, so a deep backlog costs a read no more
+  than the writes of the agents it touches; a performance post whose `event_id` is already
+  pending counts once, as PostgreSQL will count it.
+
+Every read must show a state that existed. The one moment where base and overlay could both hold
+the same write is while the journal replay has a batch in flight: PostgreSQL may have committed
+it, and its rows may reach the base (NOTIFY, a resync) before the replay hears the commit and
+drops the entries. So the replay *holds* the agents of its batch: rows for them are buffered
+until it releases them, dropping the applied entries in the same step.
 
 Capability queries use an index by task type and the same filters, score and order as the
 database path (`proxy.registry.matching`). Hand-written because it is the registry's own index;
@@ -17,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from proxy.registry import errors
@@ -27,6 +36,10 @@ from proxy.registry.matching import matches
 from proxy.registry.models import AgentQuery
 from proxy.resilience.clock import SYSTEM_CLOCK, Clock
 
+# Remembered counted event ids per agent; a retry of an older one during an outage may count
+# twice in the overlay (never in PostgreSQL) until the replay applies it.
+COUNTED_EVENTS_PER_AGENT = 1024
+
 
 @dataclass(slots=True)
 class PendingWrite:
@@ -34,6 +47,10 @@ class PendingWrite:
     kind: str
     payload: dict[str, Any]
     received_at: datetime
+    uncertain: bool = False
+    """The write reached PostgreSQL before it was journaled and its fate is unknown (the
+    connection died mid-call). PostgreSQL may hold it already, and rows from there may show it
+    at any moment, so the overlay leaves it out: it shows once the replay settles it."""
 
 
 @dataclass(slots=True)
@@ -41,6 +58,12 @@ class _Tenant:
     agents: dict[str, AgentRecord] = field(default_factory=dict)
     by_task: dict[str, set[str]] = field(default_factory=dict)
     pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
+    pending_total: int = 0
+    # Event ids PostgreSQL is known to have counted, per agent (this sidecar's own writes):
+    # a journaled retry of one of them must not count again in the overlay.
+    counted: dict[str, dict[str, None]] = field(default_factory=dict)
+    # The overlay folded over the base, per agent with pending writes; dropped when either moves.
+    views: dict[str, AgentRecord | None] = field(default_factory=dict)
 
 
 def snapshot_rows(view: tuple[list[str], bool, list[AgentRecord]]) -> dict[str, Any]:
@@ -65,6 +88,9 @@ class Replica:
         self.connected = False
         self._last_contact: float | None = None
         self._contact_wall: float | None = None
+        # (tenant, agent) held by a replay batch in flight -> the newest row that arrived meanwhile.
+        self._held: dict[tuple[str, str], AgentRecord | None] = {}
+        self._pending_total = 0
 
     # -- freshness -------------------------------------------------------------------------
 
@@ -108,10 +134,20 @@ class Replica:
     def upsert(self, rec: AgentRecord) -> bool:
         """Apply one row from PostgreSQL; False when it is not newer than what we hold."""
         self.watermark = max(self.watermark, rec.version)
+        key = (rec.tenant_id, rec.agent_id)
+        if key in self._held:
+            buffered = self._held[key]
+            if buffered is None or buffered.version < rec.version:
+                self._held[key] = rec
+            return False
+        return self._upsert(rec)
+
+    def _upsert(self, rec: AgentRecord) -> bool:
         t = self._tenant(rec.tenant_id)
         old = t.agents.get(rec.agent_id)
         if old is not None and old.version >= rec.version:
             return False
+        t.views.pop(rec.agent_id, None)
         if old is not None:
             self._unindex(t, old)
             del t.agents[rec.agent_id]
@@ -128,12 +164,22 @@ class Replica:
 
     def replace_all(self, tenants: Iterable[str], records: Iterable[AgentRecord]) -> None:
         """A full resync: the base becomes exactly `records`; the overlay is kept."""
-        pending = {name: t.pending for name, t in self._tenants.items()}
+        old = self._tenants
         self._tenants = {}
         self._count = 0
         self.partial = False
         for name in tenants:
-            self._tenant(name).pending = pending.get(name, {})
+            t = self._tenant(name)
+            if name in old:
+                t.pending = old[name].pending
+                t.pending_total = old[name].pending_total
+                t.counted = old[name].counted
+        # A held agent keeps the base it has until the replay releases it; the resync's row
+        # for it waits in the buffer like any other.
+        for tenant, agent_id in self._held:
+            kept = old[tenant].agents.get(agent_id) if tenant in old else None
+            if kept is not None and tenant in self._tenants:
+                self._upsert(kept)
         for rec in records:
             self.upsert(rec)
         self.warm = True
@@ -153,26 +199,34 @@ class Replica:
     # -- overlay of journaled writes -------------------------------------------------------
 
     def _view(self, t: _Tenant, tenant: str, agent_id: str) -> AgentRecord | None:
+        if agent_id in t.views:
+            return t.views[agent_id]
         rec = t.agents.get(agent_id)
+        known = t.counted.get(agent_id, {})
+        counted: set[str] = set()
         for w in t.pending.get(agent_id, ()):
+            if w.uncertain:
+                continue  # never counted twice: shown once PostgreSQL has settled it
+            if w.kind == "performance":
+                event_id = w.payload["body"].get("event_id")
+                if event_id is not None:
+                    if event_id in counted or event_id in known:
+                        continue  # PostgreSQL counts an event once
+                    counted.add(event_id)
             try:
                 rec = apply_write(w.kind, tenant, w.payload, rec, w.received_at)
             except errors.RegistryError:
                 # PostgreSQL will reject it on replay too; the read shows what will stay.
                 continue
+        t.views[agent_id] = rec
         return rec
 
-    def preview(
-        self, tenant: str, agent_id: str, kind: str, payload: dict[str, Any]
-    ) -> AgentRecord | None:
-        """The agent as it would be after this write; raises RegistryError on a sure conflict."""
-        t = self._tenant(tenant)
-        return apply_write(
-            kind, tenant, payload, self._view(t, tenant, agent_id), datetime.now(UTC)
-        )
-
     def add_pending(self, tenant: str, agent_id: str, write: PendingWrite) -> None:
-        self._tenant(tenant).pending.setdefault(agent_id, []).append(write)
+        t = self._tenant(tenant)
+        t.pending.setdefault(agent_id, []).append(write)
+        t.pending_total += 1
+        self._pending_total += 1
+        t.views.pop(agent_id, None)
 
     def drop_pending(self, tenant: str, agent_id: str, op_id: str) -> None:
         t = self._tenants.get(tenant)
@@ -181,16 +235,58 @@ class Replica:
         writes = t.pending.get(agent_id)
         if writes is None:
             return
-        writes[:] = [w for w in writes if w.op_id != op_id]
-        if not writes:
+        kept = [w for w in writes if w.op_id != op_id]
+        dropped = len(writes) - len(kept)
+        t.pending_total -= dropped
+        self._pending_total -= dropped
+        t.views.pop(agent_id, None)
+        if kept:
+            writes[:] = kept
+        else:
             del t.pending[agent_id]
+
+    def event_counted(self, tenant: str, agent_id: str, event_id: str) -> None:
+        """PostgreSQL has counted this performance event of the agent (its base row has it)."""
+        t = self._tenant(tenant)
+        events = t.counted.setdefault(agent_id, {})
+        if event_id in events:
+            return
+        events[event_id] = None
+        if len(events) > COUNTED_EVENTS_PER_AGENT:
+            del events[next(iter(events))]  # the oldest: a retry comes soon after, or never
+        t.views.pop(agent_id, None)
+
+    def base_version(self, tenant: str, agent_id: str) -> int:
+        """The version of the agent's row as PostgreSQL last told us (0 when none)."""
+        t = self._tenants.get(tenant)
+        rec = t.agents.get(agent_id) if t is not None else None
+        return rec.version if rec is not None else 0
 
     def has_pending(self, tenant: str, agent_id: str) -> bool:
         t = self._tenants.get(tenant)
         return bool(t and t.pending.get(agent_id))
 
-    def pending_count(self) -> int:
-        return sum(len(w) for t in self._tenants.values() for w in t.pending.values())
+    def pending_count(self, tenant: str | None = None) -> int:
+        """Journaled writes not yet applied: of one tenant, or of all."""
+        if tenant is None:
+            return self._pending_total
+        t = self._tenants.get(tenant)
+        return t.pending_total if t is not None else 0
+
+    # -- the replay's batches --------------------------------------------------------------
+
+    def hold(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Buffer rows from PostgreSQL for these agents until `release` (a batch in flight)."""
+        for key in keys:
+            self._held.setdefault(key, None)
+
+    def release(self, keys: Iterable[tuple[str, str]]) -> None:
+        """End a hold: rows that arrived meanwhile are applied now, newest wins."""
+        for key in keys:
+            if key in self._held:
+                rec = self._held.pop(key)
+                if rec is not None:
+                    self._upsert(rec)
 
     # -- reads -----------------------------------------------------------------------------
 

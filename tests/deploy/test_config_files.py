@@ -62,6 +62,12 @@ SIDECAR_SERIES = frozenset(
         "registry_proxy_journal_replay_total",
         "registry_proxy_writes_accepted_total",
         "registry_proxy_writes_committed_total",
+        "registry_proxy_db_queue_depth",
+        "registry_proxy_db_queue_wait_seconds_bucket",
+        "registry_proxy_db_queue_wait_seconds_sum",
+        "registry_proxy_db_queue_wait_seconds_count",
+        "registry_proxy_shed_total",
+        "registry_proxy_loop_lag_seconds",
     }
 )
 

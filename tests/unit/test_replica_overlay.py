@@ -1,0 +1,118 @@
+"""The replica's overlay shows each journaled write exactly once: not twice while a replay batch
+is in flight, not when PostgreSQL counted its event already, not when its fate is unknown."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.registry.agent import AgentRecord
+from proxy.registry.apply import apply_write
+from proxy.store.replica import COUNTED_EVENTS_PER_AGENT, PendingWrite, Replica
+
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+T = "t"
+
+
+def base(version: int, task_count: int = 0) -> AgentRecord:
+    body = {
+        "agent_id": "a",
+        "name": "A",
+        "model_family": "gpt",
+        "capabilities": {"task_types": ["code"], "languages": [], "specializations": []},
+    }
+    rec = apply_write("register", T, {"body": body}, None, NOW)
+    assert rec is not None
+    return rec.evolve(version=version, task_count=task_count, success_count=task_count)
+
+
+def post(op_id: str, event_id: str, *, uncertain: bool = False) -> PendingWrite:
+    payload: dict[str, Any] = {
+        "agent_id": "a",
+        "body": {"event_id": event_id, "success": True, "quality_score": 0.5, "latency_ms": 1},
+    }
+    return PendingWrite(op_id, "performance", payload, NOW, uncertain=uncertain)
+
+
+def count(rep: Replica) -> int:
+    rec = rep.get(T, "a")
+    assert rec is not None
+    return rec.task_count
+
+
+def warm(task_count: int = 0) -> Replica:
+    rep = Replica()
+    rep.replace_all([T, "other"], [base(10, task_count)])
+    return rep
+
+
+def test_pending_writes_are_folded_over_the_base_and_counted_per_tenant() -> None:
+    rep = warm(3)
+    rep.add_pending(T, "a", post("op1", "e1"))
+    rep.add_pending(T, "a", post("op2", "e2"))
+    assert count(rep) == 5
+    assert rep.pending_count(T) == 2 and rep.pending_count("other") == 0
+    assert rep.pending_count() == 2
+    rep.drop_pending(T, "a", "op1")
+    assert count(rep) == 4  # the cached fold was dropped with the entry
+    assert rep.pending_count(T) == 1
+
+
+def test_an_event_id_pending_twice_counts_once() -> None:
+    rep = warm()
+    rep.add_pending(T, "a", post("op1", "same"))
+    rep.add_pending(T, "a", post("op2", "same"))
+    assert count(rep) == 1
+
+
+def test_an_event_postgresql_counted_already_does_not_count_again() -> None:
+    rep = warm(1)
+    rep.event_counted(T, "a", "e1")
+    rep.add_pending(T, "a", post("op1", "e1"))
+    assert count(rep) == 1
+    # A full resync keeps what is known to be counted.
+    rep.replace_all([T], [base(11, 1)])
+    assert count(rep) == 1
+
+
+def test_the_memory_of_counted_events_is_bounded() -> None:
+    rep = warm()
+    for n in range(COUNTED_EVENTS_PER_AGENT + 5):
+        rep.event_counted(T, "a", f"e{n}")
+    rep.add_pending(T, "a", post("op", "e0"))  # forgotten: the oldest went first
+    assert count(rep) == 1
+
+
+def test_a_write_of_unknown_fate_is_left_out_until_settled() -> None:
+    rep = warm(2)
+    rep.add_pending(T, "a", post("op1", "e1", uncertain=True))
+    rep.add_pending(T, "a", post("op2", "e2"))
+    assert count(rep) == 3
+
+
+def test_rows_for_a_held_agent_wait_until_the_replay_releases_it() -> None:
+    rep = warm(0)
+    rep.add_pending(T, "a", post("op1", "e1"))
+    rep.hold([(T, "a")])
+    # PostgreSQL committed the batch; its row arrives before the replay hears of the commit.
+    assert rep.upsert(base(12, 1)) is False
+    assert count(rep) == 1  # not 2: the base is held at the state before the batch
+    rep.replace_all([T], [base(12, 1)])  # a resync meanwhile is held back too
+    assert count(rep) == 1
+    rep.drop_pending(T, "a", "op1")
+    rep.release([(T, "a")])
+    assert count(rep) == 1
+    rec = rep.get(T, "a")
+    assert rec is not None and rec.version == 12
+
+
+def test_a_release_applies_only_the_newest_buffered_row() -> None:
+    rep = warm(0)
+    rep.hold([(T, "a")])
+    rep.upsert(base(14, 4))
+    rep.upsert(base(13, 3))
+    rep.release([(T, "a")])
+    rec = rep.get(T, "a")
+    assert rec is not None and (rec.version, rec.task_count) == (14, 4)
+    rep.release([(T, "a")])  # releasing again changes nothing
+    assert count(rep) == 4
