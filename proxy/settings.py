@@ -42,7 +42,7 @@ class DatabaseSettings(BaseModel):
         10, ge=1, le=200, description="connections for requests at once (the bulkhead); 1 to 200"
     )
     background_connections: int = Field(
-        2,
+        5,
         ge=1,
         le=20,
         description="connections beyond pool_max_size kept for the journal replay and "
@@ -207,7 +207,16 @@ class ReplicaSettings(BaseModel):
 class JournalSettings(BaseModel):
     dir: Path = Field(Path("var/journal"), description="journal and replica snapshot directory")
     fsync: bool = Field(True, description="fsync before 202; off only for throwaway demos")
-    replay_batch: int = Field(100, ge=1, description="entries applied per replay round; >= 1")
+    replay_batch: int = Field(
+        200, ge=1, description="entries applied per replay round (one transaction); >= 1"
+    )
+    replay_lanes: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="transactions the replay runs side by side, each agent's entries in one, in "
+        "order; each takes a background connection; 1 to 16",
+    )
     reserve_bytes: int = Field(
         262_144,
         ge=4096,

@@ -866,7 +866,23 @@ class RegistryService:
         return done
 
     async def _replay_batch(self, batch: list[JournalEntry]) -> tuple[int, bool]:
-        """Apply one batch; returns (entries that left the journal, whether to stop for now)."""
+        """Apply one batch in `journal.replay_lanes` lanes at once, each agent's entries in one
+        lane and in their order; returns (entries that left the journal, whether to stop).
+
+        A lane is a transaction on a connection of its own: the round trips of one entry wait
+        on PostgreSQL and the network, so lanes side by side drain several times faster."""
+        lanes = max(1, self.settings.journal.replay_lanes)
+        if lanes == 1 or len(batch) < 2:
+            return await self._replay_lane(batch)
+        groups: dict[int, list[JournalEntry]] = {}
+        for entry in batch:
+            groups.setdefault(hash((entry.tenant, entry.key)) % lanes, []).append(entry)
+        outcomes = await asyncio.gather(*(self._replay_lane(g) for g in groups.values()))
+        return sum(n for n, _ in outcomes), any(stop for _, stop in outcomes)
+
+    async def _replay_lane(self, batch: list[JournalEntry]) -> tuple[int, bool]:
+        """Apply entries in one transaction; returns (entries that left the journal, whether
+        to stop for now)."""
         assert self.journal is not None
         rep = self.replica
         keys = {(entry.tenant, entry.key) for entry in batch}

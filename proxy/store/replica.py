@@ -64,6 +64,8 @@ class _Tenant:
     counted: dict[str, dict[str, None]] = field(default_factory=dict)
     # The overlay folded over the base, per agent with pending writes; dropped when either moves.
     views: dict[str, AgentRecord | None] = field(default_factory=dict)
+    # The event ids the cached view of an agent has counted from its pending writes.
+    view_events: dict[str, set[str]] = field(default_factory=dict)
 
 
 def snapshot_rows(view: tuple[list[str], bool, list[AgentRecord]]) -> dict[str, Any]:
@@ -182,6 +184,20 @@ class Replica:
                 self._upsert(kept)
         for rec in records:
             self.upsert(rec)
+        # A folded view stays good while its base row is the same version: a resync during a
+        # backlog then does not make every read fold its agent's writes again.
+        for name, t in self._tenants.items():
+            before = old.get(name)
+            if before is None:
+                continue
+            for agent_id, view in before.views.items():
+                was, now = before.agents.get(agent_id), t.agents.get(agent_id)
+                same = (was is None and now is None) or (
+                    was is not None and now is not None and was.version == now.version
+                )
+                if same and agent_id in t.pending:
+                    t.views[agent_id] = view
+                    t.view_events[agent_id] = before.view_events.get(agent_id, set())
         self.warm = True
         self.from_snapshot = False
 
@@ -205,28 +221,52 @@ class Replica:
         known = t.counted.get(agent_id, {})
         counted: set[str] = set()
         for w in t.pending.get(agent_id, ()):
-            if w.uncertain:
-                continue  # never counted twice: shown once PostgreSQL has settled it
-            if w.kind == "performance":
-                event_id = w.payload["body"].get("event_id")
-                if event_id is not None:
-                    if event_id in counted or event_id in known:
-                        continue  # PostgreSQL counts an event once
-                    counted.add(event_id)
-            try:
-                rec = apply_write(w.kind, tenant, w.payload, rec, w.received_at)
-            except errors.RegistryError:
-                # PostgreSQL will reject it on replay too; the read shows what will stay.
-                continue
+            rec = self._fold(tenant, rec, w, known, counted)
         t.views[agent_id] = rec
+        t.view_events[agent_id] = counted
         return rec
+
+    @staticmethod
+    def _fold(
+        tenant: str,
+        rec: AgentRecord | None,
+        w: PendingWrite,
+        known: dict[str, None],
+        counted: set[str],
+    ) -> AgentRecord | None:
+        """One pending write over the view so far, as PostgreSQL will apply it."""
+        if w.uncertain:
+            return rec  # never counted twice: shown once PostgreSQL has settled it
+        if w.kind == "performance":
+            event_id = w.payload["body"].get("event_id")
+            if event_id is not None:
+                if event_id in counted or event_id in known:
+                    return rec  # PostgreSQL counts an event once
+                counted.add(event_id)
+        try:
+            return apply_write(w.kind, tenant, w.payload, rec, w.received_at)
+        except errors.RegistryError:
+            # PostgreSQL will reject it on replay too; the read shows what will stay.
+            return rec
 
     def add_pending(self, tenant: str, agent_id: str, write: PendingWrite) -> None:
         t = self._tenant(tenant)
+        cached = agent_id in t.views
         t.pending.setdefault(agent_id, []).append(write)
         t.pending_total += 1
         self._pending_total += 1
-        t.views.pop(agent_id, None)
+        # Folded into the view now, once, rather than by every read after it: a deep backlog
+        # then costs a read nothing more.
+        if cached:
+            t.views[agent_id] = self._fold(
+                tenant,
+                t.views[agent_id],
+                write,
+                t.counted.get(agent_id, {}),
+                t.view_events.setdefault(agent_id, set()),
+            )
+        else:
+            self._view(t, tenant, agent_id)
 
     def drop_pending(self, tenant: str, agent_id: str, op_id: str) -> None:
         t = self._tenants.get(tenant)
