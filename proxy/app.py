@@ -20,6 +20,7 @@ from proxy.http.auth import TokenStore
 from proxy.http.middleware import Gate, RequestIds, guard, observe
 from proxy.http.ratelimit import RateLimiter
 from proxy.http.routes import add_routes
+from proxy.observability.asyncio_noise import quiet_abandoned_connects
 from proxy.observability.metrics import Metrics
 from proxy.resilience.breaker import CircuitBreaker, Transition
 from proxy.resilience.budget import RetryBudget
@@ -243,6 +244,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     db._on_ready = _wake(service)
 
     async def probe_query(timeout: float) -> None:
+        # A loop of its own per probe: the connect timeout cuts openings short there too.
+        quiet_abandoned_connects(asyncio.get_running_loop())
         conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=db.server_settings)
         try:
             await conn.execute("SELECT 1")
@@ -282,7 +285,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         def snapshot_on_open(t: Transition) -> None:
             # The last moment the replica is known good: keep it for a restart mid-outage.
             if t.to_state.value == "open":
-                task = asyncio.create_task(_write_snapshot(settings, rep))
+                task = asyncio.create_task(
+                    _write_snapshot(settings, rep), name="replica-snapshot-on-open"
+                )
                 background.add(task)
                 task.add_done_callback(background.discard)
 

@@ -1,4 +1,4 @@
-"""`registry-proxy`: serve, migrate, dev, config show|check, journal check|recover."""
+"""`registry-proxy`: serve, migrate, dev, status, config show|check, journal check|recover."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import contextlib
 import gc
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,9 +100,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(settings: Settings, *, banner: str | None = None) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    banner: str | None = None,
+    stopped: Callable[[web.Application], None] | None = None,
+) -> int:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish
-    within `request.drain_timeout_s`, close journal and pool. A second signal exits at once."""
+    within `request.drain_timeout_s`, close journal and pool. A second signal exits at once.
+    `stopped` is given the app once it has stopped (its journal closed, its figures final)."""
     from proxy.app import create_app
     from proxy.http.server import SidecarRunner
 
@@ -169,6 +177,8 @@ async def serve(settings: Settings, *, banner: str | None = None) -> int:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
     await runner.cleanup()
+    if stopped is not None:
+        stopped(app)
     return 0
 
 
@@ -215,12 +225,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _exe() -> str:
+    """How this command was called (`.venv/bin/registry-proxy` under `make run`)."""
+    return sys.argv[0] if Path(sys.argv[0]).name == "registry-proxy" else "registry-proxy"
+
+
+def _dev_banner(url: str, token: str, workdir: Path, kept: bool) -> str:
+    exe = _exe()
+    url_arg = "" if url == "http://127.0.0.1:3580" else f" --url {url}"
+    auth = '-H "Authorization: Bearer $TOKEN"'
+    breaker = f"{auth} -H 'Content-Type: application/json' {url}/v1/admin/breaker -d"
+    where = (
+        f"{workdir} (kept)"
+        if kept
+        else f"{workdir} (deleted on Ctrl-C, unless the journal still holds writes)"
+    )
+    return (
+        f"\nregistry-proxy is serving at {url}\n"
+        f"  admin token (tenant 'dev'); paste this line into another shell first:\n"
+        f"    TOKEN={token}\n"
+        f"  try:        curl -s {auth} {url}/v1/status\n"
+        f"  its state:  REGISTRY_PROXY_STATUS_TOKEN=$TOKEN {exe} status{url_arg}\n"
+        f'  an outage:  curl -s {breaker} \'{{"state": "forced_open"}}\'\n'
+        f"              (reads come from the replica, writes are journaled: 202)\n"
+        f'  end it:     curl -s {breaker} \'{{"state": "automatic"}}\'\n'
+        f"              (the journal is replayed into PostgreSQL)\n"
+        f"  API document: {url}/openapi.json\n"
+        f"  data: {where}\n"
+        f"  Ctrl-C stops the sidecar and the database.\n"
+    )
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
-    """A throwaway PostgreSQL (unless REGISTRY_PROXY_DATABASE_URL is set), a dev admin token."""
+    """A throwaway PostgreSQL (unless REGISTRY_PROXY_DATABASE_URL is set), a dev admin token.
+
+    Its journal and database live in a temporary directory, deleted on exit unless the journal
+    still holds acknowledged writes (say, Ctrl-C during a forced outage): deleting it would drop
+    writes the sidecar answered 202 for, so the directory is kept, and the way to resume (where
+    the replay applies them) or to delete it is printed. `--dir` names the directory instead of
+    a temporary one; it is never deleted, and a journal and database left there are used again.
+    """
     from proxy.store.embedded import EmbeddedPostgres
 
     token = "dev-" + secrets.token_urlsafe(24)
-    workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-dev-"))
+    chosen = args.dir is not None
+    workdir = Path(args.dir) if chosen else Path(tempfile.mkdtemp(prefix="registry-proxy-dev-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = workdir.resolve()
     pg: EmbeddedPostgres | None = None
     overrides: dict[str, Any] = {
         "tokens": SecretStr(
@@ -243,24 +294,73 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         if pg is not None:
             pg.cleanup()
+        if not chosen:
+            shutil.rmtree(workdir, ignore_errors=True)
         return _fail(_config_error(exc))
     _configure_logging(settings)
     url = f"http://{settings.host}:{settings.port}"
-    banner = (
-        f"\nregistry-proxy is serving at {url}\n"
-        f"  admin token (tenant 'dev'): {token}\n"
-        f"  try: curl -s -H 'Authorization: Bearer {token}' {url}/v1/status\n"
-        f"  API document: {url}/openapi.json    Ctrl-C stops the sidecar and the database.\n"
-    )
-    try:
-        return _run(serve(settings, banner=banner))
-    finally:
-        if pg is not None:
-            pg.cleanup()
-        with contextlib.suppress(OSError):
-            import shutil
+    final: dict[str, int] = {}
 
+    def stopped(app: web.Application) -> None:
+        from proxy.http import keys
+
+        journal = app[keys.SERVICE].journal
+        final["depth"] = journal.depth if journal is not None else 0
+
+    code = 1
+    try:
+        code = _run(
+            serve(settings, banner=_dev_banner(url, token, workdir, chosen), stopped=stopped)
+        )
+    finally:
+        depth = final.get("depth")
+        if depth is None:  # it failed rather than stopped: what is on disk decides
+            depth = _journal_records(settings.journal.dir)
+        keep = chosen or depth != 0
+        if pg is not None:
+            if keep:
+                with contextlib.suppress(Exception):
+                    pg.stop()
+            else:
+                pg.cleanup()
+        if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+        elif not chosen:
+            _kept_notice(workdir, settings.journal.dir, depth)
+    return code
+
+
+def _journal_records(directory: Path) -> int | None:
+    """Records in a journal that was not closed by the sidecar (None: unreadable)."""
+    from proxy.store.journal import JournalError, inspect_journal
+
+    try:
+        return int(inspect_journal(directory).get("acknowledged_records", 0))
+    except JournalError:
+        return None
+
+
+def _kept_notice(workdir: Path, journal_dir: Path, depth: int | None) -> None:
+    held = (
+        "may still hold acknowledged writes"
+        if depth is None
+        else f"still holds {depth} acknowledged write{'s' if depth != 1 else ''} that PostgreSQL "
+        "does not have"
+    )
+    print(
+        f"\nregistry-proxy: the journal ({journal_dir}) {held}, so {workdir} is kept, not "
+        "deleted.\n"
+        f"  resume, and the replay applies them:  {_exe()} dev --dir {workdir}\n"
+        f"  or throw them away:                   rm -rf {workdir}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from proxy.status_cli import run
+
+    return run(args)
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
@@ -314,7 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_migrate)
     p = sub.add_parser("dev", help="one-command demo on an embedded PostgreSQL")
     p.add_argument("--port", type=int)
+    p.add_argument(
+        "--dir",
+        help="keep the journal and the embedded database here (reused if there), instead of a "
+        "temporary directory",
+    )
     p.set_defaults(fn=cmd_dev)
+    from proxy.status_cli import add_parser
+
+    add_parser(sub).set_defaults(fn=cmd_status)
     p = sub.add_parser("config", help="show or check the effective configuration")
     p.add_argument("action", choices=["show", "check"])
     p.set_defaults(fn=cmd_config)

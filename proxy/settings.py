@@ -341,8 +341,9 @@ class Settings(BaseSettings):
 
 
 ENV_PREFIX = "REGISTRY_PROXY_"
-# The test suite's own variables (REGISTRY_PROXY_TEST_DATABASE_URL); the sidecar never reads them.
-_NOT_SETTINGS_PREFIX = "REGISTRY_PROXY_TEST_"
+# The test suite's own variables (REGISTRY_PROXY_TEST_DATABASE_URL) and `registry-proxy status`'s
+# token (REGISTRY_PROXY_STATUS_TOKEN, _FILE); the sidecar never reads them.
+_NOT_SETTINGS_PREFIX = ("REGISTRY_PROXY_TEST_", "REGISTRY_PROXY_STATUS_TOKEN")
 
 
 def env_names() -> list[str]:

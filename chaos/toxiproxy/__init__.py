@@ -2,8 +2,8 @@
 
 It is hand-written because no Python library implements a Toxiproxy *server* (the PyPI packages are
 clients). The chaos suite runs it when no real ``toxiproxy-server`` is available, so it has to be a
-drop-in: same endpoints, bodies, status codes, error strings and connection behaviour. The
-contract it follows, point by point, is ``toxiproxy-api.md``; chaos/README.md lists the few
+drop-in: same endpoints, bodies, status codes, error strings and connection behaviour, as the
+real server's clients see them; tests/toxiproxy checks that, and chaos/README.md lists the few
 deliberate differences.
 
 Start it with ``python -m chaos.toxiproxy --host 127.0.0.1 --port 8474``, or from tests with

@@ -1,24 +1,30 @@
 """structlog setup: JSON lines for machines, a console renderer when a person watches a TTY.
 
-Every line written while a request runs carries its request id (bound via contextvars by the HTTP
-middleware). The standard library's loggers (asyncpg, aiohttp) are routed through the same
-renderer, so the log stays one JSON object per line. Secrets never reach a log line: settings are
-logged masked, tokens only by id, and aiohttp's reports of requests its HTTP parser refused are
-reduced to the error's class, because their text quotes the raw request line or header, which may
-hold a bearer token.
+Every line written by the task handling a request carries its request id (set by the HTTP
+middleware). Lines of background work carry none, even from a task created while a request ran:
+they name their task instead, when it has a name. The standard library's loggers (asyncpg,
+aiohttp) are routed through the same renderer, so the log stays one JSON object per line.
+Conditions that repeat are logged on entry, summarised at a bounded rate and logged on exit
+(`proxy.observability.conditions`). Secrets never reach a log line: settings are logged masked,
+tokens only by id, and aiohttp's reports of requests its HTTP parser refused are reduced to the
+error's class, because their text quotes the raw request line or header, which may hold a bearer
+token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from collections.abc import MutableMapping
-from contextvars import ContextVar
-from typing import Any
+from contextvars import ContextVar, Token
+from typing import Any, cast
 
 import orjson
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
+
+from proxy.observability.conditions import Repeats, install_pool_floor_filter
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -28,9 +34,47 @@ _LEVELS = {
 }
 
 
-# Set once per request by the HTTP middleware. A plain ContextVar costs a fraction of structlog's
-# bind/unbind of contextvars, and every line written during the request still carries it.
-REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+class RequestIdVar:
+    """The id of the request the current task is handling: a ContextVar's `set`/`get`/`reset`.
+
+    Set once per request by the HTTP middleware (a plain ContextVar costs a fraction of
+    structlog's bind/unbind of contextvars). The value is held with the task that set it, and
+    `get` answers it to that task only. A task created while the request runs (a snapshot on a
+    breaker transition, a journal flush, the pool's maintenance, a replay woken up) copies the
+    request's context with the id in it, but it is not the request's work and mostly outlives
+    it: its lines must not carry an unrelated request's id. This holds for tasks created by any
+    code, ours or a library's, without each creator having to start them from a clean context.
+    """
+
+    __slots__ = ("_var",)
+
+    def __init__(self, name: str) -> None:
+        self._var: ContextVar[tuple[str, asyncio.Task[Any] | None] | None] = ContextVar(
+            name, default=None
+        )
+
+    def set(self, value: str | None) -> Token[str | None]:
+        held = None if value is None else (value, _current_task())
+        return cast("Token[str | None]", self._var.set(held))
+
+    def reset(self, token: Token[str | None]) -> None:
+        self._var.reset(cast("Token[tuple[str, asyncio.Task[Any] | None] | None]", token))
+
+    def get(self) -> str | None:
+        held = self._var.get()
+        if held is None or held[1] is not _current_task():
+            return None
+        return held[0]
+
+
+REQUEST_ID = RequestIdVar("request_id")
 
 
 def _add_request_id(
@@ -39,7 +83,19 @@ def _add_request_id(
     request_id = REQUEST_ID.get()
     if request_id is not None:
         event.setdefault("request_id", request_id)
+        return event
+    task = _current_task()
+    if task is not None:
+        name = task.get_name()
+        # asyncio names unnamed tasks "Task-<n>": a number that says nothing to a reader.
+        if not name.startswith("Task-"):
+            event.setdefault("task", name)
     return event
+
+
+# Loops that log the same error on every round, in code that keeps no condition of its own,
+# with the event that says the condition is over.
+REPEATING_EVENTS: dict[str, str | None] = {"journal replay failed": "journal drained"}
 
 
 def _dumps(obj: Any, default: Any = None) -> str:
@@ -70,6 +126,7 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: Any = None) -> 
         processors=[
             structlog.contextvars.merge_contextvars,
             _add_request_id,
+            Repeats(REPEATING_EVENTS),
             structlog.processors.add_log_level,
             timestamper,
             structlog.processors.format_exc_info,
@@ -97,6 +154,7 @@ def configure(*, level: str = "info", fmt: str = "auto", stream: Any = None) -> 
         )
     )
     handler.addFilter(_ScrubParserErrors())
+    install_pool_floor_filter()
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(_LEVELS[level])

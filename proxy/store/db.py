@@ -18,6 +18,8 @@ from typing import Any
 import asyncpg
 import structlog
 
+from proxy.observability.asyncio_noise import quiet_abandoned_connects
+from proxy.observability.conditions import POOL_FLOOR, Condition
 from proxy.registry.errors import RegistryError
 from proxy.resilience.bulkhead import Overloaded
 from proxy.resilience.errors import ErrorKind, classify
@@ -86,12 +88,20 @@ class Database:
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
         self.server_settings = tenant_settings(tenants or [])
+        # Tried every `reconnect_interval_s` until it answers: one line when it begins, a
+        # summary a minute, one when it ends; not a line per attempt.
+        self._unreachable = Condition(
+            log, "database not reachable yet", end_event="database reachable"
+        )
 
     @property
     def dsn(self) -> str:
         return self._dsn
 
     def start(self) -> None:
+        # Openings cut short by a caller's deadline are expected here: proxy.observability.
+        # asyncio_noise says why, and why its report is dropped.
+        quiet_abandoned_connects(asyncio.get_running_loop())
         self._task = asyncio.create_task(self._open_loop(), name="database-open")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -123,8 +133,9 @@ class Database:
                 self.last_error = None
             except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("database not reachable yet", error=self.last_error)
+                self._unreachable.occurred(error=self.last_error)
                 await asyncio.sleep(self._interval)
+        self._unreachable.ended()
         self.ready.set()
         log.info("database pool open", max_size=self._max)
         if self._on_ready is not None:
@@ -143,6 +154,8 @@ class Database:
             # asyncio.wait_for, a task per call, for a wait that is nearly always zero.
             async with asyncio.timeout(wait):
                 conn = await pool.acquire()
+            if POOL_FLOOR.active:
+                self._floor_restored(pool)
         except TimeoutError:
             # Every connection busy with real work explains the wait (more callers than the
             # bulkhead admits, e.g. background work piling up): capacity, not an outage. With
@@ -180,8 +193,16 @@ class Database:
             self.pool.set_connect_args(self._dsn, server_settings=self.server_settings)
             await self.pool.expire_connections()
 
+    def _floor_restored(self, pool: asyncpg.Pool) -> None:
+        # asyncpg logs each failure to reopen its minimum of connections, never the success
+        # (`proxy.observability.conditions.POOL_FLOOR`): the pool at its floor again is that.
+        if pool.get_size() >= self._min:
+            POOL_FLOOR.ended()
+
     def stats(self) -> dict[str, Any]:
         pool = self.pool
+        if pool is not None and POOL_FLOOR.active:
+            self._floor_restored(pool)
         if pool is None:
             return {
                 "connected": False,

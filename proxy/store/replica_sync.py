@@ -20,6 +20,7 @@ import asyncpg
 import orjson
 import structlog
 
+from proxy.observability.conditions import Condition
 from proxy.registry.agent import AgentRecord
 from proxy.store import repository
 from proxy.store.db import tenant_settings
@@ -75,6 +76,9 @@ class ReplicaSync:
         self.notifications = 0
         self._resync_now = asyncio.Event()
         self._schema_ready = schema_ready
+        # Reconnects every `reconnect_interval_s` while PostgreSQL is away: logged when the
+        # listener goes, summarised once a minute, and when it is back.
+        self._down = Condition(log, "replica listener lost", end_event="replica listener back")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="replica-sync")
@@ -115,10 +119,10 @@ class ReplicaSync:
                 raise
             except Exception as exc:  # any failure: the connection is gone, start over
                 error = f"{type(exc).__name__}: {exc}"
-                if self.replica.connected:
-                    log.warning("replica listener lost", error=error)
-                else:
-                    log.debug("replica listener cannot connect", error=error)
+                self._down.occurred(
+                    None if self.replica.connected else "replica listener cannot connect",
+                    error=error,
+                )
                 await self._drop()
             await asyncio.sleep(self._reconnect_every)
 
@@ -142,6 +146,7 @@ class ReplicaSync:
         self.replica.connected = True
         self.replica.touch()
         self.synced.set()
+        self._down.ended(agents=self.replica.size)
         loop = asyncio.get_running_loop()
         next_resync = loop.time() + self._resync_every
         while True:

@@ -15,7 +15,8 @@ ALLOWED = {
     "registry": set(),
     "resilience": set(),
     "observability": set(),
-    "store": {"registry", "resilience"},
+    # observability imports nothing of the sidecar: any layer may log through its helpers.
+    "store": {"registry", "resilience", "observability"},
     "service": {"registry", "resilience", "store", "settings"},
     "http": {"registry", "resilience", "store", "service", "settings", "observability"},
 }
