@@ -304,7 +304,7 @@ def tenant_status(app: web.Application, full: dict[str, Any], tenant: str) -> di
     doc = {key: full[key] for key in _SIDECAR_WIDE if key in full}
     rep = full["replica"]
     doc["replica"] = {
-        "agents": len(replica.all(tenant)) if replica is not None else 0,
+        "agents": replica.count(tenant) if replica is not None else 0,
         # The journaled writes the replica shows over its rows: those of the registry's kinds.
         "pending_writes": (
             sum(e.kind in REGISTRY_KINDS for e in pending) if replica is not None else 0

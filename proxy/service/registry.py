@@ -508,7 +508,7 @@ class RegistryService:
         self.hooks.replica_hit("stats")
         return Answer(
             200,
-            matching.stats(rep.all(ctx.tenant), _now()),
+            rep.tenant_stats(ctx.tenant, _now()),
             "replica",
             self._replica_headers(rep, reason),
         )

@@ -17,22 +17,32 @@ it, and its rows may reach the base (NOTIFY, a resync) before the replay hears t
 drops the entries. So the replay *holds* the agents of its batch: rows for them are buffered
 until it releases them, dropping the applied entries in the same step.
 
-Capability queries use an index by task type and the same filters, score and order as the
-database path (`proxy.registry.matching`). Hand-written because it is the registry's own index;
-no library holds it.
+Reads are answered from what each agent looks like now (its base row with its pending writes
+folded in), kept per tenant and refreshed whenever a row or a pending write of that agent
+changes, never per read:
+
+- a capability query walks agents best first, in an order kept per task type (the same sort key
+  as `proxy.registry.matching.rank`, so both paths answer the same), and stops once `limit`
+  agents pass the remaining filters;
+- stats come from sums kept on change, and from the agents ordered by last heartbeat, so the
+  active and idle counts need no scan either.
+
+Hand-written because it is the registry's own index; no library holds it.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from proxy.registry import errors
-from proxy.registry.agent import AgentRecord
+from proxy.registry.agent import HEARTBEAT_TIMEOUT, AgentRecord
 from proxy.registry.apply import apply_write
-from proxy.registry.matching import matches
+from proxy.registry.matching import matches, sort_key
+from proxy.registry.matching import stats as matching_stats
 from proxy.registry.models import AgentQuery
 from proxy.resilience.clock import SYSTEM_CLOCK, Clock
 
@@ -56,7 +66,18 @@ class PendingWrite:
 @dataclass(slots=True)
 class _Tenant:
     agents: dict[str, AgentRecord] = field(default_factory=dict)
-    by_task: dict[str, set[str]] = field(default_factory=dict)
+    # What reads show: each live agent as it is now (base row and pending writes), and the
+    # orders and sums kept from it (see the module docstring).
+    current: dict[str, AgentRecord] = field(default_factory=dict)
+    ranked: dict[str | None, list[tuple[float, str]]] = field(default_factory=dict)
+    beats: list[tuple[datetime, str]] = field(default_factory=list)
+    idle_beats: list[tuple[datetime, str]] = field(default_factory=list)
+    utilization_sum: float = 0.0
+    success_sum: float = 0.0
+    rated: int = 0
+    # Agents changed since they were last filed; the next read files them (once, however many
+    # changes came in between: a replay batch drops many entries of one agent).
+    dirty: set[str] = field(default_factory=set)
     pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
     pending_total: int = 0
     # Event ids PostgreSQL is known to have counted, per agent (this sidecar's own writes):
@@ -121,17 +142,75 @@ class Replica:
             t = self._tenants[tenant] = _Tenant()
         return t
 
-    def _index(self, t: _Tenant, rec: AgentRecord) -> None:
-        for task in rec.task_types:
-            t.by_task.setdefault(task, set()).add(rec.agent_id)
+    def _rebuild(self, t: _Tenant, tenant: str) -> None:
+        """File every agent of the tenant afresh (after a full resync), sorting once."""
+        current: dict[str, AgentRecord] = {}
+        for agent_id in t.agents.keys() | t.pending.keys():
+            rec = self._view(t, tenant, agent_id) if agent_id in t.pending else t.agents[agent_id]
+            if rec is not None and rec.deleted_at is None:
+                current[agent_id] = rec
+        ranked: dict[str | None, list[tuple[float, str]]] = {None: []}
+        for rec in current.values():
+            key = sort_key(rec)
+            ranked[None].append(key)
+            for task in rec.task_types:
+                ranked.setdefault(task, []).append(key)
+        for keys in ranked.values():
+            keys.sort()
+        t.current = current
+        t.ranked = ranked
+        t.beats = sorted((rec.last_heartbeat_at, rec.agent_id) for rec in current.values())
+        t.idle_beats = sorted(
+            (rec.last_heartbeat_at, rec.agent_id)
+            for rec in current.values()
+            if rec.active_tasks == 0
+        )
+        t.dirty.clear()
+        t.utilization_sum = sum(rec.utilization for rec in current.values())
+        rates = [r for rec in current.values() if (r := rec.success_rate) is not None]
+        t.success_sum = sum(rates)
+        t.rated = len(rates)
 
-    def _unindex(self, t: _Tenant, rec: AgentRecord) -> None:
-        for task in rec.task_types:
-            ids = t.by_task.get(task)
-            if ids is not None:
-                ids.discard(rec.agent_id)
-                if not ids:
-                    del t.by_task[task]
+    def _refresh(self, t: _Tenant, tenant: str, agent_id: str) -> None:
+        """File the agent as reads should see it now, in every order and sum."""
+        rec = self._view(t, tenant, agent_id) if agent_id in t.pending else t.agents.get(agent_id)
+        if rec is not None and rec.deleted_at is not None:
+            rec = None
+        old = t.current.get(agent_id)
+        if old is rec:
+            return
+        if old is not None:
+            del t.current[agent_id]
+            key = sort_key(old)
+            for task in (None, *old.task_types):
+                ranked = t.ranked[task]
+                del ranked[bisect_left(ranked, key)]
+            beat = (old.last_heartbeat_at, agent_id)
+            del t.beats[bisect_left(t.beats, beat)]
+            if old.active_tasks == 0:
+                del t.idle_beats[bisect_left(t.idle_beats, beat)]
+            t.utilization_sum -= old.utilization
+            rate = old.success_rate
+            if rate is not None:
+                t.success_sum -= rate
+                t.rated -= 1
+        if rec is not None:
+            t.current[agent_id] = rec
+            key = sort_key(rec)
+            for task in (None, *rec.task_types):
+                insort(t.ranked.setdefault(task, []), key)
+            beat = (rec.last_heartbeat_at, agent_id)
+            insort(t.beats, beat)
+            if rec.active_tasks == 0:
+                insort(t.idle_beats, beat)
+            t.utilization_sum += rec.utilization
+            rate = rec.success_rate
+            if rate is not None:
+                t.success_sum += rate
+                t.rated += 1
+        if not t.current:
+            # Sums kept by adding and taking away drift in the last bits: start them afresh.
+            t.utilization_sum = t.success_sum = 0.0
 
     def upsert(self, rec: AgentRecord) -> bool:
         """Apply one row from PostgreSQL; False when it is not newer than what we hold."""
@@ -151,17 +230,18 @@ class Replica:
             return False
         t.views.pop(rec.agent_id, None)
         if old is not None:
-            self._unindex(t, old)
             del t.agents[rec.agent_id]
             self._count -= 1
         if rec.deleted_at is not None:
+            t.dirty.add(rec.agent_id)
             return True
         if self._count >= self.max_agents:
             self.partial = True
+            t.dirty.add(rec.agent_id)
             return False
         t.agents[rec.agent_id] = rec
         self._count += 1
-        self._index(t, rec)
+        t.dirty.add(rec.agent_id)
         return True
 
     def replace_all(self, tenants: Iterable[str], records: Iterable[AgentRecord]) -> None:
@@ -198,6 +278,8 @@ class Replica:
                 if same and agent_id in t.pending:
                     t.views[agent_id] = view
                     t.view_events[agent_id] = before.view_events.get(agent_id, set())
+        for name, t in self._tenants.items():
+            self._rebuild(t, name)
         self.warm = True
         self.from_snapshot = False
 
@@ -267,6 +349,7 @@ class Replica:
             )
         else:
             self._view(t, tenant, agent_id)
+        t.dirty.add(agent_id)
 
     def drop_pending(self, tenant: str, agent_id: str, op_id: str) -> None:
         t = self._tenants.get(tenant)
@@ -280,6 +363,7 @@ class Replica:
         t.pending_total -= dropped
         self._pending_total -= dropped
         t.views.pop(agent_id, None)
+        t.dirty.add(agent_id)
         if kept:
             writes[:] = kept
         else:
@@ -295,6 +379,7 @@ class Replica:
         if len(events) > COUNTED_EVENTS_PER_AGENT:
             del events[next(iter(events))]  # the oldest: a retry comes soon after, or never
         t.views.pop(agent_id, None)
+        t.dirty.add(agent_id)
 
     def base_version(self, tenant: str, agent_id: str) -> int:
         """The version of the agent's row as PostgreSQL last told us (0 when none)."""
@@ -340,37 +425,55 @@ class Replica:
     def knows_tenant(self, tenant: str) -> bool:
         return tenant in self._tenants
 
-    def all(self, tenant: str) -> list[AgentRecord]:
+    def _filed(self, tenant: str) -> _Tenant | None:
+        """The tenant with every changed agent filed again, ready to read."""
         t = self._tenants.get(tenant)
-        if t is None:
-            return []
-        if not t.pending:
-            return list(t.agents.values())
-        ids = set(t.agents) | set(t.pending)
-        out = []
-        for agent_id in ids:
-            rec = self._view(t, tenant, agent_id)
-            if rec is not None and rec.deleted_at is None:
-                out.append(rec)
-        return out
+        if t is not None and t.dirty:
+            for agent_id in t.dirty:
+                self._refresh(t, tenant, agent_id)
+            t.dirty.clear()
+        return t
+
+    def all(self, tenant: str) -> list[AgentRecord]:
+        t = self._filed(tenant)
+        return list(t.current.values()) if t is not None else []
+
+    def count(self, tenant: str) -> int:
+        """Live agents of the tenant, journaled ones included."""
+        t = self._filed(tenant)
+        return len(t.current) if t is not None else 0
 
     def query(self, tenant: str, q: AgentQuery) -> list[AgentRecord]:
-        """Agents passing the hard filters (unordered; rank with `matching.rank`)."""
-        t = self._tenants.get(tenant)
+        """The best `q.limit` agents passing the hard filters, best first (the order of
+        `matching.rank`): a walk down the tenant's order for the task type that stops at the
+        limit."""
+        t = self._filed(tenant)
         if t is None:
             return []
-        if q.task_type is not None:
-            ids: Iterable[str] = t.by_task.get(q.task_type, set()) | set(t.pending)
-        else:
-            ids = set(t.agents) | set(t.pending) if t.pending else t.agents.keys()
-        out = []
-        for agent_id in ids:
-            rec = (
-                self._view(t, tenant, agent_id) if agent_id in t.pending else t.agents.get(agent_id)
-            )
-            if rec is not None and matches(rec, q):
+        out: list[AgentRecord] = []
+        current = t.current
+        for _key, agent_id in t.ranked.get(q.task_type, ()):
+            rec = current[agent_id]
+            if matches(rec, q):
                 out.append(rec)
+                if len(out) >= q.limit:
+                    break
         return out
+
+    def tenant_stats(self, tenant: str, now: datetime) -> dict[str, Any]:
+        """`matching.stats` of the tenant's agents, from what is kept on change."""
+        t = self._filed(tenant)
+        if t is None or not t.current:
+            return matching_stats([], now)
+        total = len(t.current)
+        since = (now - HEARTBEAT_TIMEOUT, "")
+        return {
+            "total_agents": total,
+            "active_agents": len(t.beats) - bisect_left(t.beats, since),
+            "idle_agents": len(t.idle_beats) - bisect_left(t.idle_beats, since),
+            "average_utilization": max(0.0, t.utilization_sum) / total,
+            "average_success_rate": t.success_sum / t.rated if t.rated else None,
+        }
 
     # -- snapshot --------------------------------------------------------------------------
 

@@ -116,3 +116,96 @@ def test_a_release_applies_only_the_newest_buffered_row() -> None:
     assert rec is not None and (rec.version, rec.task_count) == (14, 4)
     rep.release([(T, "a")])  # releasing again changes nothing
     assert count(rep) == 4
+
+
+def test_the_kept_orders_and_sums_answer_as_a_full_scan_would() -> None:
+    """Random rows, pending writes, drops and resyncs: the walk down the kept order and the kept
+    sums give what ranking and counting every agent afresh gives."""
+    import random
+    from datetime import timedelta
+
+    from proxy.registry import matching
+    from proxy.registry.models import AgentQuery
+
+    rng = random.Random(11)
+    tasks, langs = ["code", "review", "docs"], ["python", "go", "rust"]
+    rep = Replica()
+    version = 0
+
+    def row(agent_id: str) -> AgentRecord:
+        nonlocal version
+        version += 1
+        body = {
+            "agent_id": agent_id,
+            "name": agent_id,
+            "model_family": "gpt",
+            "capabilities": {
+                "task_types": rng.sample(tasks, rng.randint(1, 2)),
+                "languages": rng.sample(langs, rng.randint(1, 2)),
+                "specializations": [],
+            },
+            "max_concurrent_tasks": rng.choice([4, 10]),
+        }
+        rec = apply_write("register", T, {"body": body}, None, NOW)
+        assert rec is not None
+        n = rng.randint(0, 20)
+        return rec.evolve(
+            version=version,
+            task_count=n,
+            success_count=rng.randint(0, n),
+            quality_sum=rng.random() * n,
+            active_tasks=rng.randint(0, 4),
+            last_heartbeat_at=NOW - timedelta(minutes=rng.randint(0, 10)),
+        )
+
+    ids = [f"a{i:02d}" for i in range(40)]
+    rep.replace_all([T], [row(a) for a in ids])
+    queries = [
+        AgentQuery.model_validate(q)
+        for q in (
+            {"limit": 100},
+            {"task_type": "code", "limit": 5},
+            {"task_type": "review", "languages": ["go"], "limit": 10},
+            {"max_utilization": 0.5, "limit": 7},
+            {"min_success_rate": 0.4, "task_type": "docs", "limit": 3},
+        )
+    ]
+
+    def check() -> None:
+        everyone = [
+            r for a in ids if (r := rep.get(T, a)) is not None and r.deleted_at is None
+        ]
+        for q in queries:
+            passing = (r for r in everyone if matching.matches(r, q))
+            expected = sorted(passing, key=matching.sort_key)
+            assert rep.query(T, q) == expected[: q.limit], q
+        kept = rep.tenant_stats(T, NOW)
+        scanned = matching.stats(everyone, NOW)
+        for key, value in scanned.items():
+            if isinstance(value, float):
+                assert abs(kept[key] - value) < 1e-9, key
+            else:
+                assert kept[key] == value, key
+
+    check()
+    for step in range(300):
+        agent = rng.choice(ids)
+        roll = rng.random()
+        if roll < 0.3:
+            rep.upsert(row(agent))
+        elif roll < 0.6:
+            rep.add_pending(T, agent, post(f"op{step}", f"e{step}"))
+        elif roll < 0.75:
+            t_pending = rep._tenants[T].pending.get(agent)
+            if t_pending:
+                rep.drop_pending(T, agent, t_pending[0].op_id)
+        elif roll < 0.8:
+            gone = rep.get(T, agent)
+            if gone is not None:
+                version += 1
+                rep.upsert(gone.evolve(version=version, deleted_at=NOW))
+        elif roll < 0.85:
+            rep.replace_all([T], [row(a) for a in ids if rng.random() < 0.9])
+        if step % 10 == 0:
+            check()
+    check()
