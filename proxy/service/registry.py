@@ -210,6 +210,13 @@ class RegistryService:
             BreakerState.HALF_OPEN,
         ):
             self._replay_wake.set()
+        elif self._backlog_waiters:
+            # Writes waiting for their agent's backlog look again: PostgreSQL is away once
+            # more, so they are journaled behind it rather than waiting out their deadline.
+            for waiters in self._backlog_waiters.values():
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
         if transition.to_state is BreakerState.OPEN and self.db.pool is not None:
             # Connections opened before the fault may be half-dead; start the recovery fresh.
             task = asyncio.create_task(self.db.pool.expire_connections())
@@ -676,15 +683,20 @@ class RegistryService:
         )
 
     async def _await_backlog(self, tenant: str, agent_id: str, deadline: Deadline) -> bool:
-        """Wait until the replay has applied every journaled write of the agent; False when the
-        deadline passes first."""
+        """Wait until the replay has applied every journaled write of the agent (the replay
+        takes such agents first), or the breaker opens again; False when the wait runs out.
+
+        The wait leaves the write the breaker's slow-call time of its deadline for its own
+        call: a call started with a few milliseconds left would time out against a healthy
+        PostgreSQL and count as its failure."""
         key = (tenant, agent_id)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._backlog_waiters.setdefault(key, [])
         waiters.append(waiter)
         self._replay_wake.set()
+        wait = deadline.remaining() - self.settings.breaker.slow_call_ms / 1000
         try:
-            async with asyncio.timeout(deadline.remaining()):
+            async with asyncio.timeout(max(0.0, wait)):
                 await waiter
         except TimeoutError:
             return False
@@ -854,8 +866,7 @@ class RegistryService:
         async with self._replay_lock:
             self.replays["runs"] += 1
             while journal.depth:
-                batch = journal.pending()[: self.settings.journal.replay_batch]
-                finished, stop = await self._replay_batch(batch)
+                finished, stop = await self._replay_batch(self._next_batch(journal))
                 done += finished
                 if stop:
                     break
@@ -864,6 +875,26 @@ class RegistryService:
         if done and self.on_replayed is not None:
             self.on_replayed()
         return done
+
+    def _next_batch(self, journal: Journal) -> list[JournalEntry]:
+        """The entries to apply next: those of agents a write is waiting for first (all of an
+        agent's, in order, so its writes keep their order), then the oldest."""
+        size = self.settings.journal.replay_batch
+        batch: list[JournalEntry] = []
+        taken: set[str] = set()
+        for tenant, agent_id in list(self._backlog_waiters):
+            for entry in journal.pending_for(tenant, agent_id):
+                if len(batch) >= size:
+                    break
+                batch.append(entry)
+                taken.add(entry.op_id)
+        if len(batch) < size:
+            for entry in journal.pending():
+                if entry.op_id not in taken:
+                    batch.append(entry)
+                    if len(batch) >= size:
+                        break
+        return batch
 
     async def _replay_batch(self, batch: list[JournalEntry]) -> tuple[int, bool]:
         """Apply one batch in `journal.replay_lanes` lanes at once, each agent's entries in one
