@@ -7,8 +7,9 @@ After seeding ``--agents`` agents, ``--clients`` clients (one aiohttp connection
 of 60% get by id, 15% capability queries and 25% writes (10% performance, 7% load, 6% heartbeat,
 2% registrations; every write with its own ``Idempotency-Key``, every performance event with its
 own ``event_id``). Each client waits a random think time (exponential, mean ``--think-ms``) between
-its requests: 200 clients at 100 ms offer about 2,000 requests/s; ``--think-ms 0`` is a saturating
-closed loop.
+its requests: 200 clients at 200 ms offer about 1,000 requests/s (at 100 ms, 2,000: more than
+ten pooled connections serve through the Python Toxiproxy on a 2-core machine); ``--think-ms 0``
+is a saturating closed loop.
 
 Phases: ``warm`` (PostgreSQL reachable), ``cut`` (the proxy in front of PostgreSQL disabled: every
 connection dropped, none accepted), ``heal`` (enabled again, the load goes on). Every answer is
@@ -31,7 +32,7 @@ Exit 1 when:
 The result is ``bench/results/pressure-<UTC time>.json``; a summary goes to stdout.
 
     make pressure
-    python -m bench.pressure --clients 200 --think-ms 100 --warm 5 --cut 10 --heal 20
+    python -m bench.pressure --clients 200 --think-ms 200 --warm 5 --cut 10 --heal 20
     python -m bench.pressure --think-ms 0
 """
 
@@ -1028,8 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--think-ms",
         type=float,
-        default=100.0,
-        help="mean think time between a client's requests (100); 0: a saturating closed loop",
+        default=200.0,
+        help="mean think time between a client's requests (200); 0: a saturating closed loop",
     )
     parser.add_argument("--warm", type=float, default=5.0, help="seconds healthy (5)")
     parser.add_argument("--cut", type=float, default=10.0, help="seconds cut off (10)")

@@ -208,7 +208,10 @@ class JournalSettings(BaseModel):
     dir: Path = Field(Path("var/journal"), description="journal and replica snapshot directory")
     fsync: bool = Field(True, description="fsync before 202; off only for throwaway demos")
     replay_batch: int = Field(
-        200, ge=1, description="entries applied per replay round (one transaction); >= 1"
+        100,
+        ge=1,
+        description="entries applied per replay round, across the lanes; a write waiting for its "
+        "agent's backlog waits for the round in flight, so smaller rounds answer it sooner; >= 1",
     )
     replay_lanes: int = Field(
         4,
