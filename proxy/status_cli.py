@@ -268,6 +268,13 @@ def _breaker_lines(doc: dict[str, Any], now: float, recent: int) -> list[str]:
     probe = doc.get("probe") or {}
     if probe.get("last_error"):
         lines.append(f"probe     last error: {probe['last_error']}")
+    budget = doc.get("retry_budget")
+    if budget:
+        lines.append(
+            f"retries   {budget.get('retries', 0)} for {_n(budget.get('requests', 0), 'request')} "
+            f"in the last {budget.get('window_s', '?')} s, {budget.get('allowed_now', 0)} more "
+            f"allowed now; budget spent {_n(budget.get('exhausted_count', 0), 'time')}"
+        )
     return lines
 
 
@@ -288,6 +295,14 @@ def _journal_lines(doc: dict[str, Any]) -> list[str]:
     if disk.get("full"):
         refused = int(disk.get("entries_refused", 0))
         lines.append(f"          disk full; {_n(refused, 'write')} refused")
+    damage = journal.get("damage") or {}
+    if damage.get("quarantined") or damage.get("side_files"):
+        quarantined = len(damage.get("quarantined") or [])
+        files = ", ".join(str(f) for f in damage.get("side_files") or []) or "none"
+        lines.append(
+            f"          DAMAGE set aside: {_n(quarantined, 'region')} quarantined; "
+            f"side files: {files}"
+        )
     if journal.get("path"):
         lines.append(f"          {journal['path']}")
     return lines
@@ -320,7 +335,13 @@ def _replica_lines(doc: dict[str, Any]) -> list[str]:
         parts.append("PARTIAL (more agents than replica.max_agents)")
     if replica.get("pending_writes"):
         parts.append(f"showing {_n(int(replica['pending_writes']), 'journaled write')}")
-    return ["replica   " + ", ".join(parts)]
+    lines = ["replica   " + ", ".join(parts)]
+    if "resyncs" in replica:
+        lines.append(
+            f"          resynced {_n(replica['resyncs'], 'time')}, "
+            f"{_n(replica.get('notifications', 0), 'change notification')}"
+        )
+    return lines
 
 
 def _pool_lines(doc: dict[str, Any]) -> list[str]:
@@ -423,6 +444,11 @@ def render(data: dict[str, Any], *, now: float | None = None, recent: int = 5) -
         scope = doc.get("scope")
         view = f"tenant {scope['tenant']} only" if scope else "every tenant"
         lines = [f"registry-proxy at {data['url']} ({view})", ""]
+        if "read_mode" in doc:
+            lines.append(
+                f"modes     read_mode {doc['read_mode']}, "
+                f"write_fallback {doc.get('write_fallback', '?')}"
+            )
         lines += _breaker_lines(doc, now, recent)
         lines += _journal_lines(doc)
         lines += _replay_lines(doc)

@@ -193,3 +193,59 @@ def test_the_default_url_and_the_command_is_wired() -> None:
     assert DEFAULT_URL == "http://127.0.0.1:3580"
     assert _args().url == DEFAULT_URL
     assert main(["status", "--url", "ftp://x"]) == 1
+
+
+def test_render_shows_what_an_operator_looks_for() -> None:
+    from proxy.status_cli import render
+
+    doc = {
+        "read_mode": "database",
+        "write_fallback": "journal",
+        "breaker": {
+            "state": "open",
+            "retry_after_s": 1.5,
+            "transitions": [
+                {"from": "closed", "to": "open", "at": 1_000.0, "cause": "5 consecutive failures"}
+            ],
+        },
+        "probe": {"last_error": "ConnectionRefusedError: refused"},
+        "retry_budget": {
+            "requests": 40,
+            "retries": 8,
+            "allowed_now": 0,
+            "exhausted_count": 3,
+            "window_s": 10.0,
+        },
+        "journal": {
+            "depth": 1,
+            "oldest_pending_age_s": 75.0,
+            "writable": False,
+            "disk": {"full": True, "entries_refused": 2},
+            "damage": {"quarantined": [{"offset": 0}], "side_files": ["journal.log.damaged-1"]},
+            "path": "/j/journal.log",
+        },
+        "replay": {"runs": 4, "applied": 0, "rejected": 1, "failed": 4, "last_error": "boom"},
+        "replica": {"agents": 1, "age_seconds": None, "connected": False, "resyncs": 1},
+        "pool": {"connected": False, "last_error": "OSError: down"},
+        "overload": {"loop_lag": {"last_ms": 120.0, "max_ms": 300.0, "shedding": True}},
+    }
+    out = render({"url": "http://x", "status": doc, "metrics": {}}, now=1_075.0)
+    for expected in (
+        "modes     read_mode database, write_fallback journal",
+        "breaker   OPEN: PostgreSQL is failing",
+        "next trial in about 1.5 s",
+        "1970-01-01 00:16:40Z (75 s ago)  closed -> open: 5 consecutive failures",
+        "probe     last error: ConnectionRefusedError: refused",
+        "retries   8 for 40 requests in the last 10.0 s, 0 more allowed now; budget spent 3 times",
+        "journal   1 acknowledged write not yet applied, oldest 75 s old",
+        "NOT WRITABLE",
+        "disk full; 2 writes refused",
+        "DAMAGE set aside: 1 region quarantined; side files: journal.log.damaged-1",
+        "replay    applied 0, rejected 1, failed 4 (in 4 runs)",
+        "          last error: boom",
+        "replica   never synced, 1 agent, listener NOT connected",
+        "resynced 1 time, 0 change notifications",
+        "pool      not connected yet",
+        "overload  loop lag 120.0 ms now, 300.0 ms at most, SHEDDING",
+    ):
+        assert expected in out, (expected, out)
