@@ -172,9 +172,7 @@ def test_the_kept_orders_and_sums_answer_as_a_full_scan_would() -> None:
     ]
 
     def check() -> None:
-        everyone = [
-            r for a in ids if (r := rep.get(T, a)) is not None and r.deleted_at is None
-        ]
+        everyone = [r for a in ids if (r := rep.get(T, a)) is not None and r.deleted_at is None]
         for q in queries:
             passing = (r for r in everyone if matching.matches(r, q))
             expected = sorted(passing, key=matching.sort_key)
