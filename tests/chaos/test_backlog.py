@@ -4,7 +4,6 @@ answers, and is journaled behind the backlog as soon as PostgreSQL is away again
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -47,15 +46,13 @@ async def test_a_write_waiting_for_its_backlog_is_journaled_when_the_breaker_reo
     trial = asyncio.create_task(api.call("GET", "/v1/agents/someone-else"))
     await eventually(lambda: state(api) == "half_open", timeout=5, message="half-open")
 
-    started = time.monotonic()
     status, answer, _ = await api.call(
         "PUT", f"/v1/agents/{agent}/load", LOAD, headers={"Idempotency-Key": "during-trial"}
     )
-    took = time.monotonic() - started
     await trial
-    # Journaled behind the backlog once the trial failed, not left to run out its deadline.
+    # Journaled behind the backlog once the trial failed, not left to run out its deadline
+    # (which ends in 503 overloaded).
     assert status == 202, (status, answer)
-    assert took < 2.5, took
     assert state(api) == "open"
     await in_thread(pg_proxy.destroy_toxic, "hang")
 

@@ -117,6 +117,8 @@ async def test_a_sidecar_behind_on_its_loop_sheds_database_work_until_it_catches
     service = app_of(api)[keys.SERVICE]
     assert service.lag is not None
     assert (await api.call("POST", "/v1/agents", agent_body("lagged")))[0] == 201
+    # The monitor stopped, so that its next on-time sample cannot end the episode mid-test.
+    await service.lag.stop()
     service.lag.behind = True  # as if the loop had stood behind for a whole window
     try:
         status, body, headers = await api.call("POST", "/v1/agents/lagged/heartbeat", {})
