@@ -1,7 +1,8 @@
 """Durable local write journal: the record behind every `202 Accepted`.
 
-While PostgreSQL is unreachable the sidecar still accepts writes, and promises (DESIGN.md, guarantee
-2) that each one is on local disk before it answers and that it is applied exactly once, or
+While PostgreSQL is unreachable the sidecar still accepts writes, and promises (the `202` row of
+the README's table of answers) that each one is on local disk before it answers `202` and that it
+is applied exactly once, or
 rejected with a reason, after the database returns, even if the sidecar restarts in between. This
 module keeps that promise for opaque operations; it knows nothing about agents.
 

@@ -1,4 +1,4 @@
-"""Bad input gets a clear problem document and changes nothing in PostgreSQL (DESIGN 1.6).
+"""Bad input gets a clear problem document and changes nothing in PostgreSQL.
 
 Every test takes a full picture of what PostgreSQL holds for its tenant (agents, performance
 events, operations, audit log, capacity counter) before the bad request, and compares after.
