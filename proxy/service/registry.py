@@ -1,7 +1,7 @@
 """The resilient registry: every operation to PostgreSQL through deadline, breaker and retry;
 reads fall back to the replica, writes to the journal; the journal drains when the breaker closes.
 
-The rules that keep the guarantees of DESIGN.md section 1:
+The rules that keep the promises of the README's table of answers:
 
 - a write answered 200/201 was committed; a write answered 202 is fsynced in the journal and is
   applied exactly once later (every write carries an op id, recorded in the ledger in the same
@@ -116,10 +116,6 @@ class DatabaseUnavailable(Exception):
         self.reason = reason
         self.sent = sent
         """The call may have reached PostgreSQL: a write's fate is then unknown."""
-
-    @property
-    def caller_deadline(self) -> bool:
-        return self.reason == DEADLINE
 
 
 def _caller_bound(exc: BaseException) -> ErrorKind:

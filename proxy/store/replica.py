@@ -381,12 +381,6 @@ class Replica:
         t.views.pop(agent_id, None)
         t.dirty.add(agent_id)
 
-    def base_version(self, tenant: str, agent_id: str) -> int:
-        """The version of the agent's row as PostgreSQL last told us (0 when none)."""
-        t = self._tenants.get(tenant)
-        rec = t.agents.get(agent_id) if t is not None else None
-        return rec.version if rec is not None else 0
-
     def has_pending(self, tenant: str, agent_id: str) -> bool:
         t = self._tenants.get(tenant)
         return bool(t and t.pending.get(agent_id))
@@ -433,10 +427,6 @@ class Replica:
                 self._refresh(t, tenant, agent_id)
             t.dirty.clear()
         return t
-
-    def all(self, tenant: str) -> list[AgentRecord]:
-        t = self._filed(tenant)
-        return list(t.current.values()) if t is not None else []
 
     def count(self, tenant: str) -> int:
         """Live agents of the tenant, journaled ones included."""
