@@ -87,7 +87,7 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
     from proxy.http import keys
     from proxy.http.auth import TokenStore
     from proxy.resilience.deadline import Deadline
-    from proxy.service.registry import RequestContext
+    from proxy.service import RequestContext
     from proxy.settings import Settings
     from proxy.store.embedded import EmbeddedPostgres
     from proxy.store.repository import request_hash

@@ -28,7 +28,7 @@ from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks
 from proxy.resilience.looplag import LoopLag
 from proxy.resilience.probe import HealthProbe
 from proxy.resilience.retry import RetryHooks
-from proxy.service.registry import RegistryService, ServiceHooks
+from proxy.service import RegistryService, ServiceHooks
 from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.journal import Journal

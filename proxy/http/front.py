@@ -24,7 +24,7 @@ from proxy.http.middleware import Gate
 from proxy.http.routes import json_response
 from proxy.observability.logging import REQUEST_ID
 from proxy.registry.models import ID_PATTERN
-from proxy.service.registry import RegistryService
+from proxy.service import RegistryService
 
 AGENT_PREFIX = "/v1/agents/"
 # Unanchored, to match from an offset: `^` matches only at the string's real start.

@@ -10,7 +10,7 @@ from proxy.http.auth import Principal, TokenStore
 from proxy.http.ratelimit import RateLimiter
 from proxy.observability.metrics import Metrics
 from proxy.resilience.probe import HealthProbe
-from proxy.service.registry import RegistryService, RequestContext
+from proxy.service import RegistryService, RequestContext
 from proxy.settings import Settings
 from proxy.store.replica_sync import ReplicaSync
 

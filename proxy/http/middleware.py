@@ -30,7 +30,7 @@ from proxy.observability.logging import REQUEST_ID
 from proxy.observability.metrics import Metrics
 from proxy.registry.errors import RegistryError
 from proxy.resilience.deadline import Deadline
-from proxy.service.registry import RequestContext
+from proxy.service import RequestContext
 from proxy.settings import Settings
 
 log = structlog.get_logger("registry_proxy.access")

@@ -42,7 +42,7 @@ from proxy.registry.models import (
     PerformanceRequest,
     RegisterRequest,
 )
-from proxy.service.registry import Answer, RequestContext
+from proxy.service import Answer, RequestContext
 from proxy.store.repository import REGISTRY_KINDS, request_hash
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -326,7 +326,7 @@ async def test_a_poisoned_journal_entry_is_retried_then_rejected_durably(
 ) -> None:
     from datetime import UTC, datetime
 
-    from proxy.service.registry import REPLAY_ATTEMPTS, journal_id
+    from proxy.service import REPLAY_ATTEMPTS, journal_id
 
     api = await make_api()
     service = app_of(api)[keys.SERVICE]

@@ -147,12 +147,12 @@ async def test_a_replica_read_always_says_why_it_did_not_come_from_postgresql(
 
 
 def test_fallback_reasons_are_the_documented_ones() -> None:
-    from proxy.service import registry
+    import proxy.service as service
 
     assert {
-        registry.UNREACHABLE,
-        registry.OVERLOAD,
-        registry.DEADLINE,
-        registry.READ_MODE,
-        registry.PENDING,
+        service.UNREACHABLE,
+        service.OVERLOAD,
+        service.DEADLINE,
+        service.READ_MODE,
+        service.PENDING,
     } == {"unreachable", "overload", "deadline", "read-mode", "pending-writes"}
