@@ -104,8 +104,3 @@ class DeadlineExceeded(RegistryError):
     slug = "deadline-exceeded"
     title = "Deadline exceeded"
 
-
-class MalformedRequest(RegistryError):
-    status = 400
-    slug = "malformed-request"
-    title = "Malformed request"

@@ -242,7 +242,6 @@ def test_unknown_kind() -> None:
         ),
         (errors.Unprocessable, 422, "invalid-request", "Request has invalid fields"),
         (errors.DeadlineExceeded, 504, "deadline-exceeded", "Deadline exceeded"),
-        (errors.MalformedRequest, 400, "malformed-request", "Malformed request"),
     ],
 )
 def test_error_types(cls: type[errors.RegistryError], status: int, slug: str, title: str) -> None:
