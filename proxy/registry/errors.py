@@ -103,4 +103,3 @@ class DeadlineExceeded(RegistryError):
     status = 504
     slug = "deadline-exceeded"
     title = "Deadline exceeded"
-
