@@ -15,7 +15,6 @@ the previous snapshot untouched.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import struct
@@ -34,7 +33,6 @@ __all__ = [
     "Snapshot",
     "read_snapshot",
     "write_snapshot",
-    "write_snapshot_async",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -118,17 +116,6 @@ def _write_all(fd: int, data: bytes) -> None:
         chunk = view[start : start + _CHUNK]
         while chunk:
             chunk = chunk[os.write(fd, chunk) :]
-
-
-async def write_snapshot_async(
-    directory: Path, data: dict[str, Any], *, watermark: int, name: str = "replica.snapshot"
-) -> Path:
-    """`write_snapshot` in a worker thread.
-
-    orjson serialises while holding the GIL, so the event loop cannot change `data` halfway
-    through the dump; it may change it before or after.
-    """
-    return await asyncio.to_thread(write_snapshot, directory, data, watermark=watermark, name=name)
 
 
 def read_snapshot(directory: Path, *, name: str = "replica.snapshot") -> Snapshot | None:

@@ -15,12 +15,7 @@ import orjson
 import pytest
 from structlog.testing import capture_logs
 
-from proxy.store.snapshot import (
-    SNAPSHOT_FORMAT_VERSION,
-    read_snapshot,
-    write_snapshot,
-    write_snapshot_async,
-)
+from proxy.store.snapshot import SNAPSHOT_FORMAT_VERSION, read_snapshot, write_snapshot
 
 NAME = "replica.snapshot"
 
@@ -80,14 +75,6 @@ def test_large_snapshot(tmp_path: Path) -> None:
     snapshot = read_snapshot(tmp_path)
     assert snapshot is not None
     assert snapshot.data["agents"] == agents
-
-
-async def test_async_write(tmp_path: Path) -> None:
-    path = await write_snapshot_async(tmp_path, {"a": [1, 2, 3]}, watermark=9, name="x.snap")
-    assert path.name == "x.snap"
-    snapshot = read_snapshot(tmp_path, name="x.snap")
-    assert snapshot is not None
-    assert snapshot.data == {"a": [1, 2, 3]}
 
 
 def test_missing_is_none_without_warning(tmp_path: Path) -> None:
