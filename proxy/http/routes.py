@@ -42,8 +42,9 @@ from proxy.registry.models import (
     PerformanceRequest,
     RegisterRequest,
 )
+from proxy.registry.requests import request_hash
 from proxy.service import Answer, RequestContext
-from proxy.store.repository import REGISTRY_KINDS, request_hash
+from proxy.store.repository import REGISTRY_KINDS
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _ID = re.compile(ID_PATTERN)

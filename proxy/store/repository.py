@@ -8,7 +8,6 @@ together or not at all. Callers never supply SQL; column names are fixed here.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +19,9 @@ import orjson
 from proxy.registry import errors, matching
 from proxy.registry.agent import HEARTBEAT_TIMEOUT, AgentRecord
 from proxy.registry.models import AgentQuery
+
+# The service and the backlog bench still take it from here.
+from proxy.registry.requests import request_hash as request_hash
 
 COLUMNS = (
     "tenant_id, agent_id, name, model_family, task_types, languages, specializations, "
@@ -55,11 +57,6 @@ def record_from_row(row: Mapping[str, Any]) -> AgentRecord:
         latency_ms_sum=float(row["latency_ms_sum"]),
         revision=row["revision"],
     )
-
-
-def request_hash(kind: str, target: str | None, body: Any, extra: Any = None) -> str:
-    blob = orjson.dumps([kind, target, body, extra], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(blob).hexdigest()
 
 
 # ---- reads -----------------------------------------------------------------------------------
