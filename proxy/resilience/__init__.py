@@ -1,42 +1,29 @@
-"""Generic resilience primitives: breaker, retry and retry budget, deadlines, classification, probe.
+"""Generic resilience primitives: breaker, retry with a budget, deadlines, bulkhead, probe.
 
-Nothing here knows about agents or HTTP; the only domain knowledge is which PostgreSQL errors mean
-an outage (:mod:`proxy.resilience.errors`). Every primitive takes keyword-only configuration with
-safe defaults and an injectable :class:`Clock`, and reports through listeners or hooks rather
-than logging or metrics of its own.
+Nothing here knows about agents, HTTP or PostgreSQL: which errors mean an outage is the caller's
+rule, passed in as a ``classify`` function (the store's says it for PostgreSQL). Every primitive
+takes keyword-only configuration with safe defaults and an injectable :class:`Clock`, and reports
+through listeners or hooks rather than logging or metrics of its own.
+
+This is the public face; the modules behind it are private to the package.
 """
 
-from proxy.resilience.breaker import (
-    BreakerOpen,
-    BreakerState,
-    CircuitBreaker,
-    Listener,
-    Permit,
-    Transition,
-)
+from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
 from proxy.resilience.budget import RetryBudget
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock, FakeClock, Sleep, SlidingWindow, SystemClock
-from proxy.resilience.deadline import Deadline, DeadlineExceeded, current_deadline, use_deadline
-from proxy.resilience.errors import (
-    BudgetExhausted,
-    BulkheadFull,
-    ErrorKind,
-    Rejected,
-    classify,
-    counts_as_failure,
-    describe,
-    is_retryable,
-    kind_of_sqlstate,
-)
+from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks, Overloaded
+from proxy.resilience.clock import SYSTEM_CLOCK, Clock, FakeClock
+from proxy.resilience.deadline import Deadline, DeadlineExceeded
+from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
+from proxy.resilience.looplag import LoopLag
 from proxy.resilience.probe import HealthProbe
-from proxy.resilience.retry import RetryHooks, backoff_ceiling, call, is_testing, set_testing
+from proxy.resilience.retry import RetryHooks, call, set_testing
 
 __all__ = [
     "SYSTEM_CLOCK",
     "BreakerOpen",
     "BreakerState",
-    "BudgetExhausted",
-    "BulkheadFull",
+    "Bulkhead",
+    "BulkheadHooks",
     "CircuitBreaker",
     "Clock",
     "Deadline",
@@ -44,24 +31,14 @@ __all__ = [
     "ErrorKind",
     "FakeClock",
     "HealthProbe",
-    "Listener",
-    "Permit",
+    "LoopLag",
+    "Overloaded",
     "Rejected",
     "RetryBudget",
     "RetryHooks",
-    "Sleep",
-    "SlidingWindow",
-    "SystemClock",
     "Transition",
-    "backoff_ceiling",
     "call",
     "classify",
-    "counts_as_failure",
-    "current_deadline",
     "describe",
-    "is_retryable",
-    "is_testing",
-    "kind_of_sqlstate",
     "set_testing",
-    "use_deadline",
 ]

@@ -57,21 +57,19 @@ class RetryBudget:
         """Count one logical call (not each attempt of it)."""
         self._window.add(1, 0)
 
-    def limit(self) -> float:
-        """How many retries the window holds right now."""
-        requests, _ = self._window.totals()
+    def _capacity(self, requests: float) -> float:
+        """How many retries a window that saw ``requests`` calls holds."""
         return self.ratio * requests + self.min_per_s * self.window_s
 
     def allowed_now(self) -> int:
         """How many more retries would be allowed if asked right now."""
         requests, retries = self._window.totals()
-        room = self.ratio * requests + self.min_per_s * self.window_s - retries
-        return max(0, math.ceil(room))
+        return max(0, math.ceil(self._capacity(requests) - retries))
 
     def try_spend(self) -> bool:
         """Take one retry from the budget if there is one; count a refusal otherwise."""
         requests, retries = self._window.totals()
-        if retries < self.ratio * requests + self.min_per_s * self.window_s:
+        if retries < self._capacity(requests):
             self._window.add(0, 1)
             return True
         self.exhausted_count += 1

@@ -18,9 +18,11 @@ itself is raised, never a wrapper.
 Backoff is "full jitter": before retry ``n`` (n = 1 after the first attempt) sleep a uniform
 random time in ``[0, min(max_s, base_s * 2 ** (n - 1))]``.
 
-The loop is tenacity's ``AsyncRetrying``: each rule above maps onto one of its hooks (``retry``
-for error kind and breaker state, ``wait`` for the jitter, ``stop`` for attempts, deadline and
-budget, ``before_sleep`` for the hook) and ``reraise=True`` hands back the original error.
+The loop is written here rather than driven by tenacity: each of its rules reads state that is
+ours (the breaker's, the deadline's, the budget's), so tenacity's ``stop``, ``wait`` and ``retry``
+would all be closures over it, and building its ``AsyncRetrying`` costs about 17 us per call
+against well under 1 us for this loop, on every database call, nearly all of which succeed at
+once. The budget is the library-less part anyway (see :mod:`proxy.resilience.budget`).
 
 Instrumentation attaches through :class:`RetryHooks`; hook exceptions are swallowed so metrics
 cannot change the outcome of a call. :func:`set_testing` turns backoff off (and can cap attempts)
@@ -36,8 +38,6 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
-
-from tenacity import AsyncRetrying, RetryCallState
 
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
@@ -188,64 +188,30 @@ async def call(
         _notify(hooks.on_call, OUTCOME_SUCCESS, duration)
         return result
 
-    def should_retry(state: RetryCallState) -> bool:
-        outcome = state.outcome
-        if outcome is None or not outcome.failed:
-            return False
-        if last_kind is not ErrorKind.INFRASTRUCTURE and last_kind is not ErrorKind.TRANSIENT:
-            return False
-        return breaker.state in _RETRY_STATES
-
-    def wait(state: RetryCallState) -> float:
-        if _testing.enabled:
-            return 0.0
-        return jitter.uniform(
-            0.0, backoff_ceiling(state.attempt_number, base_s=base_s, max_s=max_s)
-        )
-
-    def stop(state: RetryCallState) -> bool:
-        if state.attempt_number >= attempts:
-            return True
-        if state.upcoming_sleep >= deadline.remaining():
-            return True
-        if budget is not None and not budget.try_spend():
-            _notify(hooks.on_budget_exhausted)
-            return True
-        return False
-
-    def before_sleep(state: RetryCallState) -> None:
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        if exc is not None:
-            _notify(hooks.on_retry, state.attempt_number, exc, state.upcoming_sleep)
-
-    # Most calls succeed at once: the first attempt runs without building the retry loop, which
-    # costs more than a query on a warm connection. When it fails in a way worth retrying, the
-    # loop starts from that failure, so numbering, backoff, budget and hooks are unchanged.
-    try:
-        return await attempt()
-    except Exception as exc:
-        if attempts == 1 or last_kind not in _RETRY_KINDS or breaker.state not in _RETRY_STATES:
-            raise
-        first_failure: Exception | None = exc
-
-    async def replay_then_attempt() -> T:
-        nonlocal first_failure
-        if first_failure is not None:
-            failure, first_failure = first_failure, None
-            raise failure
-        return await attempt()
-
-    retrying = AsyncRetrying(
-        sleep=sleep,
-        stop=stop,
-        wait=wait,
-        retry=should_retry,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
-    result: T = await retrying(replay_then_attempt)
-    return result
+    number = 1
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if number >= attempts or last_kind not in _RETRY_KINDS:
+                raise
+            if breaker.state not in _RETRY_STATES:
+                # A failure that tripped the breaker must not be hammered again.
+                raise
+            delay = (
+                0.0
+                if _testing.enabled
+                else jitter.uniform(0.0, backoff_ceiling(number, base_s=base_s, max_s=max_s))
+            )
+            if delay >= deadline.remaining():
+                raise
+            # Asked last, so a retry that would not happen anyway does not spend the budget.
+            if budget is not None and not budget.try_spend():
+                _notify(hooks.on_budget_exhausted)
+                raise
+            _notify(hooks.on_retry, number, exc, delay)
+        await sleep(delay)
+        number += 1
 
 
 async def _bounded(fn: Callable[[float], Awaitable[T]], deadline: Deadline) -> T:

@@ -317,15 +317,6 @@ def test_an_expired_deadline_says_by_how_much() -> None:
     assert caught.value.during_call is False
 
 
-def test_tighter_keeps_the_first_of_two_equal_deadlines() -> None:
-    clock = FakeClock()
-    first = Deadline(5.0, clock=clock)
-    second = Deadline(5.0, clock=clock)
-    assert first.tighter(second) is first
-    assert second.tighter(first) is second
-    assert first.tighter(None) is first
-
-
 def test_sliding_window_counts_start_at_zero() -> None:
     clock = FakeClock()
     window = SlidingWindow(("a", "b"), window_s=1.0, buckets=2, clock=clock)
