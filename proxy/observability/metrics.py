@@ -171,7 +171,21 @@ class Metrics:
         )
         self.retries = Counter(
             PREFIX + "retries",
-            "Retried database calls by what happened next",
+            "Database attempts retried, by the kind of error that caused the retry",
+            ["kind"],
+            registry=r,
+        )
+        # Per attempt, on every database call: plain numbers, no label lookup.
+        self.db_attempts = CountsByLabel(
+            PREFIX + "db_attempts",
+            "Database call attempts by how they ended: success, infrastructure, transient, "
+            "permanent, rejected (by the breaker) or cancelled",
+            "outcome",
+        )
+        r.register(self.db_attempts)
+        self.probes = Counter(
+            PREFIX + "probes",
+            "Health probe checks while the breaker is open or half-open, by outcome",
             ["outcome"],
             registry=r,
         )
@@ -261,21 +275,17 @@ class Metrics:
             self.breaker_state.labels("postgres", state).set(1 if state == "closed" else 0)
         for outcome in ("applied", "rejected", "failed"):
             self.journal_replay.labels(outcome)
+        for kind in ("infrastructure", "transient"):
+            self.retries.labels(kind)
+        for outcome in ("ok", "failed"):
+            self.probes.labels(outcome)
         for path in ("direct", "replay"):
             self.writes_committed.labels(path)
         for state in ("in_use", "idle", "max"):
             self.pool_connections.labels(state)
 
-    def observe_request(
-        self, route: str, method: str, status: int, source: str, seconds: float
-    ) -> None:
-        self.requests.observe(route, method, status, source, seconds)
-
     def observe_db_call(self, operation: str, outcome: str, seconds: float) -> None:
         self.db_call_duration.observe((operation, outcome), seconds)
-
-    def replica_hit(self, kind: str) -> None:
-        self.replica_hits.inc(kind)
 
     def set_breaker_state(self, dependency: str, state: str) -> None:
         for s in BREAKER_STATES:

@@ -46,6 +46,8 @@ SIDECAR_SERIES = frozenset(
         "registry_proxy_breaker_state",
         "registry_proxy_breaker_transitions_total",
         "registry_proxy_retries_total",
+        "registry_proxy_db_attempts_total",
+        "registry_proxy_probes_total",
         "registry_proxy_retry_budget_exhausted_total",
         "registry_proxy_db_call_duration_seconds_bucket",
         "registry_proxy_db_call_duration_seconds_sum",

@@ -30,7 +30,7 @@ def test_latency_histogram_matches_prometheus_client() -> None:
         registry=reference_registry,
     )
     for v in values:
-        metrics.observe_request("get_agent", "GET", 200, "replica", v)
+        metrics.requests.observe("get_agent", "GET", 200, "replica", v)
         reference.labels("get_agent", "GET", "replica").observe(v)
     ours = _samples(
         generate_latest(metrics.registry).decode(), "registry_proxy_request_duration_seconds"
@@ -45,8 +45,8 @@ def test_latency_histogram_matches_prometheus_client() -> None:
 def test_requests_counted_by_route_method_status_source() -> None:
     metrics = Metrics()
     for _ in range(3):
-        metrics.observe_request("get_agent", "GET", 200, "replica", 0.001)
-    metrics.observe_request("get_agent", "GET", 404, "none", 0.001)
+        metrics.requests.observe("get_agent", "GET", 200, "replica", 0.001)
+    metrics.requests.observe("get_agent", "GET", 404, "none", 0.001)
     got = _samples(generate_latest(metrics.registry).decode(), "registry_proxy_requests")
     key = ("route", "get_agent"), ("method", "GET")
     assert got == {
@@ -71,7 +71,7 @@ def test_replica_hits_match_prometheus_client() -> None:
         registry=reference_registry,
     )
     for kind in ("get", "get", "query", "get"):
-        metrics.replica_hit(kind)
+        metrics.replica_hits.inc(kind)
         reference.labels(kind).inc()
     ours = _samples(generate_latest(metrics.registry).decode(), "registry_proxy_replica_hits")
     theirs = _samples(generate_latest(reference_registry).decode(), "registry_proxy_replica_hits")
