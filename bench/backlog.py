@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr
 
-from bench import machine
+from bench.provenance import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TENANT = "backlog"

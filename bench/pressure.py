@@ -1,7 +1,7 @@
 """``python -m bench.pressure``: many paced clients, a cut of PostgreSQL under their load, a heal.
 
 One sidecar process (``registry-proxy serve``, default settings but for the bench's rate limit and
-agent cap, see :func:`bench.sidecar`) on an embedded PostgreSQL reached through the
+agent cap, see :func:`bench.servers.sidecar`) on an embedded PostgreSQL reached through the
 Toxiproxy-compatible server (``python -m chaos.toxiproxy``), driven with the ``toxiproxy`` client.
 After seeding ``--agents`` agents, ``--clients`` clients (one aiohttp connection each) send a mix
 of 60% get by id, 15% capability queries and 25% writes (10% performance, 7% load, 6% heartbeat,
@@ -61,18 +61,10 @@ from urllib.parse import urlparse
 
 import orjson
 
-from bench import (
-    HOST,
-    QUERIES,
-    READ_TENANT,
-    Server,
-    Tokens,
-    agent_body,
-    http,
-    machine,
-    seed,
-    sidecar,
-)
+from bench.client import http
+from bench.dataset import QUERIES, READ_TENANT, agent_body, seed
+from bench.provenance import machine
+from bench.servers import HOST, Server, Tokens, sidecar
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PHASES = ("warm", "cut", "heal")
@@ -679,7 +671,7 @@ def _process_groups(sidecar_pid: int, pg_pid: int | None) -> dict[str, list[int]
     """The processes whose CPU time is reported: PostgreSQL with its backends of the moment."""
     import psutil
 
-    from bench import process_tree
+    from bench.cpu import process_tree
 
     toxi = []
     for child in psutil.Process().children(recursive=True):
@@ -758,7 +750,7 @@ async def drain(server: Server, token: str, timeout_s: float) -> tuple[bool, flo
 async def pressure(plan: Plan) -> dict[str, Any]:
     from toxiproxy import Toxiproxy
 
-    from bench import cpu_delta, cpu_snapshot
+    from bench.cpu import cpu_delta, cpu_snapshot
     from chaos.toxiproxy.testing import toxiproxy_process
     from proxy.store.embedded import EmbeddedPostgres
 

@@ -43,18 +43,11 @@ from typing import Any
 
 import orjson
 
-from bench import (
-    READ_TENANT,
-    WRITE_TENANT,
-    Server,
-    Tokens,
-    agent_body,
-    http,
-    machine,
-    seed,
-    sidecar,
-    status_of,
-)
+from bench.client import http
+from bench.dataset import READ_TENANT, WRITE_TENANT, agent_body, seed
+from bench.provenance import machine
+from bench.servers import Server, Tokens, sidecar
+from bench.status import status_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _MIB = 1024 * 1024
@@ -69,7 +62,7 @@ def _log(msg: str) -> None:
 
 def _record(i: int, rng: random.Random, now: datetime) -> Any:
     """An AgentRecord built the way rows arrive from asyncpg: every string its own object."""
-    from bench import LANGUAGES, SPECIALIZATIONS, TASK_TYPES
+    from bench.dataset import LANGUAGES, SPECIALIZATIONS, TASK_TYPES
     from proxy.registry.agent import AgentRecord
 
     def fresh(s: str) -> str:

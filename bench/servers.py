@@ -1,0 +1,192 @@
+"""The servers under test, each in a process of its own: the sidecar and the two baselines.
+
+A server never shares an event loop (or a process) with the load generator or the harness, so
+what is measured is the server's own cost; its output goes to a log file the harness reads back
+for errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.client import http
+from bench.dataset import BASELINE_WRITE_TENANT, READ_TENANT, WRITE_TENANT
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """One writer token per tenant (a writer may also read)."""
+
+    read_tenant: str
+    write_tenant: str
+
+    @classmethod
+    def new(cls) -> Tokens:
+        return cls("bench-" + secrets.token_hex(16), "bench-w-" + secrets.token_hex(16))
+
+    def spec(self) -> str:
+        """The value of REGISTRY_PROXY_TOKENS."""
+        return orjson.dumps(
+            [
+                {"token": self.read_tenant, "tenant": READ_TENANT, "role": "writer", "id": "bench"},
+                {
+                    "token": self.write_tenant,
+                    "tenant": WRITE_TENANT,
+                    "role": "writer",
+                    "id": "bench-w",
+                },
+            ]
+        ).decode()
+
+
+class Server:
+    """One server under test in its own process; output goes to a log file."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path, env: dict[str, str]):
+        self.name = name
+        self.cmd = cmd
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def error_lines(self, limit: int = 10) -> dict[str, Any]:
+        """Log lines at level error (the sidecar logs JSON lines): how many, and the first few
+        (time, route, event and the end of the traceback, where the cause is)."""
+        count, first = 0, list[dict[str, Any]]()
+        try:
+            with self.log_path.open("rb") as f:
+                for line in f:
+                    if b'"level":"error"' not in line and b'"level": "error"' not in line:
+                        continue
+                    count += 1
+                    if len(first) >= limit:
+                        continue
+                    try:
+                        rec = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        first.append({"line": line.decode(errors="replace")[-800:]})
+                        continue
+                    first.append(
+                        {
+                            "timestamp": rec.get("timestamp"),
+                            "route": rec.get("route"),
+                            "event": rec.get("event"),
+                            "exception_tail": str(rec.get("exception", ""))[-800:],
+                        }
+                    )
+        except OSError:
+            pass
+        return {"count": count, "first": first}
+
+    async def wait_until(self, path: str, timeout_s: float, token: str | None = None) -> None:
+        """Until `path` answers 200 (bounded by `timeout_s`)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            try:
+                status, _ = await http(self.url + path, token=token, timeout_s=2.0)
+            except OSError:
+                status = 0
+            if status == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not answering {path} in {timeout_s}s:\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def sidecar(
+    name: str,
+    *,
+    dsn: str,
+    tokens: Tokens,
+    workdir: Path,
+    read_mode: str = "database",
+    extra_env: dict[str, str] | None = None,
+) -> Server:
+    """The sidecar as in production (`registry-proxy serve`), with these bench settings:
+
+    - the per-token rate limit stays in the request path but cannot refuse (1e6/s): one token
+      sends the whole load;
+    - max_agents is raised: the write workloads register tens of thousands of agents;
+    - logs at the default level `info`, as JSON lines, to a file; with the default `log.access`
+      off, only requests answered with an error get a line (set
+      REGISTRY_PROXY_LOG__ACCESS=true in the environment to measure a line per request).
+    """
+    port = free_port()
+    journal = workdir / f"{name}-journal"
+    env = {
+        **os.environ,
+        "REGISTRY_PROXY_DATABASE_URL": dsn,
+        "REGISTRY_PROXY_TOKENS": tokens.spec(),
+        "REGISTRY_PROXY_HOST": HOST,
+        "REGISTRY_PROXY_PORT": str(port),
+        "REGISTRY_PROXY_JOURNAL__DIR": str(journal),
+        "REGISTRY_PROXY_READ_MODE": read_mode,
+        "REGISTRY_PROXY_RATE_LIMIT__RATE_PER_S": "1000000",
+        "REGISTRY_PROXY_RATE_LIMIT__BURST": "1000000",
+        "REGISTRY_PROXY_MAX_AGENTS": "1000000",
+        "REGISTRY_PROXY_LOG__FORMAT": "json",
+        **(extra_env or {}),
+    }
+    cmd = [sys.executable, "-m", "proxy", "serve"]
+    return Server(name, cmd, port, workdir / f"{name}.log", env)
+
+
+def baseline(name: str, kind: str, *, workdir: Path, dsn: str | None = None) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.baselines", kind, "--port", str(port)]
+    if dsn is not None:
+        cmd += ["--dsn", dsn, "--tenant", READ_TENANT, "--write-tenant", BASELINE_WRITE_TENANT]
+    return Server(name, cmd, port, workdir / f"{name}.log", dict(os.environ))
