@@ -3,20 +3,18 @@
 Other packages import from here only, never from the modules inside.
 """
 
-from proxy.service.registry import (
+from proxy.service.context import (
     DEADLINE,
     OVERLOAD,
     PENDING,
     READ_MODE,
-    REPLAY_ATTEMPTS,
     UNREACHABLE,
     Answer,
-    DatabaseUnavailable,
-    RegistryService,
     RequestContext,
     ServiceHooks,
     journal_id,
 )
+from proxy.service.registry import REPLAY_ATTEMPTS, DatabaseUnavailable, RegistryService
 
 __all__ = [
     "DEADLINE",

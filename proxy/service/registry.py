@@ -30,8 +30,7 @@ import contextlib
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -48,6 +47,19 @@ from proxy.resilience.deadline import Deadline
 from proxy.resilience.deadline import DeadlineExceeded as DeadlineExceededError
 from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
 from proxy.resilience.looplag import LoopLag
+from proxy.service.context import (
+    DEADLINE,
+    OVERLOAD,
+    PENDING,
+    READ_MODE,
+    UNREACHABLE,
+    Answer,
+    RequestContext,
+    ServiceHooks,
+    journal_id,
+    op_id_of,
+    utc_now,
+)
 from proxy.settings import ReadMode, Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.db import Database
@@ -60,48 +72,8 @@ T = TypeVar("T")
 _UNAVAILABLE_KINDS = (ErrorKind.INFRASTRUCTURE, ErrorKind.TRANSIENT, ErrorKind.REJECTED)
 _OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
-# Why a read came from the replica (`X-Registry-Fallback`), and why a database call failed.
-UNREACHABLE = "unreachable"
-OVERLOAD = "overload"
-DEADLINE = "deadline"
-READ_MODE = "read-mode"
-PENDING = "pending-writes"
 # Unexpected failures of one journal entry before it is rejected rather than retried.
 REPLAY_ATTEMPTS = 5
-
-
-@dataclass(slots=True)  # not frozen: a frozen init costs four times as much, per request
-class RequestContext:
-    tenant: str
-    actor: str
-    request_id: str
-    deadline: Deadline
-    client_deadline: bool = False
-    """True when the caller shortened the deadline (X-Request-Timeout): running out of it then
-    says nothing about PostgreSQL, so it is not counted against it."""
-
-
-@dataclass(slots=True)
-class Answer:
-    status: int
-    body: Any  # a JSON-able value, or bytes already encoded as JSON
-    source: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class ServiceHooks:
-    """Instrumentation points; the app wires metrics and logs here, tests may leave them."""
-
-    db_call: Callable[[str, str, float], None] = lambda op, outcome, seconds: None
-    replica_hit: Callable[[str], None] = lambda kind: None
-    journal_append: Callable[[], None] = lambda: None
-    committed: Callable[[str], None] = lambda path: None
-    replayed: Callable[[str], None] = lambda outcome: None
-    retry: retry.RetryHooks | None = None
-    shed: Callable[[str], None] = lambda reason: None
-    """A request refused for lack of capacity: `loop-lag`, `queue-full`, `queue-timeout`,
-    `backlog` (an agent's journaled writes still being applied)."""
 
 
 class DatabaseUnavailable(Exception):
@@ -122,15 +94,6 @@ def _caller_bound(exc: BaseException) -> ErrorKind:
     if isinstance(exc, DeadlineExceededError):
         return ErrorKind.REJECTED
     return classify(exc)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def journal_id(tenant: str, op_id: str) -> str:
-    """Journal ids are global; op ids (Idempotency-Keys) are per tenant. '/' is not in either."""
-    return f"{tenant}/{op_id}"
 
 
 class RegistryService:
@@ -445,7 +408,7 @@ class RegistryService:
             return self._agent_from_replica(rep, ctx, agent_id, exc, exc.reason)
         if rec is None:
             raise errors.NotFound(f"agent {agent_id!r} is not registered")
-        return Answer(200, rec.public_json(_now()), "database", {"ETag": f'"{rec.revision}"'})
+        return Answer(200, rec.public_json(utc_now()), "database", {"ETag": f'"{rec.revision}"'})
 
     def _agent_from_replica(
         self,
@@ -463,7 +426,7 @@ class RegistryService:
         self.hooks.replica_hit("get")
         headers = self._replica_headers(rep, reason)
         headers["ETag"] = f'"{rec.revision}"'
-        return Answer(200, rec.public_json(_now()), "replica", headers)
+        return Answer(200, rec.public_json(utc_now()), "replica", headers)
 
     async def query(self, ctx: RequestContext, q: AgentQuery) -> Answer:
         reason = self._replica_first(ctx.tenant)
@@ -479,7 +442,7 @@ class RegistryService:
             )
         except DatabaseUnavailable as exc:
             return self._query_from_replica(self._replica_for(ctx, exc), ctx, q, exc.reason)
-        return Answer(200, {"results": matching.rank(rows, q, _now())}, "database")
+        return Answer(200, {"results": matching.rank(rows, q, utc_now())}, "database")
 
     def _query_from_replica(
         self, rep: Replica, ctx: RequestContext, q: AgentQuery, reason: str
@@ -489,7 +452,7 @@ class RegistryService:
         headers = self._replica_headers(rep, reason)
         if rep.partial:
             headers["X-Registry-Partial"] = "true"
-        return Answer(200, {"results": matching.rank(rows, q, _now())}, "replica", headers)
+        return Answer(200, {"results": matching.rank(rows, q, utc_now())}, "replica", headers)
 
     async def stats(self, ctx: RequestContext) -> Answer:
         reason = self._replica_first(ctx.tenant)
@@ -511,7 +474,7 @@ class RegistryService:
         self.hooks.replica_hit("stats")
         return Answer(
             200,
-            rep.tenant_stats(ctx.tenant, _now()),
+            rep.tenant_stats(ctx.tenant, utc_now()),
             "replica",
             self._replica_headers(rep, reason),
         )
@@ -619,7 +582,7 @@ class RegistryService:
         wctx = repository.WriteContext(
             ctx.tenant, ctx.actor, ctx.request_id, self.settings.max_agents
         )
-        now = _now()
+        now = utc_now()
         try:
             outcome = await self._db(
                 ctx.deadline,
@@ -758,7 +721,7 @@ class RegistryService:
         if journal is None or rejecting:
             raise self._unavailable(exc, "write_fallback is 'reject'")
         jid = journal_id(ctx.tenant, op_id)
-        received = _now()
+        received = utc_now()
         try:
             entry = await journal.append(
                 op_id=jid,
@@ -818,7 +781,7 @@ class RegistryService:
     def _overlay(self, entry: JournalEntry) -> None:
         if self.replica is None or entry.kind not in repository.REGISTRY_KINDS:
             return
-        op_id = entry.op_id.partition("/")[2]
+        op_id = op_id_of(entry.op_id)
         self.replica.add_pending(
             entry.tenant,
             entry.key,
@@ -918,7 +881,7 @@ class RegistryService:
         deadline = Deadline.after(
             max(self.settings.request.default_timeout_ms / 1000, _REPLAY_BATCH_TIMEOUT_S)
         )
-        now = _now()
+        now = utc_now()
         try:
             applied = await self._db(
                 deadline,
@@ -949,7 +912,7 @@ class RegistryService:
         # await between, so no read sees a write twice or not at all.
         if rep is not None:
             for entry, status, _reason, _record in results:
-                rep.drop_pending(entry.tenant, entry.key, entry.op_id.partition("/")[2])
+                rep.drop_pending(entry.tenant, entry.key, op_id_of(entry.op_id))
                 if entry.kind == "performance" and status is OpStatus.APPLIED:
                     event_id = entry.payload["payload"]["body"]["event_id"]
                     rep.event_counted(entry.tenant, entry.key, event_id)
@@ -981,7 +944,7 @@ class RegistryService:
             else:
                 log.warning(
                     "journaled write rejected on replay",
-                    op_id=entry.op_id.partition("/")[2],
+                    op_id=op_id_of(entry.op_id),
                     reason=reason,
                 )
         finished = len(results)
@@ -999,7 +962,7 @@ class RegistryService:
         and only after several failures rejected, durably and with the reason, so one poisoned
         entry cannot block the journal for ever. Returns 1 when it left the journal."""
         assert self.journal is not None
-        op_id = entry.op_id.partition("/")[2]
+        op_id = op_id_of(entry.op_id)
         failures = self._replay_failures.get(entry.op_id, 0) + 1
         self._replay_failures[entry.op_id] = failures
         log.error("journal entry not applied", op_id=op_id, attempt=failures, error=describe(exc))
@@ -1118,7 +1081,7 @@ async def _apply_batch(
                     kind=entry.kind,
                     payload=meta["payload"],
                     render=lambda rec: rec.to_public(now),
-                    op_id=entry.op_id.partition("/")[2],
+                    op_id=op_id_of(entry.op_id),
                     req_hash=meta.get("hash", ""),
                 )
             except errors.RegistryError as exc:

@@ -1,0 +1,73 @@
+"""The words the service's parts share with each other and with the HTTP layer: what a request
+brings (its tenant, actor and deadline), what it gets back (an answer and where it came from),
+where the app attaches its instruments, and why an answer did not come from PostgreSQL.
+
+They live apart from the operations so that each part of the service, and each caller, can name
+them without importing the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from proxy.resilience import retry
+from proxy.resilience.deadline import Deadline
+
+# Why a read came from the replica (`X-Registry-Fallback`), and why a database call failed.
+UNREACHABLE = "unreachable"
+OVERLOAD = "overload"
+DEADLINE = "deadline"
+READ_MODE = "read-mode"
+PENDING = "pending-writes"
+
+
+@dataclass(slots=True)  # not frozen: a frozen init costs four times as much, per request
+class RequestContext:
+    tenant: str
+    actor: str
+    request_id: str
+    deadline: Deadline
+    client_deadline: bool = False
+    """True when the caller shortened the deadline (X-Request-Timeout): running out of it then
+    says nothing about PostgreSQL, so it is not counted against it."""
+
+
+@dataclass(slots=True)
+class Answer:
+    status: int
+    body: Any  # a JSON-able value, or bytes already encoded as JSON
+    source: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ServiceHooks:
+    """Instrumentation points; the app wires metrics and logs here, tests may leave them."""
+
+    db_call: Callable[[str, str, float], None] = lambda op, outcome, seconds: None
+    replica_hit: Callable[[str], None] = lambda kind: None
+    journal_append: Callable[[], None] = lambda: None
+    committed: Callable[[str], None] = lambda path: None
+    replayed: Callable[[str], None] = lambda outcome: None
+    retry: retry.RetryHooks | None = None
+    shed: Callable[[str], None] = lambda reason: None
+    """A request refused for lack of capacity: `loop-lag`, `queue-full`, `queue-timeout`,
+    `backlog` (an agent's journaled writes still being applied)."""
+
+
+def journal_id(tenant: str, op_id: str) -> str:
+    """Journal ids are global; op ids (Idempotency-Keys) are per tenant. '/' is not in either."""
+    return f"{tenant}/{op_id}"
+
+
+def op_id_of(jid: str) -> str:
+    """The op id (the tenant's Idempotency-Key) inside a journal id."""
+    return jid.partition("/")[2]
+
+
+def utc_now() -> datetime:
+    """The time answers are rendered at (an agent's liveness is judged against it)."""
+    return datetime.now(UTC)
