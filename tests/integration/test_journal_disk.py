@@ -17,8 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
-from proxy.store.journal import JOURNAL_FILE
-from proxy.store.journal_format import TYPE_ENTRY, parse
+from proxy.store.journal import JOURNAL_FILE, codec
 from tests.conftest import AppFactory, Tokens, agent_body, eventually
 from tests.sidecar import SidecarProcess, request
 from tests.small_fs import small_filesystem
@@ -140,9 +139,9 @@ def _last_entry(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     offset, last = 0, None
     while offset < len(data):
-        parsed = parse(data, offset)
+        parsed = codec.parse(data, offset)
         assert not isinstance(parsed, str), (offset, parsed)
-        if parsed.rtype == TYPE_ENTRY:
+        if parsed.rtype == codec.TYPE_ENTRY:
             last = (offset, parsed.end)
         offset = parsed.end
     assert last is not None

@@ -32,16 +32,8 @@ from proxy.store.journal import (
     JournalError,
     JournalFull,
     OpStatus,
+    codec,
     inspect_journal,
-)
-from proxy.store.journal_format import (
-    COMMIT_RECORD_SIZE,
-    REASON_MAX_BYTES,
-    TYPE_COMMIT,
-    TYPE_ENTRY,
-    encode,
-    outcome_bound,
-    parse,
 )
 from tests.small_fs import small_filesystem
 
@@ -76,7 +68,7 @@ def _spans(path: Path) -> list[tuple[int, int, int]]:
     data = path.read_bytes()
     spans, offset = [], 0
     while offset < len(data):
-        parsed = parse(data, offset)
+        parsed = codec.parse(data, offset)
         assert not isinstance(parsed, str), (offset, parsed)
         spans.append((offset, parsed.rtype, parsed.end))
         offset = parsed.end
@@ -84,7 +76,9 @@ def _spans(path: Path) -> list[tuple[int, int, int]]:
 
 
 def _last_entry(path: Path) -> tuple[int, int]:
-    return next((start, end) for start, rtype, end in reversed(_spans(path)) if rtype == TYPE_ENTRY)
+    return next(
+        (start, end) for start, rtype, end in reversed(_spans(path)) if rtype == codec.TYPE_ENTRY
+    )
 
 
 class FsyncCounter:
@@ -410,7 +404,7 @@ async def _journal_with_tail(directory: Path, last: str) -> tuple[int, int]:
 
 def test_record_layout_is_the_documented_one() -> None:
     body = b'{"next_seq":1}'
-    assert encode(ord("M"), body) == _record(2, ord("M"), body)
+    assert codec.encode(ord("M"), body) == _record(2, ord("M"), body)
 
 
 async def test_every_write_ends_with_a_commit_record(tmp_path: Path) -> None:
@@ -418,8 +412,8 @@ async def test_every_write_ends_with_a_commit_record(tmp_path: Path) -> None:
         await asyncio.gather(*(_append(journal, n) for n in range(5)))
         await journal.complete("op-1", OpStatus.APPLIED)
     spans = _spans(tmp_path / JOURNAL_FILE)
-    assert spans[-1][1] == TYPE_COMMIT
-    assert spans[-1][2] - spans[-1][0] == COMMIT_RECORD_SIZE
+    assert spans[-1][1] == codec.TYPE_COMMIT
+    assert spans[-1][2] - spans[-1][0] == codec.COMMIT_RECORD_SIZE
     # meta, then the batches of the five entries, then the outcome: each closed by a commit
     kinds = [chr(rtype) for _, rtype, _ in spans]
     assert kinds[:2] == ["M", "C"]
@@ -436,7 +430,7 @@ async def test_torn_tail_past_the_last_commit_is_cut_at_every_point(
     data = (source / JOURNAL_FILE).read_bytes()
     assert len(data) == end
     survivors = ["op-1", "op-2"] if last == "entry" else ["op-1", "op-2", "op-3"]
-    record_end = end - COMMIT_RECORD_SIZE
+    record_end = end - codec.COMMIT_RECORD_SIZE
 
     # A crash during the last batch's write leaves any prefix of it: never acknowledged.
     for cut in range(1, end - start):
@@ -473,8 +467,8 @@ async def test_whole_records_without_their_commit_record_are_a_torn_tail(tmp_pat
     _crash(tmp_path)
     # Two complete entries of a batch whose commit record never reached the disk.
     orphans = b"".join(
-        encode(
-            TYPE_ENTRY,
+        codec.encode(
+            codec.TYPE_ENTRY,
             orjson.dumps(
                 {
                     "seq": 10 + n,
@@ -563,7 +557,7 @@ async def test_damaged_last_acknowledged_record_refuses_to_open(
     assert report["message"] == message
 
 
-@pytest.mark.parametrize("cut", [1, 7, COMMIT_RECORD_SIZE, COMMIT_RECORD_SIZE + 7])
+@pytest.mark.parametrize("cut", [1, 7, codec.COMMIT_RECORD_SIZE, codec.COMMIT_RECORD_SIZE + 7])
 async def test_cleanly_closed_journal_cut_short_refuses_to_open(tmp_path: Path, cut: int) -> None:
     _, end = await _journal_with_tail(tmp_path, "entry")
     path = tmp_path / JOURNAL_FILE
@@ -591,7 +585,7 @@ async def test_record_missing_from_a_batch_refuses_to_open(tmp_path: Path) -> No
     spans = _spans(path)
     # Find a batch of several entries (group commit) and cut one whole record out of it.
     for i in range(len(spans) - 2):
-        if spans[i][1] == spans[i + 1][1] == TYPE_ENTRY:
+        if spans[i][1] == spans[i + 1][1] == codec.TYPE_ENTRY:
             start, _, end = spans[i + 1]
             break
     else:
@@ -632,7 +626,7 @@ async def test_corruption_in_the_middle_refuses_to_open(tmp_path: Path, where: s
 async def test_quarantine_sets_damaged_bytes_aside_and_reports_them(tmp_path: Path) -> None:
     await _journal_with_tail(tmp_path, "entry")
     path = tmp_path / JOURNAL_FILE
-    second = [span for span in _spans(path) if span[1] == TYPE_ENTRY][1]
+    second = [span for span in _spans(path) if span[1] == codec.TYPE_ENTRY][1]
     data = bytearray(path.read_bytes())
     data[second[2] - 3] ^= 0x10
     path.write_bytes(bytes(data))
@@ -680,7 +674,7 @@ async def test_quarantine_sets_damaged_bytes_aside_and_reports_them(tmp_path: Pa
 async def test_quarantine_of_a_cut_clean_close_keeps_every_record(tmp_path: Path) -> None:
     _, end = await _journal_with_tail(tmp_path, "entry")
     path = tmp_path / JOURNAL_FILE
-    fragment = path.read_bytes()[end - COMMIT_RECORD_SIZE : end - 7]
+    fragment = path.read_bytes()[end - codec.COMMIT_RECORD_SIZE : end - 7]
     with path.open("r+b") as f:
         f.truncate(end - 7)
     journal = await Journal.open(tmp_path, on_damage="quarantine")
@@ -781,7 +775,7 @@ async def test_outcomes_survive_restart(tmp_path: Path) -> None:
 async def test_reserve_holds_room_for_the_outcome_of_every_pending_entry(tmp_path: Path) -> None:
     async with await Journal.open(tmp_path, reserve_bytes=4096) as journal:
         entries = [await _append(journal, n) for n in range(10)]
-        need = 4096 + sum(outcome_bound(entry.op_id) for entry in entries)
+        need = 4096 + sum(codec.outcome_bound(entry.op_id) for entry in entries)
         disk = journal.stats()["disk"]
         assert disk["reserve_needed_bytes"] == need
         assert disk["reserve_bytes"] >= need
@@ -790,9 +784,9 @@ async def test_reserve_holds_room_for_the_outcome_of_every_pending_entry(tmp_pat
         await journal.complete("op-0", OpStatus.REJECTED, "why " * 500)
         outcome = journal.outcome("op-0")
         assert outcome is not None and outcome.reason is not None
-        assert len(orjson.dumps(outcome.reason)) <= REASON_MAX_BYTES
+        assert len(orjson.dumps(outcome.reason)) <= codec.REASON_MAX_BYTES
         assert outcome.reason.endswith("\u2026")
-        assert journal.stats()["disk"]["reserve_needed_bytes"] == need - outcome_bound("op-0")
+        assert journal.stats()["disk"]["reserve_needed_bytes"] == need - codec.outcome_bound("op-0")
 
 
 async def test_no_room_for_the_reserve_refuses_entries_but_not_outcomes(

@@ -12,7 +12,7 @@ import zlib
 import orjson
 import pytest
 
-from proxy.store import journal_format as jf
+from proxy.store.journal import codec as jf
 
 
 def entry(body: bytes = b'{"e":1}', version: int = jf.FORMAT_VERSION) -> bytes:

@@ -51,7 +51,7 @@ tell: after a crash (no seal), damage to the commit record of the last batch, or
 cut off into it, looks exactly like a torn write, and that batch is cut as such.
 
 Disk space: `journal.reserve` is kept as large as `reserve_bytes` plus the most that the outcomes
-of all pending entries can take (an outcome is bounded: `journal_format.outcome_bound`, about
+of all pending entries can take (an outcome is bounded: `codec.outcome_bound`, about
 0.4 KiB). An entry is taken only if the reserve can grow to cover its outcome and its own bytes
 can be written; otherwise it is refused with JournalFull, nothing of it stays on disk, and the
 journal reports itself full.
@@ -85,7 +85,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import structlog
 
-from proxy.store.journal_format import (
+from proxy.store.journal.codec import (
     COMMIT_RECORD_SIZE,
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
@@ -105,7 +105,7 @@ from proxy.store.journal_format import (
     outcome_bound,
     scan,
 )
-from proxy.store.journal_space import (
+from proxy.store.journal.space import (
     RESERVE_FILE,
     Reserve,
     free_bytes,

@@ -1,5 +1,5 @@
 """Bytes of the write journal: record framing, commit records, the clean-close seal and the
-recovery scan. Pure functions over bytes; `proxy.store.journal` does the I/O and describes the
+recovery scan. Pure functions over bytes; `journal.py` beside it does the I/O and describes the
 on-disk format in its module docstring.
 """
 
