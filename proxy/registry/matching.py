@@ -22,8 +22,8 @@ are compared after rounding to 9 decimals so the database path and the replica p
 the same floats in the same way, can never disagree because of the last bit.
 
 The database path filters and scores in SQL, keeps the few rows that can reach the top ``limit``
-(`proxy.store.repository.query_agents`) and calls `rank` on them; the replica path filters with
-`matches` and calls the same `rank`.
+(`proxy.store.repository.reads.query_agents`) and calls `rank` on them; the replica path
+filters with `matches` and calls the same `rank`.
 """
 
 from __future__ import annotations

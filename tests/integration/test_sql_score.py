@@ -1,4 +1,4 @@
-"""PostgreSQL's score of an agent (`repository._SCORE`) is `matching.score`, to the last bit.
+"""PostgreSQL's score of an agent (`repository.reads._SCORE`) is `matching.score`, to the last bit.
 
 The database path keeps only the agents that can rank in the top of a query by that score; the
 order itself is decided in Python. Equality here is what the cutoff's margin does not rely on,
@@ -13,7 +13,7 @@ import asyncpg
 
 from proxy.registry import matching
 from proxy.registry.agent import AgentRecord
-from proxy.store.repository import _SCORE
+from proxy.store.repository.reads import _SCORE
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -1,0 +1,55 @@
+"""The registry's SQL: reads, every write as one function of (kind, payload), and the ledger
+that makes each write happen exactly once.
+
+Callers import from here; the modules split it by concept:
+
+- `rows`: the agents table's columns and the record built from a row;
+- `reads`: agents, statistics and the capability query with its scoring SQL;
+- `writes`: the effect of each kind of write;
+- `ledger`: a write run with its ledger entry and audit row, exactly once per op id, and the
+  ledger's and audit log's own reads.
+"""
+
+from __future__ import annotations
+
+from proxy.registry.requests import request_hash
+from proxy.store.repository.ledger import (
+    WriteOutcome,
+    execute_write,
+    fetch_audit,
+    fetch_operation,
+    prune_ledger,
+    record_rejection,
+)
+from proxy.store.repository.reads import (
+    fetch_agent,
+    fetch_all,
+    fetch_changes_since,
+    fetch_rows,
+    fetch_stats,
+    query_agents,
+)
+from proxy.store.repository.rows import COLUMNS, record_from_row
+from proxy.store.repository.writes import REGISTRY_KINDS, WriteContext, target_of
+
+__all__ = [
+    "COLUMNS",
+    "REGISTRY_KINDS",
+    "WriteContext",
+    "WriteOutcome",
+    "execute_write",
+    "fetch_agent",
+    "fetch_all",
+    "fetch_audit",
+    "fetch_changes_since",
+    "fetch_operation",
+    "fetch_rows",
+    "fetch_stats",
+    "prune_ledger",
+    "query_agents",
+    "record_from_row",
+    "record_rejection",
+    # The service and the backlog bench still take it from here; it lives in the domain.
+    "request_hash",
+    "target_of",
+]
