@@ -14,7 +14,8 @@ from proxy.service.context import (
     ServiceHooks,
     journal_id,
 )
-from proxy.service.registry import REPLAY_ATTEMPTS, DatabaseUnavailable, RegistryService
+from proxy.service.database_call import DatabaseUnavailable
+from proxy.service.registry import REPLAY_ATTEMPTS, RegistryService
 
 __all__ = [
     "DEADLINE",

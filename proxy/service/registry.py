@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import math
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -39,13 +39,11 @@ import structlog
 from proxy.registry import errors, matching
 from proxy.registry.agent import AgentRecord
 from proxy.registry.models import AgentQuery
-from proxy.resilience import retry
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
-from proxy.resilience.bulkhead import Bulkhead, Overloaded
+from proxy.resilience.bulkhead import Bulkhead
 from proxy.resilience.deadline import Deadline
-from proxy.resilience.deadline import DeadlineExceeded as DeadlineExceededError
-from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
+from proxy.resilience.errors import ErrorKind, classify, describe
 from proxy.resilience.looplag import LoopLag
 from proxy.service.context import (
     DEADLINE,
@@ -60,6 +58,7 @@ from proxy.service.context import (
     op_id_of,
     utc_now,
 )
+from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
 from proxy.settings import ReadMode, Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.db import Database
@@ -69,31 +68,9 @@ from proxy.store.replica import PendingWrite, Replica
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
-_UNAVAILABLE_KINDS = (ErrorKind.INFRASTRUCTURE, ErrorKind.TRANSIENT, ErrorKind.REJECTED)
-_OPEN_STATES = (BreakerState.OPEN, BreakerState.FORCED_OPEN)
 
 # Unexpected failures of one journal entry before it is rejected rather than retried.
 REPLAY_ATTEMPTS = 5
-
-
-class DatabaseUnavailable(Exception):
-    """A database call that gave no answer, and why: `unreachable` (PostgreSQL failed or the
-    breaker refused), `overload` (no capacity here) or `deadline` (the caller's own)."""
-
-    def __init__(
-        self, message: str, retry_after: float, *, reason: str = UNREACHABLE, sent: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.reason = reason
-        self.sent = sent
-        """The call may have reached PostgreSQL: a write's fate is then unknown."""
-
-
-def _caller_bound(exc: BaseException) -> ErrorKind:
-    if isinstance(exc, DeadlineExceededError):
-        return ErrorKind.REJECTED
-    return classify(exc)
 
 
 class RegistryService:
@@ -119,6 +96,15 @@ class RegistryService:
         self.hooks = hooks or ServiceHooks()
         self.bulkhead = bulkhead
         self.lag = lag
+        self._database = DatabaseCall(
+            settings=settings,
+            database=database,
+            breaker=breaker,
+            budget=budget,
+            hooks=self.hooks,
+            bulkhead=bulkhead,
+            lag=lag,
+        )
         # Requests with an Idempotency-Key in progress, by journal id: one at a time per key.
         self._key_locks: dict[str, asyncio.Lock] = {}
         # Writes waiting for their agent's journaled backlog to be applied, by (tenant, agent).
@@ -185,132 +171,6 @@ class RegistryService:
     def wake_replay(self) -> None:
         self._replay_wake.set()
 
-    # -- the database path -----------------------------------------------------------------
-
-    async def _db(
-        self,
-        deadline: Deadline,
-        operation: str,
-        fn: Callable[[asyncpg.Connection], Awaitable[T]],
-        *,
-        caller_deadline: bool = False,
-        background: bool = False,
-    ) -> T:
-        """Run ``fn`` on a pooled connection under the breaker, retries and ``deadline``.
-
-        A request first takes its turn in the bulkhead (background work has connections of its
-        own and skips it). Raises `DatabaseUnavailable` with the reason when there is no answer.
-        """
-        if self._breaker_refuses():
-            # Fail fast without building a call, a permit and an exception chain: during an
-            # outage this is every write (reads the replica can serve never get here).
-            breaker = self.breaker
-            self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
-            raise DatabaseUnavailable(
-                f"circuit breaker is {breaker.state.value}", max(breaker.retry_after(), 1.0)
-            )
-        bulkhead = None if background else self.bulkhead
-        if bulkhead is not None:
-            await self._enter_bulkhead(bulkhead, deadline, operation, caller_deadline)
-        try:
-            return await self._call(deadline, operation, fn, caller_deadline)
-        finally:
-            if bulkhead is not None:
-                bulkhead.release()
-
-    async def _enter_bulkhead(
-        self, bulkhead: Bulkhead, deadline: Deadline, operation: str, caller_deadline: bool
-    ) -> None:
-        lag = self.lag
-        if lag is not None and lag.behind:
-            self.hooks.shed("loop-lag")
-            self.hooks.db_call(operation, OVERLOAD, 0.0)
-            raise DatabaseUnavailable(
-                "the sidecar is behind on its own work (event loop lag "
-                f"{lag.last_s * 1000:.0f} ms); try again shortly",
-                1.0,
-                reason=OVERLOAD,
-            )
-        try:
-            await bulkhead.acquire(deadline)
-        except Overloaded as exc:
-            self.hooks.shed(exc.reason)
-            if caller_deadline and deadline.expired():
-                self.hooks.db_call(operation, DEADLINE, 0.0)
-                raise DatabaseUnavailable(
-                    "X-Request-Timeout passed while waiting for a database connection",
-                    1.0,
-                    reason=DEADLINE,
-                ) from exc
-            self.hooks.db_call(operation, OVERLOAD, 0.0)
-            raise DatabaseUnavailable(str(exc), exc.retry_after, reason=OVERLOAD) from exc
-
-    async def _call(
-        self,
-        deadline: Deadline,
-        operation: str,
-        fn: Callable[[asyncpg.Connection], Awaitable[T]],
-        caller_deadline: bool,
-    ) -> T:
-        reached = False  # whether any attempt got a connection and began its statements
-
-        async def attempt(timeout: float) -> T:
-            nonlocal reached
-            async with self.db.connection(timeout) as conn:
-                reached = True
-                return await fn(conn)
-
-        r = self.settings.retry
-        started = self.breaker.clock.monotonic()
-        try:
-            result = await retry.call(
-                attempt,
-                breaker=self.breaker,
-                budget=self.budget,
-                deadline=deadline,
-                attempts=r.attempts,
-                base_s=r.base_ms / 1000,
-                max_s=r.max_ms / 1000,
-                hooks=self.hooks.retry,
-                classify=_caller_bound if caller_deadline else classify,
-            )
-        except Exception as exc:
-            kind = classify(exc)
-            elapsed = self.breaker.clock.monotonic() - started
-            if caller_deadline and isinstance(exc, DeadlineExceededError):
-                self.hooks.db_call(operation, DEADLINE, elapsed)
-                raise DatabaseUnavailable(describe(exc), 1.0, reason=DEADLINE) from exc
-            if isinstance(exc, Overloaded):
-                self.hooks.db_call(operation, OVERLOAD, elapsed)
-                raise DatabaseUnavailable(str(exc), exc.retry_after, reason=OVERLOAD) from exc
-            self.hooks.db_call(operation, kind.value, elapsed)
-            if isinstance(exc, errors.RegistryError):
-                raise
-            if kind in _UNAVAILABLE_KINDS:
-                hint = exc.retry_after if isinstance(exc, Rejected) else 1.0
-                raise DatabaseUnavailable(describe(exc), max(hint, 1.0), sent=reached) from exc
-            sqlstate = getattr(exc, "sqlstate", None) or ""
-            if sqlstate[:2] in ("22", "23"):
-                raise errors.Unprocessable(
-                    "the database refused the values: " + describe(exc)
-                ) from exc
-            raise
-        self.hooks.db_call(operation, "success", self.breaker.clock.monotonic() - started)
-        return result
-
-    async def _read_db(
-        self, ctx: RequestContext, operation: str, fn: Callable[[asyncpg.Connection], Awaitable[T]]
-    ) -> T:
-        return await self._db(ctx.deadline, operation, fn, caller_deadline=ctx.client_deadline)
-
-    def _breaker_refuses(self) -> bool:
-        """The breaker is open and no probe is due: a database call would be refused."""
-        breaker = self.breaker
-        state = breaker.state
-        if state is BreakerState.FORCED_OPEN:
-            return True
-        return state is BreakerState.OPEN and breaker.retry_after() > 0
-
     # -- replica helpers -------------------------------------------------------------------
 
     def _replica_serves(self, tenant: str) -> bool:
@@ -338,7 +198,7 @@ class RegistryService:
         same metrics, the same problem when the replica cannot answer), without raising and
         catching an exception per read: the outage path then costs what a healthy replica read
         costs."""
-        if not self._breaker_refuses():
+        if not self._database.breaker_refuses():
             return None
         self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
         return self._replica_for(ctx, None)
@@ -346,7 +206,7 @@ class RegistryService:
     def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
         rep = self.replica
         if rep is None or not self._replica_serves(ctx.tenant):
-            raise self._no_answer(exc, "the local replica has no copy of this tenant")
+            raise self._database.no_answer(exc, "the local replica has no copy of this tenant")
         return rep
 
     @staticmethod
@@ -356,20 +216,6 @@ class RegistryService:
             "Age": str(math.ceil(age)) if age is not None else "0",
             "X-Registry-Fallback": reason,
         }
-
-    def _unavailable(self, exc: DatabaseUnavailable | None, what: str) -> errors.Unavailable:
-        retry_after = exc.retry_after if exc is not None else max(1.0, self.breaker.retry_after())
-        return errors.Unavailable(f"PostgreSQL is unavailable and {what}", retry_after=retry_after)
-
-    def _no_answer(self, exc: DatabaseUnavailable | None, what: str) -> errors.RegistryError:
-        """The problem for a call that got no answer and has no fallback, by its reason."""
-        if exc is not None and exc.reason == DEADLINE:
-            return errors.DeadlineExceeded(
-                f"X-Request-Timeout passed before PostgreSQL answered, and {what}"
-            )
-        if exc is not None and exc.reason == OVERLOAD:
-            return errors.Overloaded(f"{exc}, and {what}", retry_after=exc.retry_after)
-        return self._unavailable(exc, what)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -400,7 +246,7 @@ class RegistryService:
     async def get_agent_from_database(self, ctx: RequestContext, agent_id: str) -> Answer:
         """The rest of `get_agent`, once `get_agent_at_once` gave None."""
         try:
-            rec = await self._read_db(
+            rec = await self._database.for_request(
                 ctx, "get_agent", lambda c: repository.fetch_agent(c, ctx.tenant, agent_id)
             )
         except DatabaseUnavailable as exc:
@@ -421,7 +267,7 @@ class RegistryService:
         rec = rep.get(ctx.tenant, agent_id)
         if rec is None:
             if rep.partial:
-                raise self._no_answer(exc, "the local replica is partial")
+                raise self._database.no_answer(exc, "the local replica is partial")
             raise errors.NotFound(f"agent {agent_id!r} is not registered")
         self.hooks.replica_hit("get")
         headers = self._replica_headers(rep, reason)
@@ -437,7 +283,7 @@ class RegistryService:
         if rep is not None:
             return self._query_from_replica(rep, ctx, q, UNREACHABLE)
         try:
-            rows = await self._read_db(
+            rows = await self._database.for_request(
                 ctx, "query", lambda c: repository.query_agents(c, ctx.tenant, q)
             )
         except DatabaseUnavailable as exc:
@@ -463,7 +309,7 @@ class RegistryService:
         if rep is not None:
             return self._stats_from_replica(rep, ctx, UNREACHABLE)
         try:
-            body = await self._read_db(
+            body = await self._database.for_request(
                 ctx, "stats", lambda c: repository.fetch_stats(c, ctx.tenant)
             )
         except DatabaseUnavailable as exc:
@@ -491,11 +337,13 @@ class RegistryService:
                 body = {"op_id": op_id, "status": done.status.value, "reason": done.reason}
                 return Answer(200, body, "journal")
         try:
-            row = await self._read_db(
+            row = await self._database.for_request(
                 ctx, "operation", lambda c: repository.fetch_operation(c, ctx.tenant, op_id)
             )
         except DatabaseUnavailable as exc:
-            raise self._no_answer(exc, "this operation is not in the local journal") from exc
+            raise self._database.no_answer(
+                exc, "this operation is not in the local journal"
+            ) from exc
         if row is None:
             raise errors.NotFound(f"no operation {op_id!r}")
         body = {
@@ -560,7 +408,7 @@ class RegistryService:
             )
         rep = self.replica
         while rep is not None and rep.has_pending(ctx.tenant, target):
-            if self.breaker.state in _OPEN_STATES:
+            if self.breaker.state in OPEN_STATES:
                 # PostgreSQL is away: behind the agent's earlier writes, in order.
                 return await self._journal_write(
                     ctx, kind, payload, op_id, target, req_hash, None, always_journal
@@ -584,7 +432,7 @@ class RegistryService:
         )
         now = utc_now()
         try:
-            outcome = await self._db(
+            outcome = await self._database.run(
                 ctx.deadline,
                 kind,
                 lambda c: repository.execute_write(
@@ -719,7 +567,7 @@ class RegistryService:
         journal = self.journal
         rejecting = self.settings.write_fallback is WriteFallback.REJECT and not always_journal
         if journal is None or rejecting:
-            raise self._unavailable(exc, "write_fallback is 'reject'")
+            raise self._database.unavailable(exc, "write_fallback is 'reject'")
         jid = journal_id(ctx.tenant, op_id)
         received = utc_now()
         try:
@@ -750,7 +598,9 @@ class RegistryService:
             ) from jexc
         except JournalError as jexc:
             log.error("journal append failed", error=str(jexc))
-            raise self._unavailable(exc, "the local journal cannot take the write") from jexc
+            raise self._database.unavailable(
+                exc, "the local journal cannot take the write"
+            ) from jexc
         # `append` hands back the entry already held for this op id (pending, being written, or
         # finished recently): the key's first request, which decides.
         if entry.payload.get("hash") != req_hash:
@@ -771,7 +621,7 @@ class RegistryService:
             return Answer(202, {"op_id": op_id, "status": "pending"}, "journal", headers)
         self._overlay(entry)
         self.hooks.journal_append()
-        if self.breaker.state not in _OPEN_STATES:
+        if self.breaker.state not in OPEN_STATES:
             self._replay_wake.set()
         if entry.payload.get("uncertain"):
             # Reads show it once the replay has settled it (PostgreSQL may hold it already).
@@ -804,7 +654,7 @@ class RegistryService:
             self._replay_wake.clear()
             if self.journal is None or not self.journal.depth:
                 continue
-            if self.breaker.state in _OPEN_STATES or self.db.pool is None:
+            if self.breaker.state in OPEN_STATES or self.db.pool is None:
                 continue
             try:
                 await self.replay()
@@ -883,7 +733,7 @@ class RegistryService:
         )
         now = utc_now()
         try:
-            applied = await self._db(
+            applied = await self._database.run(
                 deadline,
                 "replay",
                 lambda c: _apply_batch(c, batch, self.settings.max_agents, now),
@@ -974,7 +824,7 @@ class RegistryService:
         meta = entry.payload
         wctx = _replay_context(entry, self.settings.max_agents)
         try:
-            await self._db(
+            await self._database.run(
                 deadline,
                 "replay_reject",
                 lambda c: repository.record_rejection(
@@ -1005,11 +855,11 @@ class RegistryService:
 
     async def audit(self, ctx: RequestContext, **filters: Any) -> Answer:
         try:
-            rows = await self._read_db(
+            rows = await self._database.for_request(
                 ctx, "audit", lambda c: repository.fetch_audit(c, ctx.tenant, **filters)
             )
         except DatabaseUnavailable as exc:
-            raise self._no_answer(exc, "the audit log lives there") from exc
+            raise self._database.no_answer(exc, "the audit log lives there") from exc
         next_after = rows[-1]["id"] if len(rows) == filters["limit"] else None
         return Answer(200, {"entries": rows, "next_after_id": next_after}, "database")
 
