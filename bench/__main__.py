@@ -41,11 +41,11 @@ from bench import loadgen
 from bench.client import http
 from bench.cpu import cpu_delta, cpu_snapshot, pin, process_tree
 from bench.dataset import QUERIES, READ_TENANT, seed
-from bench.loadgen import Workload
 from bench.metrics import diff_counts, request_counts
 from bench.provenance import machine
 from bench.servers import Server, Tokens, baseline, sidecar
 from bench.status import status_of
+from bench.workload import Workload
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALL_WORKLOADS = ("get", "query", "register", "performance", "down")
