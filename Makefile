@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest chaos bench soak pressure backlog schemathesis clean tools mutation mutation-sample
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml chaos/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "need Python 3.11 or newer (set PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./chaos
 	@touch $(STAMP)
 
 $(BIN)/helm: $(STAMP) scripts/get-helm.sh

@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop
     except ImportError:
         return asyncio.run(_serve(args))
-    # uvloop is a project dependency and makes the pass-through cheaper; fall back without it.
+    # uvloop makes the pass-through cheaper; a dependency except on Windows, which it lacks.
     return uvloop.run(_serve(args))
 
 
