@@ -37,7 +37,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv --without-pip /opt/venv
 
 WORKDIR /src
-# Only what the build needs; .dockerignore keeps the rest of the context out.
+# Only what the build needs; .dockerignore keeps the rest of the context out. That includes
+# chaos/, the fault-injection server of the tests: a distribution of its own, never in the image.
 # Every dependency is installed from a binary wheel (asyncpg, orjson and uvloop publish
 # manylinux wheels for CPython 3.11): the slim base has no compiler, and the build fails
 # instead of silently compiling. The base image's pip installs into the virtualenv

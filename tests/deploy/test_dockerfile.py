@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,6 +281,78 @@ def test_index_and_ca_bundle_can_be_passed_to_the_build() -> None:
         assert name in guide, name
 
 
+# --- the sidecar alone ------------------------------------------------------------------------
+
+# The build context the builder may copy: the sidecar's project file, its readme and its package.
+SIDECAR_SOURCES = {"pyproject.toml", "README.md", "proxy"}
+
+
+def _install_targets(run: str) -> list[str]:
+    """What each `pip ... install` in a RUN installs: its arguments that are not options."""
+    targets: list[str] = []
+    for command in re.split(r"&&|;|\|\|", run):
+        words = command.split()
+        if "pip" in " ".join(words) and "install" in words:
+            rest = words[words.index("install") + 1 :]
+            targets += [word for word in rest if not word.startswith("-")]
+    return targets
+
+
+def _chaos_problems(text: str) -> list[str]:
+    """Ways chaos/, the fault-injection server of the tests, could reach the image of `text`."""
+    _, stages = _parse(text)
+    problems: list[str] = []
+    for stage in stages:
+        for copy in stage.args("COPY"):
+            if copy.startswith("--from="):
+                continue
+            *sources, _dest = [word for word in copy.split() if not word.startswith("--")]
+            for source in sources:
+                path = source.removeprefix("./").rstrip("/")
+                if path in ("", ".", "*"):
+                    problems.append(f"the build copies the whole context: {copy}")
+                elif path not in SIDECAR_SOURCES:
+                    problems.append(f"the build copies {source}, which is not the sidecar's")
+        for run in stage.args("RUN"):
+            targets = _install_targets(run)
+            if targets and targets != ["."]:
+                problems.append(f"the build installs {targets}, not the sidecar's project alone")
+            if "chaos" in run:
+                problems.append(f"a RUN names chaos: {run}")
+    return problems
+
+
+def test_image_carries_no_chaos() -> None:
+    assert _chaos_problems(DOCKERFILE.read_text()) == []
+    # The project the builder installs ("." above) is the sidecar, and it packages proxy/ only;
+    # tests/deploy/test_wheel.py checks the wheel that comes out of it.
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert project["project"]["name"] == "registry-proxy"
+    includes = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert includes and all(pattern.startswith("proxy") for pattern in includes), includes
+    assert _ignored("chaos") and _ignored("chaos/toxiproxy/server.py")
+
+
+@pytest.mark.parametrize(
+    ("mutation", "expected"),
+    [
+        (("COPY proxy ./proxy", "COPY proxy ./proxy\nCOPY chaos ./chaos"), "copies chaos"),
+        (("COPY proxy ./proxy", "COPY . ."), "copies the whole context"),
+        (
+            ("--no-binary=registry-proxy .", "--no-binary=registry-proxy . ./chaos"),
+            "not the sidecar's project alone",
+        ),
+    ],
+)
+def test_chaos_check_catches_a_regression(mutation: tuple[str, str], expected: str) -> None:
+    # Negative controls: each way of letting chaos/ into the image is caught.
+    text = DOCKERFILE.read_text()
+    old, new = mutation
+    assert old in text, old
+    problems = _chaos_problems(text.replace(old, new, 1))
+    assert any(expected in problem for problem in problems), problems
+
+
 # --- .dockerignore ---------------------------------------------------------------------------
 
 
@@ -344,6 +417,8 @@ def _ignored(path: str) -> bool:
         "proxy/store/__pycache__/db.cpython-311.pyc",
         "registry_proxy.egg-info/PKG-INFO",
         "helm/registry-proxy/values.yaml",
+        "chaos/pyproject.toml",
+        "chaos/toxiproxy/server.py",
     ],
 )
 def test_dockerignore_excludes(path: str) -> None:
