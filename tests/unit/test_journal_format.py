@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from proxy.store.journal import codec as jf
+from proxy.store.journal import scan as rs
 
 
 def entry(body: bytes = b'{"e":1}', version: int = jf.FORMAT_VERSION) -> bytes:
@@ -90,40 +91,40 @@ def test_parse_respects_the_limit_and_the_offset() -> None:
 def test_next_valid_record_skips_false_magic() -> None:
     good = entry()
     buf = b"RJ garbage RJ" + good
-    assert jf.next_valid_record(buf, 0) == 13
-    assert jf.next_valid_record(buf, 14) is None
-    assert jf.next_valid_record(buf, 0, len(buf) - 1) is None
-    assert jf.next_valid_record(good, 0) == 0
+    assert rs.next_valid_record(buf, 0) == 13
+    assert rs.next_valid_record(buf, 14) is None
+    assert rs.next_valid_record(buf, 0, len(buf) - 1) is None
+    assert rs.next_valid_record(good, 0) == 0
 
 
 def test_unsupported_record_message() -> None:
-    exc = jf.UnsupportedRecord(12, 3, 77)
+    exc = rs.UnsupportedRecord(12, 3, 77)
     assert exc.offset == 12
     assert str(exc) == (
         "record of format version 3, type 77 at offset 12 that this version does not understand"
     )
-    with pytest.raises(jf.UnsupportedRecord):
-        jf.scan(jf.encode(jf.TYPE_ENTRY, b"{}", version=3))
-    with pytest.raises(jf.UnsupportedRecord):
-        jf.scan(jf.encode(ord("Z"), b"{}"))
-    with pytest.raises(jf.UnsupportedRecord):
-        jf.scan(jf.encode(jf.TYPE_COMMIT, b"", version=1))
+    with pytest.raises(rs.UnsupportedRecord):
+        rs.scan(jf.encode(jf.TYPE_ENTRY, b"{}", version=3))
+    with pytest.raises(rs.UnsupportedRecord):
+        rs.scan(jf.encode(ord("Z"), b"{}"))
+    with pytest.raises(rs.UnsupportedRecord):
+        rs.scan(jf.encode(jf.TYPE_COMMIT, b"", version=1))
 
 
 def test_damage_to_obj() -> None:
-    assert jf.Damage(5, 7, "why", missing=2).to_obj() == {
+    assert rs.Damage(5, 7, "why", missing=2).to_obj() == {
         "offset": 5,
         "bytes": 7,
         "missing_bytes": 2,
         "reason": "why",
     }
-    assert jf.Damage(5, 7, "why").missing == 0
+    assert rs.Damage(5, 7, "why").missing == 0
 
 
 def test_scan_of_committed_batches() -> None:
     first = batch(entry(b"1"), entry(b"2"))
     second = batch(entry(b"3"), start=len(first))
-    result = jf.scan(first + second)
+    result = rs.scan(first + second)
     assert [r.body for r in result.records] == [b"1", b"2", b"3"]
     assert [r.offset for r in result.records] == [0, 13, len(first)]
     assert result.end == len(first + second)
@@ -134,7 +135,7 @@ def test_scan_of_committed_batches() -> None:
 def test_an_uncommitted_batch_is_a_torn_tail() -> None:
     committed = batch(entry(b"1"))
     torn = entry(b"2") + entry(b"3")
-    result = jf.scan(committed + torn)
+    result = rs.scan(committed + torn)
     assert [r.body for r in result.records] == [b"1"]
     assert result.end == len(committed)
     assert result.tail_records == 2
@@ -144,14 +145,14 @@ def test_a_partial_record_in_the_tail_counts_unless_it_is_the_commit() -> None:
     committed = batch(entry(b"1"))
     whole = entry(b"2")
     partial_entry = entry(b"3")[:8]
-    assert jf.scan(committed + whole + partial_entry).tail_records == 2
+    assert rs.scan(committed + whole + partial_entry).tail_records == 2
     partial_commit = jf.encode_commit(len(committed), 1, whole)[:8]
-    assert jf.scan(committed + whole + partial_commit).tail_records == 1
+    assert rs.scan(committed + whole + partial_commit).tail_records == 1
     # Only three bytes of a header: the type is unknown, so it is taken for the commit.
-    assert jf.scan(committed + whole + b"RJ\x02").tail_records == 1
+    assert rs.scan(committed + whole + b"RJ\x02").tail_records == 1
     # With no whole record before it, a partial record is one record of the tail.
-    assert jf.scan(committed + b"RJ\x02").tail_records == 1
-    assert jf.scan(committed + partial_commit).tail_records == 1
+    assert rs.scan(committed + b"RJ\x02").tail_records == 1
+    assert rs.scan(committed + partial_commit).tail_records == 1
 
 
 def test_bad_bytes_before_a_commit_are_damage() -> None:
@@ -159,9 +160,9 @@ def test_bad_bytes_before_a_commit_are_damage() -> None:
     bad = b"RJ\x02E\x00\x00\x00\x03zzzzzzz"  # a header whose checksum cannot match
     data = good + bad
     buf = data + jf.encode_commit(0, 2, data)
-    result = jf.scan(buf)
+    result = rs.scan(buf)
     assert [r.body for r in result.records] == [b"1"]
-    assert result.damage == [jf.Damage(13, len(bad), "checksum mismatch")]
+    assert result.damage == [rs.Damage(13, len(bad), "checksum mismatch")]
     assert result.next_commit == len(data)
     assert result.end == len(buf)
 
@@ -172,7 +173,7 @@ def test_only_the_first_damage_sets_next_commit() -> None:
     first = one + jf.encode_commit(0, 2, one)
     two = entry(b"2") + bad
     second = two + jf.encode_commit(len(first), 2, two)
-    result = jf.scan(first + second)
+    result = rs.scan(first + second)
     assert len(result.damage) == 2
     assert result.next_commit == len(one)
 
@@ -185,9 +186,9 @@ def test_a_commit_that_does_not_fit_its_batch() -> None:
         jf.encode_commit(0, 1, data + b"x"),  # wrong checksum
         jf.encode(jf.TYPE_COMMIT, b"short"),  # wrong size of body
     ):
-        result = jf.scan(data + commit)
+        result = rs.scan(data + commit)
         assert result.damage == [
-            jf.Damage(len(data), len(commit), "commit record does not fit its batch")
+            rs.Damage(len(data), len(commit), "commit record does not fit its batch")
         ]
         assert result.next_commit == len(data)
         assert [r.body for r in result.records] == [b"1"]
@@ -195,7 +196,7 @@ def test_a_commit_that_does_not_fit_its_batch() -> None:
 
 def test_legacy_records_stand_alone() -> None:
     old = entry(b"1", version=1) + entry(b"2", version=1)
-    result = jf.scan(old)
+    result = rs.scan(old)
     assert result.legacy
     assert [r.version for r in result.records] == [1, 1]
     assert result.end == len(old)
@@ -206,7 +207,7 @@ def test_a_clean_close_acknowledges_the_last_batch() -> None:
     committed = batch(entry(b"1"))
     unclosed = entry(b"2")
     buf = committed + unclosed
-    result = jf.scan(buf, sealed_size=len(buf))
+    result = rs.scan(buf, sealed_size=len(buf))
     assert [r.body for r in result.records] == [b"1", b"2"]
     assert result.end == len(buf)
     assert result.damage == []
@@ -217,33 +218,33 @@ def test_a_clean_close_turns_a_bad_tail_into_damage() -> None:
     committed = batch(entry(b"1"))
     torn = entry(b"2222")[:-2]
     buf = committed + torn
-    result = jf.scan(buf, sealed_size=len(buf))
-    assert result.damage == [jf.Damage(len(committed), len(torn), "truncated body")]
+    result = rs.scan(buf, sealed_size=len(buf))
+    assert result.damage == [rs.Damage(len(committed), len(torn), "truncated body")]
     assert result.next_commit is None
     assert result.end == len(buf)
 
 
 def test_a_file_shorter_or_longer_than_at_its_clean_close() -> None:
     buf = batch(entry(b"1"))
-    shorter = jf.scan(buf, sealed_size=len(buf) + 1)
+    shorter = rs.scan(buf, sealed_size=len(buf) + 1)
     assert shorter.damage == [
-        jf.Damage(
+        rs.Damage(
             len(buf),
             0,
             f"the file is 1 byte shorter than at its clean close ({len(buf) + 1})",
             missing=1,
         )
     ]
-    much_shorter = jf.scan(buf, sealed_size=len(buf) + 5)
+    much_shorter = rs.scan(buf, sealed_size=len(buf) + 5)
     assert much_shorter.damage[-1].reason == (
         f"the file is 5 bytes shorter than at its clean close ({len(buf) + 5})"
     )
     assert much_shorter.damage[-1].missing == 5
     extra = b"more bytes"
-    longer = jf.scan(buf + extra, sealed_size=len(buf))
-    assert longer.damage == [jf.Damage(len(buf), len(extra), "bytes after the clean close")]
+    longer = rs.scan(buf + extra, sealed_size=len(buf))
+    assert longer.damage == [rs.Damage(len(buf), len(extra), "bytes after the clean close")]
     assert [r.body for r in longer.records] == [b"1"]
-    exact = jf.scan(buf, sealed_size=len(buf))
+    exact = rs.scan(buf, sealed_size=len(buf))
     assert exact.damage == []
 
 

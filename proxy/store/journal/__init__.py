@@ -1,10 +1,11 @@
 """The durable local write journal: the record behind every `202 Accepted`.
 
 Callers outside this package import from here only; the modules behind it are free to move.
-`codec` is exported as a namespace for the tools and tests that read journal files byte by byte.
+`codec` (the record format) and `scan` (reading a file back) are exported as namespaces for the
+tools and tests that read journal files byte by byte.
 """
 
-from proxy.store.journal import codec
+from proxy.store.journal import codec, scan
 from proxy.store.journal.journal import (
     JOURNAL_FILE,
     LOCK_FILE,
@@ -36,4 +37,5 @@ __all__ = [
     "Outcome",
     "codec",
     "inspect_journal",
+    "scan",
 ]

@@ -1,16 +1,31 @@
-"""Bytes of the write journal: record framing, commit records, the clean-close seal and the
-recovery scan. Pure functions over bytes; `journal.py` beside it does the I/O and describes the
-on-disk format in its module docstring.
+"""The journal's bytes: record framing, commit records, the clean-close seal and the bodies of
+entry, outcome and meta records. Pure functions over bytes and values; reading a whole file back
+is scan.py's, the I/O is files.py's.
+
+On-disk format, version 2 (`journal.log`, big-endian): a sequence of records, each a 12-byte
+header `magic b"RJ" | format version u8 | record type u8 | body length u32 | CRC-32 u32` followed
+by the body. The CRC covers version, type, length and body. Types: `M` meta (orjson: `next_seq`,
+so sequence numbers keep rising after compaction empties the file), `E` entry (orjson, a
+`JournalEntry`), `O` outcome (orjson, an `Outcome`; its reason is cut to 256 encoded bytes) and
+`C` commit (binary: `batch start offset u64 | records in the batch u32 | CRC-32 of the batch's
+bytes u32`). Every write is one batch: its records, then one commit record, in one write and one
+fsync. A record counts, was acknowledged, only once a commit record closes its batch. An outcome
+after its entry means the operation has left the journal.
+
+`journal.seal` is `b"RJSL" | state u8 ("C" closed, "O" in use) | size u64 | CRC-32 u32`: the
+journal's size at a clean close, set back to "in use" before the journal changes again.
 """
 
 from __future__ import annotations
 
 import struct
+import time
 import zlib
-from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple, TypeGuard
 
 import orjson
+
+from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
 
 MAGIC: Final = b"RJ"
 FORMAT_VERSION: Final = 2
@@ -22,7 +37,7 @@ TYPE_META: Final = ord("M")
 TYPE_ENTRY: Final = ord("E")
 TYPE_OUTCOME: Final = ord("O")
 TYPE_COMMIT: Final = ord("C")
-_DATA_TYPES: Final = frozenset({TYPE_META, TYPE_ENTRY, TYPE_OUTCOME})
+DATA_TYPES: Final = frozenset({TYPE_META, TYPE_ENTRY, TYPE_OUTCOME})
 
 # Commit record body: offset where the batch starts, records in it, CRC-32 of its bytes.
 COMMIT_BODY: Final = struct.Struct(">QII")
@@ -84,171 +99,6 @@ def parse(buf: bytes, offset: int, limit: int | None = None) -> Parsed | str:
     return Parsed(version, rtype, body, end)
 
 
-def next_valid_record(buf: bytes, start: int, limit: int | None = None) -> int | None:
-    # orjson escapes control characters, so the NUL-bearing header of a real record cannot hide
-    # inside a JSON body; a match here is a genuine record, not a coincidence in someone's payload.
-    limit = len(buf) if limit is None else limit
-    pos = buf.find(MAGIC, start, limit)
-    while pos != -1:
-        if not isinstance(parse(buf, pos, limit), str):
-            return pos
-        pos = buf.find(MAGIC, pos + 1, limit)
-    return None
-
-
-# --------------------------------------------------------------------------- recovery scan
-
-
-class UnsupportedRecord(ValueError):
-    """A well-formed record this version cannot interpret (newer format, unknown type)."""
-
-    def __init__(self, offset: int, version: int, rtype: int) -> None:
-        super().__init__(
-            f"record of format version {version}, type {rtype} at offset {offset} that this "
-            "version does not understand"
-        )
-        self.offset = offset
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    offset: int
-    version: int
-    rtype: int
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Damage:
-    """Bytes of acknowledged records that do not read back: `length` bytes at `offset` are bad,
-    and `missing` bytes that were there at the clean close are gone."""
-
-    offset: int
-    length: int
-    reason: str
-    missing: int = 0
-
-    def to_obj(self) -> dict[str, Any]:
-        return {
-            "offset": self.offset,
-            "bytes": self.length,
-            "missing_bytes": self.missing,
-            "reason": self.reason,
-        }
-
-
-@dataclass(slots=True)
-class Scan:
-    records: list[Record] = field(default_factory=list)
-    """Acknowledged records, in file order."""
-    end: int = 0
-    """Where acknowledged data ends; the bytes from here on are the torn tail."""
-    tail_records: int = 0
-    """Records (whole or partial, commit records aside) in the torn tail."""
-    damage: list[Damage] = field(default_factory=list)
-    legacy: bool = False
-    """Version 1 records were read (they carry no commit records)."""
-    next_commit: int | None = None
-    """Offset of the record that proves the first damage was acknowledged: the commit record
-    (or version 1 record) after it; None when the clean-close seal proves it."""
-
-
-def scan(buf: bytes, sealed_size: int | None = None) -> Scan:
-    """Split a journal into acknowledged records, damage and a torn tail.
-
-    A version 2 record is acknowledged once a valid commit record closes its batch; bad bytes
-    before a valid commit record are damage, and whatever follows the last valid commit record is
-    a torn tail (the batch being written when the process stopped). A version 1 record stands
-    alone, as that format had no commit records. `sealed_size` is the size recorded when the
-    journal was last closed cleanly: then every byte up to it had been acknowledged, so a torn
-    tail, a shorter file or bytes beyond it are damage too.
-    """
-    limit = len(buf) if sealed_size is None else min(len(buf), sealed_size)
-    result = Scan()
-    batch: list[Record] = []
-    batch_damage: list[Damage] = []
-    batch_start = 0
-    bad_tail: Damage | None = None
-
-    def close_batch(end: int, closer: int | None) -> None:
-        nonlocal batch, batch_damage, batch_start
-        if batch_damage and not result.damage:
-            result.next_commit = closer
-        result.records.extend(batch)
-        result.damage.extend(batch_damage)
-        result.end = batch_start = end
-        batch, batch_damage = [], []
-
-    pos = 0
-    while pos < limit:
-        parsed = parse(buf, pos, limit)
-        if isinstance(parsed, str):
-            following = next_valid_record(buf, pos + 1, limit)
-            region = Damage(pos, (limit if following is None else following) - pos, parsed)
-            if following is None:
-                bad_tail = region
-                break
-            batch_damage.append(region)
-            pos = following
-            continue
-        version, rtype, body, end = parsed
-        if version == LEGACY_VERSION and rtype in _DATA_TYPES:
-            result.legacy = True
-            batch.append(Record(pos, version, rtype, body))
-            close_batch(end, pos)
-        elif version == FORMAT_VERSION and rtype in _DATA_TYPES:
-            batch.append(Record(pos, version, rtype, body))
-        elif version == FORMAT_VERSION and rtype == TYPE_COMMIT:
-            if not batch_damage and not _commit_matches(body, buf, batch_start, pos, len(batch)):
-                batch_damage.append(Damage(pos, end - pos, "commit record does not fit its batch"))
-            close_batch(end, pos)
-        else:
-            raise UnsupportedRecord(pos, version, rtype)
-        pos = end
-
-    if sealed_size is None:
-        partial = 0
-        if bad_tail is not None:
-            # A partial record counts, unless it is what remains of the commit record of the
-            # whole records before it.
-            kind = buf[bad_tail.offset + 3] if bad_tail.length > 3 else None
-            partial = 0 if batch and kind in (None, TYPE_COMMIT) else 1
-        result.tail_records = len(batch) + len(batch_damage) + partial
-        return result
-    # Closed cleanly: the last batch was acknowledged even if its commit record did not survive.
-    if bad_tail is not None:
-        batch_damage.append(bad_tail)
-    if batch or batch_damage:
-        close_batch(limit, None)
-    if len(buf) < sealed_size:
-        missing = sealed_size - len(buf)
-        result.damage.append(
-            Damage(
-                len(buf),
-                0,
-                f"the file is {missing} byte{'s' if missing != 1 else ''} shorter than at its "
-                f"clean close ({sealed_size})",
-                missing=missing,
-            )
-        )
-    elif len(buf) > sealed_size:
-        result.damage.append(
-            Damage(sealed_size, len(buf) - sealed_size, "bytes after the clean close")
-        )
-    return result
-
-
-def _commit_matches(body: bytes, buf: bytes, batch_start: int, pos: int, count: int) -> bool:
-    if len(body) != COMMIT_BODY.size:
-        return False
-    start, records, crc = COMMIT_BODY.unpack(body)
-    return bool(
-        start == batch_start
-        and records == count
-        and zlib.crc32(memoryview(buf)[batch_start:pos]) == crc
-    )
-
-
 # --------------------------------------------------------------------------- seal
 
 
@@ -271,6 +121,10 @@ def decode_seal(data: bytes) -> int | None:
 
 
 # --------------------------------------------------------------------------- record bodies
+
+
+def meta_body(next_seq: int) -> bytes:
+    return orjson.dumps({"format": FORMAT_VERSION, "next_seq": next_seq, "at": time.time()})
 
 
 def is_int(value: object) -> TypeGuard[int]:
@@ -311,3 +165,63 @@ def outcome_bound(op_id: str) -> int:
         + _AT_MAX_CHARS
         + COMMIT_RECORD_SIZE
     )
+
+
+def entry_to_obj(entry: JournalEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "op_id": entry.op_id,
+        "kind": entry.kind,
+        "tenant": entry.tenant,
+        "key": entry.key,
+        "payload": entry.payload,
+        "created_at": entry.created_at,
+    }
+
+
+def outcome_to_obj(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "op_id": outcome.op_id,
+        "status": outcome.status.value,
+        "reason": outcome.reason,
+        "at": outcome.at,
+    }
+
+
+def entry_from_obj(obj: Any) -> JournalEntry:
+    if not isinstance(obj, dict):
+        raise ValueError("entry record is not an object")
+    seq, created_at, payload = obj.get("seq"), obj.get("created_at"), obj.get("payload")
+    strings = [obj.get(name) for name in ("op_id", "kind", "tenant", "key")]
+    if not is_int(seq) or not is_number(created_at) or not isinstance(payload, dict):
+        raise ValueError("entry record has a malformed seq, created_at or payload")
+    op_id, kind, tenant, key = strings
+    if not (
+        isinstance(op_id, str)
+        and isinstance(kind, str)
+        and isinstance(tenant, str)
+        and isinstance(key, str)
+    ):
+        raise ValueError("entry record has a non-string op_id, kind, tenant or key")
+    return JournalEntry(
+        seq=seq,
+        op_id=op_id,
+        kind=kind,
+        tenant=tenant,
+        key=key,
+        payload=payload,
+        created_at=float(created_at),
+    )
+
+
+def outcome_from_obj(obj: Any) -> Outcome:
+    if not isinstance(obj, dict):
+        raise ValueError("outcome record is not an object")
+    op_id, status, reason, at = (obj.get(name) for name in ("op_id", "status", "reason", "at"))
+    if not isinstance(op_id, str) or not is_number(at):
+        raise ValueError("outcome record has a malformed op_id or time")
+    if status not in (OpStatus.APPLIED.value, OpStatus.REJECTED.value):
+        raise ValueError(f"outcome record has an unknown status {status!r}")
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError("outcome record has a non-string reason")
+    return Outcome(op_id=op_id, status=OpStatus(status), reason=reason, at=float(at))

@@ -92,19 +92,22 @@ from proxy.store.journal.codec import (
     TYPE_ENTRY,
     TYPE_META,
     TYPE_OUTCOME,
-    Damage,
-    Scan,
-    UnsupportedRecord,
     decode_seal,
     encode,
     encode_commit,
     encode_seal,
+    entry_from_obj,
+    entry_to_obj,
     fit_reason,
     is_int,
-    is_number,
+    meta_body,
     outcome_bound,
-    scan,
+    outcome_from_obj,
+    outcome_to_obj,
 )
+from proxy.store.journal.errors import JournalDamaged, JournalError, JournalFull
+from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
+from proxy.store.journal.scan import Scan, UnsupportedRecord, scan
 from proxy.store.journal.space import (
     RESERVE_FILE,
     Reserve,
@@ -152,114 +155,9 @@ _FREE_SAMPLE_S: Final = 1.0
 _T = TypeVar("_T")
 
 
-class OpStatus(StrEnum):
-    PENDING = "pending"
-    APPLIED = "applied"
-    REJECTED = "rejected"
-
-
 class OnDamage(StrEnum):
     REFUSE = "refuse"
     QUARANTINE = "quarantine"
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    seq: int
-    op_id: str
-    kind: str
-    tenant: str
-    key: str
-    payload: dict[str, Any]
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    op_id: str
-    status: OpStatus
-    reason: str | None
-    at: float
-
-
-class JournalError(Exception):
-    """The journal could not make a record durable (or cannot be opened); do not answer 202."""
-
-
-class JournalFull(JournalError):
-    """The journal's disk has no room for a new entry (its reserve is kept for the outcomes of
-    the entries it holds). Nothing of the entry was kept; it passes once the journal drains."""
-
-
-class JournalDamaged(JournalError):
-    """Records that had been acknowledged do not read back; `open` refuses rather than drop them."""
-
-    def __init__(self, message: str, damage: list[Damage]) -> None:
-        super().__init__(message)
-        self.damage = damage
-
-
-# --------------------------------------------------------------------------- record bodies
-
-
-def _entry_to_obj(entry: JournalEntry) -> dict[str, Any]:
-    return {
-        "seq": entry.seq,
-        "op_id": entry.op_id,
-        "kind": entry.kind,
-        "tenant": entry.tenant,
-        "key": entry.key,
-        "payload": entry.payload,
-        "created_at": entry.created_at,
-    }
-
-
-def _outcome_to_obj(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "op_id": outcome.op_id,
-        "status": outcome.status.value,
-        "reason": outcome.reason,
-        "at": outcome.at,
-    }
-
-
-def _entry_from_obj(obj: Any) -> JournalEntry:
-    if not isinstance(obj, dict):
-        raise ValueError("entry record is not an object")
-    seq, created_at, payload = obj.get("seq"), obj.get("created_at"), obj.get("payload")
-    strings = [obj.get(name) for name in ("op_id", "kind", "tenant", "key")]
-    if not is_int(seq) or not is_number(created_at) or not isinstance(payload, dict):
-        raise ValueError("entry record has a malformed seq, created_at or payload")
-    op_id, kind, tenant, key = strings
-    if not (
-        isinstance(op_id, str)
-        and isinstance(kind, str)
-        and isinstance(tenant, str)
-        and isinstance(key, str)
-    ):
-        raise ValueError("entry record has a non-string op_id, kind, tenant or key")
-    return JournalEntry(
-        seq=seq,
-        op_id=op_id,
-        kind=kind,
-        tenant=tenant,
-        key=key,
-        payload=payload,
-        created_at=float(created_at),
-    )
-
-
-def _outcome_from_obj(obj: Any) -> Outcome:
-    if not isinstance(obj, dict):
-        raise ValueError("outcome record is not an object")
-    op_id, status, reason, at = (obj.get(name) for name in ("op_id", "status", "reason", "at"))
-    if not isinstance(op_id, str) or not is_number(at):
-        raise ValueError("outcome record has a malformed op_id or time")
-    if status not in (OpStatus.APPLIED.value, OpStatus.REJECTED.value):
-        raise ValueError(f"outcome record has an unknown status {status!r}")
-    if reason is not None and not isinstance(reason, str):
-        raise ValueError("outcome record has a non-string reason")
-    return Outcome(op_id=op_id, status=OpStatus(status), reason=reason, at=float(at))
 
 
 # --------------------------------------------------------------------------- file helpers
@@ -662,7 +560,9 @@ class Journal:
 
     def _write_first_meta(self) -> None:
         try:
-            self._size = self._append_sync([encode(TYPE_META, self._meta_body())], 0)
+            self._size = self._append_sync(
+                [encode(TYPE_META, meta_body(self._durable_next_seq))], 0
+            )
         except OSError as exc:
             if not is_space_error(exc):
                 raise
@@ -774,7 +674,7 @@ class Journal:
                 raise ValueError("meta record has no integer next_seq")
             self._next_seq = max(self._next_seq, next_seq)
         elif rtype == TYPE_ENTRY:
-            entry = _entry_from_obj(obj)
+            entry = entry_from_obj(obj)
             self._next_seq = max(self._next_seq, entry.seq + 1)
             if entry.op_id in self._pending:
                 _log.warning("journal_duplicate_entry_ignored", op_id=entry.op_id, seq=entry.seq)
@@ -784,16 +684,11 @@ class Journal:
             self._finished.pop(entry.op_id, None)
             self._add_pending(entry)
         else:
-            outcome = _outcome_from_obj(obj)
+            outcome = outcome_from_obj(obj)
             if outcome.op_id not in self._pending:
                 _log.warning("journal_outcome_without_entry_ignored", op_id=outcome.op_id)
                 return
             self._finish(outcome)
-
-    def _meta_body(self) -> bytes:
-        return orjson.dumps(
-            {"format": FORMAT_VERSION, "next_seq": self._durable_next_seq, "at": time.time()}
-        )
 
     # ----------------------------------------------------------------------- writing
 
@@ -836,7 +731,7 @@ class Journal:
             raise ValueError(f"journal record of {len(body)} bytes exceeds {MAX_RECORD_BYTES}")
         # Round-trip so the caller sees exactly what a restarted process would read back
         # (datetimes become strings, tuples lists), and holds no alias of its own dict.
-        entry = _entry_from_obj(orjson.loads(body))
+        entry = entry_from_obj(orjson.loads(body))
         self._next_seq = seq + 1
 
         fut: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
@@ -872,7 +767,7 @@ class Journal:
         self._check_usable()  # close() may have begun while we waited above
 
         outcome = Outcome(op_id=op_id, status=status, reason=fit_reason(reason), at=time.time())
-        body = orjson.dumps(_outcome_to_obj(outcome))
+        body = orjson.dumps(outcome_to_obj(outcome))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
         self._inflight_completions[op_id] = fut
@@ -1205,9 +1100,9 @@ class Journal:
         self, entries: list[JournalEntry], outcomes: list[Outcome]
     ) -> tuple[int, int]:
         """Write the live state to the side file and rename it into place; runs in the thread."""
-        parts = [encode(TYPE_META, self._meta_body())]
-        parts.extend(encode(TYPE_ENTRY, orjson.dumps(_entry_to_obj(e))) for e in entries)
-        parts.extend(encode(TYPE_OUTCOME, orjson.dumps(_outcome_to_obj(o))) for o in outcomes)
+        parts = [encode(TYPE_META, meta_body(self._durable_next_seq))]
+        parts.extend(encode(TYPE_ENTRY, orjson.dumps(entry_to_obj(e))) for e in entries)
+        parts.extend(encode(TYPE_OUTCOME, orjson.dumps(outcome_to_obj(o))) for o in outcomes)
         data = b"".join(parts)
         data += encode_commit(0, len(parts), data)
         fd = os.open(self._compact_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
