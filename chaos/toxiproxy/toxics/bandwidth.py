@@ -36,12 +36,7 @@ class BandwidthToxic(Toxic):
         loop = asyncio.get_running_loop()
         # Nanoseconds owed, in integers as Go's time.Duration, so rounding matches.
         owed = 0
-        while True:
-            chunk = await stub.recv()
-            if not isinstance(chunk, Chunk):
-                if chunk is None:
-                    stub.close()
-                return
+        while (chunk := await stub.next_chunk()) is not None:
             rate = self.rate
             if rate <= 0:
                 owed = 0

@@ -192,6 +192,20 @@ class ToxicStub:
             self._waker = None
         return not self._take_interrupt()
 
+    async def next_chunk(self) -> Chunk | None:
+        """The next chunk, or None when the toxic must return: when interrupted, or at the end of
+        the input, which this stage then passes on by closing its output.
+
+        The loop of nearly every toxic; only those that act on the end of the input or on an
+        interrupt themselves use :meth:`recv`.
+        """
+        chunk = await self.recv()
+        if isinstance(chunk, Chunk):
+            return chunk
+        if chunk is None:
+            self.close()
+        return None
+
     def _take_interrupt(self) -> bool:
         pending = self._interrupt
         self._interrupt = False
@@ -247,10 +261,5 @@ class ToxicStub:
 
 async def pass_through(stub: ToxicStub) -> None:
     """Forward chunks unchanged until interrupted or the input ends (the noop behaviour)."""
-    while True:
-        chunk = await stub.recv()
-        if not isinstance(chunk, Chunk):
-            if chunk is None:
-                stub.close()
-            return
+    while (chunk := await stub.next_chunk()) is not None:
         await stub.send(chunk)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 
-from chaos.toxiproxy.stream import Chunk
 from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
 
 __all__ = ["LatencyToxic"]
@@ -33,12 +32,7 @@ class LatencyToxic(Toxic):
 
     async def pipe(self, stub: ToxicStub) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            chunk = await stub.recv()
-            if not isinstance(chunk, Chunk):
-                if chunk is None:
-                    stub.close()
-                return
+        while (chunk := await stub.next_chunk()) is not None:
             wait = self._delay(stub) - (loop.time() - chunk.timestamp)
             if not await stub.sleep(wait):
                 # Interrupted (update or removal): release the held chunk at once.

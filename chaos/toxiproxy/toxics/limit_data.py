@@ -6,7 +6,6 @@ The count is per link and survives updates of the toxic (it is the stage's state
 
 from __future__ import annotations
 
-from chaos.toxiproxy.stream import Chunk
 from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
 
 __all__ = ["LimitDataToxic"]
@@ -35,12 +34,7 @@ class LimitDataToxic(Toxic):
         if not isinstance(state, _Transmitted):
             state = stub.state = _Transmitted()
         remaining = self.bytes - state.count
-        while True:
-            chunk = await stub.recv()
-            if not isinstance(chunk, Chunk):
-                if chunk is None:
-                    stub.close()
-                return
+        while (chunk := await stub.next_chunk()) is not None:
             remaining = max(remaining, 0)
             if remaining < len(chunk.data):
                 chunk.data = chunk.data[:remaining]

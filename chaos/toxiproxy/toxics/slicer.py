@@ -54,12 +54,7 @@ class SlicerToxic(Toxic):
         return out
 
     async def pipe(self, stub: ToxicStub) -> None:
-        while True:
-            chunk = await stub.recv()
-            if not isinstance(chunk, Chunk):
-                if chunk is None:
-                    stub.close()
-                return
+        while (chunk := await stub.next_chunk()) is not None:
             data = chunk.data
             for start, end in self.pieces(len(data), stub.rng):
                 await stub.send(Chunk(data[start:end], chunk.timestamp))
