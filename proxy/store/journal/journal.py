@@ -17,22 +17,8 @@ write; the asyncio file wrappers only move blocking calls to threads, with no re
 recovery. No maintained package combines these, and the whole thing is one append-only file, one
 writer task and one I/O thread.
 
-On-disk format, version 2 (`journal.log`, big-endian): a sequence of records, each a 12-byte
-header `magic b"RJ" | format version u8 | record type u8 | body length u32 | CRC-32 u32` followed
-by the body. The CRC covers version, type, length and body. Types: `M` meta (orjson: `next_seq`,
-so sequence numbers keep rising after compaction empties the file), `E` entry (orjson, a
-`JournalEntry`), `O` outcome (orjson, an `Outcome`; its reason is cut to 256 encoded bytes) and
-`C` commit (binary: `batch start offset u64 | records in the batch u32 | CRC-32 of the batch's
-bytes u32`). Every write is one batch: its records, then one commit record, in one write and one
-fsync. A record counts, was acknowledged, only once a commit record closes its batch. An outcome
-after its entry means the operation has left the journal.
-
-Files beside it: `journal.lock` (the flock; its content is the owner's pid, a hint only);
-`journal.seal`, `b"RJSL" | state u8 ("C" closed, "O" in use) | size u64 | CRC-32 u32`, which
-records the journal's size at a clean close and is set back to "in use" before the journal changes
-again; `journal.reserve`, preallocated blocks held back for the journal (see below); and after a
-quarantine `journal.log.damaged-<UTC time>` with the damaged bytes, one region after another,
-described (offset, length, reason of each region) by `journal.log.damaged-<UTC time>.json`.
+The record format is codec.py's; the files in the journal's directory are described in
+files.py.
 
 Version 1 journals, written before commit records existed, are still read: there each complete
 record counts by itself, and a bad last record is taken for a torn write as that format cannot
@@ -70,8 +56,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import os
 import time
 from collections import OrderedDict
@@ -92,10 +76,8 @@ from proxy.store.journal.codec import (
     TYPE_ENTRY,
     TYPE_META,
     TYPE_OUTCOME,
-    decode_seal,
     encode,
     encode_commit,
-    encode_seal,
     entry_from_obj,
     entry_to_obj,
     fit_reason,
@@ -106,6 +88,20 @@ from proxy.store.journal.codec import (
     outcome_to_obj,
 )
 from proxy.store.journal.errors import JournalDamaged, JournalError, JournalFull
+from proxy.store.journal.files import (
+    DAMAGED_PREFIX,
+    JOURNAL_FILE,
+    LOCK_FILE,
+    SEAL_FILE,
+    LogFile,
+    Seal,
+    Unrecoverable,
+    acquire_lock,
+    fsync_dir,
+    read_seal,
+    side_files,
+    write_new_file,
+)
 from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
 from proxy.store.journal.scan import Scan, UnsupportedRecord, scan
 from proxy.store.journal.space import (
@@ -135,12 +131,6 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-JOURNAL_FILE: Final = "journal.log"
-LOCK_FILE: Final = "journal.lock"
-SEAL_FILE: Final = "journal.seal"
-DAMAGED_PREFIX: Final = JOURNAL_FILE + ".damaged-"
-_COMPACT_SUFFIX: Final = ".compact"
-
 # The reserve grows in steps of up to this much (a quarter of `reserve_bytes` if less), so most
 # batches need no allocation call.
 _RESERVE_CHUNK_MAX: Final = 64 * 1024
@@ -158,94 +148,6 @@ _T = TypeVar("_T")
 class OnDamage(StrEnum):
     REFUSE = "refuse"
     QUARANTINE = "quarantine"
-
-
-# --------------------------------------------------------------------------- file helpers
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        n = os.pwrite(fd, view[done:], offset + done)
-        if n <= 0:
-            raise OSError(errno.EIO, "short write to journal")
-        done += n
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    chunks: list[bytes] = []
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(size - offset, 8 * 1024 * 1024), offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A rename or a new file is only durable once the directory entry itself is flushed.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(path: Path, data: bytes, *, fsync: bool) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data, 0)
-        if fsync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    os.close(fd)
-
-
-def _side_files(directory: Path) -> list[dict[str, Any]]:
-    """Damaged bytes set aside by earlier quarantines that are still in the directory."""
-    found = []
-    with contextlib.suppress(FileNotFoundError):
-        for item in os.scandir(directory):
-            if item.name.startswith(DAMAGED_PREFIX) and not item.name.endswith(".json"):
-                with contextlib.suppress(OSError):
-                    found.append({"file": item.name, "bytes": item.stat().st_size})
-    return sorted(found, key=lambda side: str(side["file"]))
-
-
-def _acquire_lock(directory: Path) -> int:
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise JournalError(f"cannot prepare journal directory {directory}: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise JournalError(f"journal directory {directory} is in use by another process") from None
-    except OSError as exc:
-        os.close(fd)
-        raise JournalError(f"cannot lock journal directory {directory}: {exc}") from exc
-    # The pid is only a hint for whoever investigates a held lock; the flock is what counts.
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _read_seal(path: Path) -> int | None:
-    try:
-        return decode_seal(path.read_bytes())
-    except FileNotFoundError:
-        return None
 
 
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
@@ -288,7 +190,7 @@ def inspect_journal(directory: Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / JOURNAL_FILE
     try:
-        sealed = _read_seal(directory / SEAL_FILE)
+        sealed = read_seal(directory / SEAL_FILE)
         buf = path.read_bytes()
     except FileNotFoundError:
         return {"path": str(path), "exists": False, "damage": [], "side_files": []}
@@ -308,7 +210,7 @@ def inspect_journal(directory: Path) -> dict[str, Any]:
         "torn_tail_bytes": len(buf) - found.end if sealed is None else 0,
         "damage": [region.to_obj() for region in found.damage],
         "message": _damage_message(path, found, sealed) if found.damage else None,
-        "side_files": _side_files(directory),
+        "side_files": side_files(directory),
     }
 
 
@@ -330,15 +232,6 @@ class _BatchResult:
     refused: list[_Write] = field(default_factory=list)  # entries the disk had no room for
     unwritten: list[_Write] = field(default_factory=list)  # others that failed with `failed`
     failed: OSError | None = None
-
-
-class _Unrecoverable(Exception):
-    """A failed write could not be undone: the file's end is unknown."""
-
-    def __init__(self, cause: OSError, error: OSError) -> None:
-        super().__init__(f"{cause}; rolling it back failed: {error}")
-        self.cause = cause
-        self.error = error
 
 
 # --------------------------------------------------------------------------- the journal
@@ -366,22 +259,19 @@ class Journal:
         executor: ThreadPoolExecutor,
     ) -> None:
         self._dir = directory
-        self._path = directory / JOURNAL_FILE
-        self._compact_path = directory / (JOURNAL_FILE + _COMPACT_SUFFIX)
-        self._seal_path = directory / SEAL_FILE
+        self._file = LogFile(directory, fsync=fsync)
+        self._seal = Seal(directory, fsync=fsync)
+        self._path = self._file.path
         self._fsync = fsync
         self._max_outcomes = max_outcomes
         self._compact_bytes = compact_bytes
         self._reserve_base = reserve_bytes
         self._on_damage = on_damage
         self._lock_fd = lock_fd
-        self._seal_fd = -1
         self._executor = executor
         self._reserve = Reserve(directory / RESERVE_FILE)
         self._chunk = max(4096, min(_RESERVE_CHUNK_MAX, reserve_bytes // 4))
 
-        self._fd = -1
-        self._size = 0
         self._next_seq = 1  # next seq handed out, including writes still in flight
         self._durable_next_seq = 1  # one past the highest seq that is on disk
         self._pending: dict[str, JournalEntry] = {}
@@ -413,7 +303,6 @@ class Journal:
         self._compact_at = compact_bytes
         self._appends = 0
         self._completions = 0
-        self._fsyncs = 0
         self._batches = 0
         self._compactions = 0
         self._compaction_failures = 0
@@ -449,7 +338,7 @@ class Journal:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-io")
 
         def open_sync() -> Journal:
-            lock_fd = _acquire_lock(directory)
+            lock_fd = acquire_lock(directory)
             journal = cls(
                 directory=directory,
                 fsync=fsync,
@@ -488,11 +377,10 @@ class Journal:
         try:
             with contextlib.suppress(FileNotFoundError):
                 # Left by a compaction that crashed before its rename: the old file is complete.
-                self._compact_path.unlink()
-            sealed = _read_seal(self._seal_path)
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            buf = _read_all(self._fd)
-            self._side_files = _side_files(self._dir)
+                self._file.compact_path.unlink()
+            sealed = self._seal.read()
+            buf = self._file.open()
+            self._side_files = side_files(self._dir)
         except OSError as exc:
             raise JournalError(f"cannot read journal {self._path}: {exc}") from exc
         try:
@@ -516,8 +404,8 @@ class Journal:
             if found.damage:
                 self._quarantine(buf, found)
             # From here on the journal changes: an old clean-close size must not outlive that.
-            self._mark_in_use()
-            self._size = found.end
+            self._seal.mark_in_use()
+            self._file.size = found.end
             self._durable_next_seq = self._next_seq
             torn = len(buf) - found.end if sealed is None else 0
             if torn > 0:
@@ -531,19 +419,17 @@ class Journal:
                     records=found.tail_records,
                 )
             if torn > 0 and not found.damage:
-                os.ftruncate(self._fd, found.end)
-                if self._fsync:
-                    os.fsync(self._fd)
+                self._file.cut(found.end)
             if found.damage or found.legacy:
                 # Without the damaged bytes, or in the current format: rewrite the live state.
                 self._rewrite_on_open(required=bool(found.damage))
-            elif self._size == 0:
+            elif self._file.size == 0:
                 self._write_first_meta()
         except OSError as exc:
             raise JournalError(f"cannot repair journal {self._path}: {exc}") from exc
 
         self._compact_at = self._compact_bytes
-        if self._size > self._compact_bytes:
+        if self._file.size > self._compact_bytes:
             # Ran over the threshold before the last shutdown (or the threshold was lowered).
             self._rewrite_on_open(required=False)
         self._restore_reserve()
@@ -560,7 +446,7 @@ class Journal:
 
     def _write_first_meta(self) -> None:
         try:
-            self._size = self._append_sync(
+            self._file.size = self._file.append(
                 [encode(TYPE_META, meta_body(self._durable_next_seq))], 0
             )
         except OSError as exc:
@@ -571,7 +457,7 @@ class Journal:
             self._set_full(True)
             return
         if self._fsync:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
 
     def _rewrite_on_open(self, *, required: bool) -> None:
         entries, outcomes = self._live_state(shed=False)
@@ -588,7 +474,7 @@ class Journal:
         self._install_compacted(new_fd, new_size, kept_outcomes=kept)
         if self._fsync:
             try:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
             except OSError as exc:
                 raise JournalError(f"cannot make compacted journal durable: {exc}") from exc
 
@@ -614,8 +500,8 @@ class Journal:
         )
         for attempt in (1, 2):
             try:
-                _write_new_file(self._dir / name, data, fsync=self._fsync)
-                _write_new_file(self._dir / (name + ".json"), description, fsync=self._fsync)
+                write_new_file(self._dir / name, data, fsync=self._fsync)
+                write_new_file(self._dir / (name + ".json"), description, fsync=self._fsync)
                 break
             except OSError as exc:
                 with contextlib.suppress(OSError):
@@ -627,7 +513,7 @@ class Journal:
                     ) from exc
                 self._reserve.shrink_to(0)
         if self._fsync:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         missing = sum(region.missing for region in found.damage)
         self._damage.append(
             {"file": name, "bytes": len(data), "missing_bytes": missing, "regions": regions}
@@ -642,30 +528,6 @@ class Journal:
             regions=regions,
             consequence="writes whose records were in the damaged bytes will not be applied",
         )
-
-    def _mark_in_use(self) -> None:
-        existed = self._seal_path.exists()
-        try:
-            fd = os.open(self._seal_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            if existed or not is_space_error(exc):
-                raise
-            _log.warning("journal_seal_unavailable", path=str(self._seal_path), error=str(exc))
-            return
-        try:
-            _write_all(fd, encode_seal(None), 0)
-            if self._fsync:
-                os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            if existed or not is_space_error(exc):
-                raise
-            # A fresh seal on a full disk: without one, the next open applies the crash rules.
-            with contextlib.suppress(OSError):
-                self._seal_path.unlink()
-            _log.warning("journal_seal_unavailable", path=str(self._seal_path), error=str(exc))
-            return
-        self._seal_fd = fd
 
     def _load_record(self, rtype: int, obj: Any) -> None:
         if rtype == TYPE_META:
@@ -815,7 +677,11 @@ class Journal:
                 if records:
                     await self._write_records(records)
                 requested = [write for write in batch if write.compact]
-                if requested or self._size > self._compact_at or self._pressure_compaction_due():
+                if (
+                    requested
+                    or self._file.size > self._compact_at
+                    or self._pressure_compaction_due()
+                ):
                     compaction_error = await self._compact(shed=self.full)
                     for write in requested:
                         if compaction_error is not None:
@@ -839,8 +705,8 @@ class Journal:
 
     async def _write_records(self, records: list[_Write]) -> None:
         try:
-            result = await self._io(self._write_batch, records, self._size, self._reserved)
-        except _Unrecoverable as exc:
+            result = await self._io(self._write_batch, records, self._file.size, self._reserved)
+        except Unrecoverable as exc:
             self._failed = JournalError(
                 f"journal {self._path} is unusable: a failed write ({exc.cause}) could not be "
                 f"rolled back ({exc.error}); restart the sidecar to recover"
@@ -857,7 +723,7 @@ class Journal:
             _log.warning("journal_write_failed", path=str(self._path), error=str(exc))
             self._fail(records, error)
             return
-        self._size = result.end
+        self._file.size = result.end
         if result.written:
             self._batches += 1
             self._commit(result.written)
@@ -925,7 +791,7 @@ class Journal:
             self._sample_free()
             return _BatchResult(end=start, refused=refused)
         try:
-            end = self._append_sync([write.data for write in chosen], start)
+            end = self._file.append([write.data for write in chosen], start)
         except OSError as exc:
             if not is_space_error(exc):
                 raise
@@ -938,7 +804,7 @@ class Journal:
             need = sum(len(write.data) for write in chosen) + COMMIT_RECORD_SIZE
             self._reserve.shrink_to(self._reserve.size - need - 2 * self._reserve.block)
             try:
-                end = self._append_sync([write.data for write in chosen], start)
+                end = self._file.append([write.data for write in chosen], start)
             except OSError as again:
                 if not is_space_error(again):
                     raise
@@ -949,26 +815,6 @@ class Journal:
             self._trim_reserve(reserved + new_bounds)
         self._sample_free()
         return _BatchResult(end=end, written=chosen, refused=refused)
-
-    def _append_sync(self, parts: list[bytes], start: int) -> int:
-        """Write the records and their commit record at `start`, fsync; return the new end. On
-        failure the file is cut back to `start` (raises _Unrecoverable if that fails too)."""
-        data = b"".join(parts)
-        blob = data + encode_commit(start, len(parts), data)
-        try:
-            _write_all(self._fd, blob, start)
-            if self._fsync:
-                os.fsync(self._fd)
-                self._fsyncs += 1
-        except OSError as exc:
-            try:
-                os.ftruncate(self._fd, start)
-                if self._fsync:
-                    os.fsync(self._fd)
-            except OSError as rollback:
-                raise _Unrecoverable(exc, rollback) from exc
-            raise
-        return start + len(blob)
 
     def _commit(self, batch: list[_Write]) -> None:
         for write in batch:
@@ -1105,18 +951,7 @@ class Journal:
         parts.extend(encode(TYPE_OUTCOME, orjson.dumps(outcome_to_obj(o))) for o in outcomes)
         data = b"".join(parts)
         data += encode_commit(0, len(parts), data)
-        fd = os.open(self._compact_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            _write_all(fd, data, 0)
-            if self._fsync:
-                os.fsync(fd)
-                self._fsyncs += 1
-            os.replace(self._compact_path, self._path)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                self._compact_path.unlink()
-            raise
+        fd = self._file.replace(data)
         return fd, len(data)
 
     def _write_compacted_making_room(
@@ -1136,9 +971,7 @@ class Journal:
         return (*self._write_compacted(pending, []), 0)
 
     def _install_compacted(self, new_fd: int, new_size: int, *, kept_outcomes: int) -> None:
-        old_fd, self._fd, self._size = self._fd, new_fd, new_size
-        with contextlib.suppress(OSError):
-            os.close(old_fd)
+        self._file.install(new_fd, new_size)
         self._compactions += 1
         self._sheddable = self._pressure_tried_at = kept_outcomes
         # Doubling keeps compaction amortised O(1) even when the live state itself is large.
@@ -1146,7 +979,7 @@ class Journal:
 
     def _compaction_failed(self, exc: OSError) -> None:
         self._compaction_failures += 1
-        self._compact_at = self._size + self._compact_bytes
+        self._compact_at = self._file.size + self._compact_bytes
         _log.warning("journal_compaction_failed", path=str(self._path), error=str(exc))
 
     async def _compact(self, *, shed: bool = False) -> JournalError | None:
@@ -1164,7 +997,7 @@ class Journal:
         self._install_compacted(new_fd, new_size, kept_outcomes=kept)
         if self._fsync:
             try:
-                await self._io(_fsync_dir, self._dir)
+                await self._io(fsync_dir, self._dir)
             except OSError as exc:
                 # The rename might be undone by a crash, taking later appends with it; stop
                 # taking any.
@@ -1212,7 +1045,7 @@ class Journal:
 
     @property
     def size_bytes(self) -> int:
-        return self._size
+        return self._file.size
 
     @property
     def path(self) -> Path:
@@ -1252,7 +1085,7 @@ class Journal:
         return {
             "path": str(self._path),
             "depth": len(self._pending),
-            "size_bytes": self._size,
+            "size_bytes": self._file.size,
             "appends": self._appends,
             "completions": self._completions,
             "oldest_pending_age_s": (
@@ -1263,7 +1096,7 @@ class Journal:
             "outcomes_retained": len(self._finished),
             "next_seq": self._next_seq,
             "fsync": self._fsync,
-            "fsyncs": self._fsyncs,
+            "fsyncs": self._file.fsyncs,
             "write_batches": self._batches,
             "compactions": self._compactions,
             "compaction_failures": self._compaction_failures,
@@ -1303,9 +1136,9 @@ class Journal:
 
         def final_sync() -> None:
             try:
-                if self._fsync and self._failed is None and self._fd >= 0:
-                    os.fsync(self._fd)
-                    self._seal()
+                if self._fsync and self._failed is None and self._file.fd >= 0:
+                    os.fsync(self._file.fd)
+                    self._seal.close_at(self._file.size)
             finally:
                 self._release_files()
 
@@ -1317,24 +1150,14 @@ class Journal:
             self._closed = True
             self._executor.shutdown(wait=False)
 
-    def _seal(self) -> None:
-        """Record the size of the cleanly closed journal: the next open then knows that every
-        byte of it was acknowledged and that none may be missing."""
-        if self._seal_fd < 0:
-            return
-        try:
-            _write_all(self._seal_fd, encode_seal(self._size), 0)
-            os.fsync(self._seal_fd)
-        except OSError as exc:
-            _log.warning("journal_seal_failed", path=str(self._seal_path), error=str(exc))
-
     def _release_files(self) -> None:
         self._reserve.close()
-        for fd in (self._fd, self._seal_fd, self._lock_fd):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)  # closing the lock descriptor releases the flock
-        self._fd = self._seal_fd = self._lock_fd = -1
+        self._file.close()
+        self._seal.close()
+        if self._lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)  # closing the lock descriptor releases the flock
+        self._lock_fd = -1
 
     async def __aenter__(self) -> Journal:
         return self
