@@ -1,14 +1,17 @@
 """Performance harness of the sidecar; the entry points are its ``python -m`` modules.
 
-- ``python -m bench``: the benchmark against two baselines;
+- ``python -m bench``: the benchmark against two baselines (``__main__``, ``benchmark_*``);
 - ``python -m bench.soak``: a long run with PostgreSQL outages;
 - ``python -m bench.pressure``: paced clients through a cut and a heal;
 - ``python -m bench.backlog``: what a deep journal costs reads, and its replay;
-- ``python -m bench.loadgen``: the load generator;
+- ``python -m bench.loadgen``: the load generator (``loadgen``, ``loadgen_*``, ``workload``,
+  ``tally``);
 - ``python -m bench.baselines``: the two baseline servers.
 
 Shared by them: the servers as processes (``servers``), the data set (``dataset``), the harness's
-own HTTP calls (``client``), CPU accounting (``cpu``) and the machine (``provenance``).
+own HTTP calls (``client``), the sidecar's status and counters (``status``, ``metrics``), outages
+(``outages``), CPU accounting (``cpu``), the machine (``provenance``), the replica's memory
+(``replica_memory``) and result files (``reporting``).
 
 This file imports nothing: every load generator process imports the package first, and must stay
 cheap to start.

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import itertools
 import os
 import random
@@ -37,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ import orjson
 from bench.client import http
 from bench.dataset import READ_TENANT, WRITE_TENANT, agent_body, seed
 from bench.provenance import machine
+from bench.replica_memory import replica_memory, replica_memory_lines
 from bench.servers import Server, Tokens, sidecar
 from bench.status import status_of
 
@@ -55,85 +55,6 @@ _MIB = 1024 * 1024
 
 def _log(msg: str) -> None:
     print(f"[soak {datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---- replica memory --------------------------------------------------------------------------
-
-
-def _record(i: int, rng: random.Random, now: datetime) -> Any:
-    """An AgentRecord built the way rows arrive from asyncpg: every string its own object."""
-    from bench.dataset import LANGUAGES, SPECIALIZATIONS, TASK_TYPES
-    from proxy.registry.agent import AgentRecord
-
-    def fresh(s: str) -> str:
-        return s.encode().decode()
-
-    agent_id = f"agent-{i:06d}"
-    return AgentRecord(
-        tenant_id=fresh(READ_TENANT),
-        agent_id=agent_id,
-        name=f"Agent {agent_id}",
-        model_family=fresh(rng.choice(("gpt", "claude", "llama"))),
-        task_types=tuple(fresh(t) for t in rng.sample(TASK_TYPES, 2)),
-        languages=tuple(fresh(t) for t in rng.sample(LANGUAGES, 2)),
-        specializations=tuple(fresh(t) for t in rng.sample(SPECIALIZATIONS, 1)),
-        max_concurrent_tasks=10,
-        active_tasks=rng.randint(0, 10),
-        queued_tasks=rng.randint(0, 3),
-        load_observed_at=now - timedelta(seconds=i),
-        registered_at=now - timedelta(seconds=i, microseconds=1),
-        last_heartbeat_at=now - timedelta(seconds=i, microseconds=2),
-        updated_at=now - timedelta(seconds=i, microseconds=3),
-        version=i + 1,
-        deleted_at=None,
-        task_count=rng.randint(0, 10_000),
-        success_count=rng.randint(0, 10_000),
-        quality_sum=rng.random() * 1000,
-        latency_ms_sum=rng.random() * 1e6,
-        revision=1,
-    )
-
-
-def replica_memory(n: int) -> dict[str, Any]:
-    """Memory of `n` agents in `proxy.store.replica.Replica`: RSS delta and tracemalloc."""
-    import tracemalloc
-
-    import psutil
-
-    from proxy.store.replica import Replica
-
-    proc = psutil.Process()
-    now = datetime.now(UTC)
-    gc.collect()
-    rss0 = proc.memory_info().rss
-    first = Replica(max_agents=n * 2)
-    rng = random.Random(1)
-    for i in range(n):
-        first.upsert(_record(i, rng, now))
-    gc.collect()
-    rss = proc.memory_info().rss - rss0
-    assert first.size == n
-
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    second = Replica(max_agents=n * 2)
-    rng = random.Random(1)
-    for i in range(n):
-        second.upsert(_record(i, rng, now))
-    gc.collect()
-    traced = tracemalloc.get_traced_memory()[0] - base
-    tracemalloc.stop()
-    assert second.size == n
-    per10k = 10_000 / n
-    return {
-        "agents": n,
-        "rss_bytes": rss,
-        "tracemalloc_bytes": traced,
-        "bytes_per_agent": round(traced / n),
-        "rss_mib_per_10k": round(rss * per10k / _MIB, 2),
-        "tracemalloc_mib_per_10k": round(traced * per10k / _MIB, 2),
-        "record": "2 task types, 2 languages, 1 specialization, 4 timestamps, ids ~12 chars",
-    }
 
 
 # ---- traffic ---------------------------------------------------------------------------------
@@ -580,12 +501,7 @@ def report(doc: dict[str, Any]) -> str:
     errs = doc.get("sidecar_errors", {})
     lines.append(f"sidecar log lines at level error: {errs.get('count', 0)}")
     lines.append(f"answers: {doc['traffic']['answers']}")
-    rm = doc.get("replica_memory", {})
-    if "rss_mib_per_10k" in rm:
-        lines.append(
-            f"replica memory per 10,000 agents: {rm['tracemalloc_mib_per_10k']} MiB "
-            f"(tracemalloc), {rm['rss_mib_per_10k']} MiB (RSS)"
-        )
+    lines += replica_memory_lines(doc.get("replica_memory", {}))
     for k, v in doc["acceptance"].items():
         lines.append(
             f"  {'PASS' if v['pass'] else 'FAIL'} {k}: {v['value']} (target {v['target']})"

@@ -17,3 +17,21 @@ async def status_of(server: Server, token: str) -> dict[str, Any]:
     if status != 200 or not isinstance(body, dict):
         raise RuntimeError(f"{server.name} /v1/status: {status} {body}")
     return body
+
+
+def transitions_since(doc: dict[str, Any], since: float) -> list[str]:
+    """Breaker transitions at or after wall time `since` (the status keeps a bounded history)."""
+    return [
+        f"{t['from']}->{t['to']} ({t.get('cause', '')})"
+        for t in doc["breaker"].get("transitions", [])
+        if t["at"] >= since
+    ]
+
+
+def breaker_summary(doc: dict[str, Any], since: float) -> dict[str, Any]:
+    return {
+        "state": doc["breaker"]["state"],
+        "transitions_during_step": transitions_since(doc, since),
+        "replica_agents": doc["replica"]["agents"],
+        "replica_age_seconds": doc["replica"]["age_seconds"],
+    }

@@ -1,0 +1,70 @@
+"""PostgreSQL taken away from the sidecar and given back, and waiting for the sidecar to notice.
+
+Each run makes its outage its own way (the benchmark stops PostgreSQL once); what they share is
+driving the sidecar into the state the step is about and out of it again, bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from bench.client import http
+from bench.servers import Server
+from bench.status import status_of
+
+
+async def trip_breakers(servers: list[Server], token: str, agent: str, timeout_s: float) -> None:
+    """Send reads until each sidecar's breaker is open (PostgreSQL is already stopped)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        for server in servers:
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end:
+                doc = await status_of(server, token)
+                if doc["breaker"]["state"] == "open":
+                    break
+                for _ in range(10):
+                    with contextlib.suppress(OSError):
+                        await http(
+                            f"{server.url}/v1/agents/{agent}", token=token, session=s, timeout_s=5
+                        )
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError(f"{server.name}: breaker did not open within {timeout_s}s")
+
+
+async def recover(
+    sidecars: list[Server], direct: Server, token: str, agent: str, timeout_s: float
+) -> None:
+    """After PostgreSQL is back: until each breaker is closed and each replica listens again,
+    and the direct asyncpg baseline answers again."""
+    end = time.monotonic() + timeout_s
+    for server in sidecars:
+        while True:
+            doc = await status_of(server, token)
+            # With read_mode=replica, reads never reach PostgreSQL while the replica is fresh, so
+            # no trial call closes a half-open breaker: half_open counts as recovered.
+            state = doc["breaker"]["state"]
+            if state in ("closed", "half_open") and doc["replica"].get("connected", True):
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(
+                    f"{server.name} did not recover within {timeout_s}s: breaker {state}, "
+                    f"replica connected {doc['replica'].get('connected')}"
+                )
+            with contextlib.suppress(OSError):
+                await http(f"{server.url}/v1/agents/{agent}", token=token, timeout_s=5)
+            await asyncio.sleep(0.2)
+    ok = 0
+    while ok < 10:
+        if time.monotonic() > end:
+            raise RuntimeError(f"{direct.name} did not recover within {timeout_s}s")
+        try:
+            status, _ = await http(f"{direct.url}/v1/agents/{agent}", timeout_s=5)
+        except OSError:
+            status = 0
+        ok = ok + 1 if status == 200 else 0
+        await asyncio.sleep(0.05)
