@@ -265,6 +265,19 @@ class CircuitBreaker:
             return self.retry_hint_s
         return 0.0
 
+    def refuses_now(self) -> bool:
+        """Whether `acquire` refuses every call until an operator or the clock changes it:
+        forced open, or open with its open period still running.
+
+        Without side effects, unlike `acquire` (which moves an elapsed open period to half-open):
+        for a caller that would rather take its fallback at once than build a call to be
+        refused. Half-open with every trial slot taken is not counted: it refuses only for as
+        long as a trial takes."""
+        state = self._state
+        if state is BreakerState.FORCED_OPEN:
+            return True
+        return state is BreakerState.OPEN and self.clock.monotonic() < self._open_until
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready view for ``/v1/status``."""
         now = self.clock.monotonic()
