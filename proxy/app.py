@@ -241,7 +241,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         bulkhead=bulkhead,
         lag=lag,
     )
-    db._on_ready = _wake(service)
+    db.on_ready = _wake(service)
 
     async def probe_query(timeout: float) -> None:
         # A loop of its own per probe: the connect timeout cuts openings short there too.

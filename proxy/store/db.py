@@ -82,7 +82,9 @@ class Database:
         self._cache = statement_cache_size
         self._interval = reconnect_interval_s
         self._migrate = run_migrations
-        self._on_ready = on_ready
+        # Awaited once the pool is open and migrated. Public, to be set after construction:
+        # what it wakes (the journal's replay) is built after the database.
+        self.on_ready = on_ready
         self.pool: asyncpg.Pool | None = None
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -138,8 +140,8 @@ class Database:
         self._unreachable.ended()
         self.ready.set()
         log.info("database pool open", max_size=self._max)
-        if self._on_ready is not None:
-            await self._on_ready()
+        if self.on_ready is not None:
+            await self.on_ready()
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
