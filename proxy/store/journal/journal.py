@@ -58,7 +58,6 @@ import asyncio
 import contextlib
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,10 +80,8 @@ from proxy.store.journal.codec import (
     entry_from_obj,
     entry_to_obj,
     fit_reason,
-    is_int,
     meta_body,
     outcome_bound,
-    outcome_from_obj,
     outcome_to_obj,
 )
 from proxy.store.journal.errors import JournalDamaged, JournalError, JournalFull
@@ -102,6 +99,7 @@ from proxy.store.journal.files import (
     side_files,
     write_new_file,
 )
+from proxy.store.journal.index import Index
 from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
 from proxy.store.journal.scan import Scan, UnsupportedRecord, scan
 from proxy.store.journal.space import (
@@ -263,7 +261,6 @@ class Journal:
         self._seal = Seal(directory, fsync=fsync)
         self._path = self._file.path
         self._fsync = fsync
-        self._max_outcomes = max_outcomes
         self._compact_bytes = compact_bytes
         self._reserve_base = reserve_bytes
         self._on_damage = on_damage
@@ -272,14 +269,9 @@ class Journal:
         self._reserve = Reserve(directory / RESERVE_FILE)
         self._chunk = max(4096, min(_RESERVE_CHUNK_MAX, reserve_bytes // 4))
 
-        self._next_seq = 1  # next seq handed out, including writes still in flight
-        self._durable_next_seq = 1  # one past the highest seq that is on disk
-        self._pending: dict[str, JournalEntry] = {}
-        self._by_tenant: dict[str, dict[str, JournalEntry]] = {}
-        self._finished: OrderedDict[str, tuple[Outcome, JournalEntry]] = OrderedDict()
+        self._index = Index(max_outcomes)
         self._inflight_appends: dict[str, asyncio.Future[JournalEntry]] = {}
         self._inflight_completions: dict[str, asyncio.Future[None]] = {}
-        self._reserved = 0  # sum of outcome_bound() over pending entries
 
         self._queue: list[_Write] = []
         self._flushing = False
@@ -391,13 +383,13 @@ class Journal:
             raise JournalDamaged(_damage_message(self._path, found, sealed), found.damage)
         for record in found.records:
             try:
-                self._load_record(record.rtype, orjson.loads(record.body))
+                self._index.load(record.rtype, orjson.loads(record.body))
             except (orjson.JSONDecodeError, ValueError) as exc:
                 raise JournalError(
                     f"journal {self._path} has an unreadable record at offset {record.offset}: "
                     f"{exc}"
                 ) from exc
-        self._sheddable = len(self._finished)
+        self._sheddable = len(self._index.finished)
 
         try:
             self._open_reserve()
@@ -406,7 +398,7 @@ class Journal:
             # From here on the journal changes: an old clean-close size must not outlive that.
             self._seal.mark_in_use()
             self._file.size = found.end
-            self._durable_next_seq = self._next_seq
+            self._index.durable_next_seq = self._index.next_seq
             torn = len(buf) - found.end if sealed is None else 0
             if torn > 0:
                 self._torn_records_dropped += found.tail_records
@@ -447,7 +439,7 @@ class Journal:
     def _write_first_meta(self) -> None:
         try:
             self._file.size = self._file.append(
-                [encode(TYPE_META, meta_body(self._durable_next_seq))], 0
+                [encode(TYPE_META, meta_body(self._index.durable_next_seq))], 0
             )
         except OSError as exc:
             if not is_space_error(exc):
@@ -460,7 +452,7 @@ class Journal:
             fsync_dir(self._dir)
 
     def _rewrite_on_open(self, *, required: bool) -> None:
-        entries, outcomes = self._live_state(shed=False)
+        entries, outcomes = self._index.live_state(shed=False)
         try:
             new_fd, new_size, kept = self._write_compacted_making_room(entries, outcomes)
         except OSError as exc:
@@ -529,29 +521,6 @@ class Journal:
             consequence="writes whose records were in the damaged bytes will not be applied",
         )
 
-    def _load_record(self, rtype: int, obj: Any) -> None:
-        if rtype == TYPE_META:
-            next_seq = obj.get("next_seq") if isinstance(obj, dict) else None
-            if not is_int(next_seq):
-                raise ValueError("meta record has no integer next_seq")
-            self._next_seq = max(self._next_seq, next_seq)
-        elif rtype == TYPE_ENTRY:
-            entry = entry_from_obj(obj)
-            self._next_seq = max(self._next_seq, entry.seq + 1)
-            if entry.op_id in self._pending:
-                _log.warning("journal_duplicate_entry_ignored", op_id=entry.op_id, seq=entry.seq)
-                return
-            # Mirrors `append`: an op_id whose outcome is still remembered is not appended again,
-            # so seeing it here means the outcome had been forgotten; the new entry stands.
-            self._finished.pop(entry.op_id, None)
-            self._add_pending(entry)
-        else:
-            outcome = outcome_from_obj(obj)
-            if outcome.op_id not in self._pending:
-                _log.warning("journal_outcome_without_entry_ignored", op_id=outcome.op_id)
-                return
-            self._finish(outcome)
-
     # ----------------------------------------------------------------------- writing
 
     async def append(
@@ -568,17 +537,17 @@ class Journal:
         self._check_usable()
         if not op_id:
             raise ValueError("op_id must be a non-empty string")
-        existing = self._pending.get(op_id)
+        existing = self._index.pending.get(op_id)
         if existing is not None:
             return existing
-        finished = self._finished.get(op_id)
+        finished = self._index.finished.get(op_id)
         if finished is not None:
             return finished[1]
         inflight = self._inflight_appends.get(op_id)
         if inflight is not None:
             return await asyncio.shield(inflight)
 
-        seq = self._next_seq
+        seq = self._index.next_seq
         record = {
             "seq": seq,
             "op_id": op_id,
@@ -594,7 +563,7 @@ class Journal:
         # Round-trip so the caller sees exactly what a restarted process would read back
         # (datetimes become strings, tuples lists), and holds no alias of its own dict.
         entry = entry_from_obj(orjson.loads(body))
-        self._next_seq = seq + 1
+        self._index.next_seq = seq + 1
 
         fut: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
@@ -618,13 +587,13 @@ class Journal:
         inflight = self._inflight_appends.get(op_id)
         if inflight is not None:
             await asyncio.shield(inflight)
-        if op_id in self._finished:
+        if op_id in self._index.finished:
             return
         completing = self._inflight_completions.get(op_id)
         if completing is not None:
             await asyncio.shield(completing)
             return
-        if op_id not in self._pending:
+        if op_id not in self._index.pending:
             raise KeyError(op_id)
         self._check_usable()  # close() may have begun while we waited above
 
@@ -705,7 +674,9 @@ class Journal:
 
     async def _write_records(self, records: list[_Write]) -> None:
         try:
-            result = await self._io(self._write_batch, records, self._file.size, self._reserved)
+            result = await self._io(
+                self._write_batch, records, self._file.size, self._index.reserved
+            )
         except Unrecoverable as exc:
             self._failed = JournalError(
                 f"journal {self._path} is unusable: a failed write ({exc.cause}) could not be "
@@ -820,14 +791,14 @@ class Journal:
         for write in batch:
             if write.entry is not None:
                 entry = write.entry
-                self._add_pending(entry)
-                self._durable_next_seq = max(self._durable_next_seq, entry.seq + 1)
+                self._index.add_pending(entry)
+                self._index.durable_next_seq = max(self._index.durable_next_seq, entry.seq + 1)
                 self._inflight_appends.pop(entry.op_id, None)
                 self._appends += 1
                 if not write.future.done():
                     write.future.set_result(entry)
             elif write.outcome is not None:
-                self._finish(write.outcome)
+                self._index.finish(write.outcome)
                 self._inflight_completions.pop(write.outcome.op_id, None)
                 self._completions += 1
                 self._sheddable += 1
@@ -842,24 +813,6 @@ class Journal:
                 self._inflight_completions.pop(write.outcome.op_id, None)
             if not write.future.done():
                 write.future.set_exception(error)
-
-    def _add_pending(self, entry: JournalEntry) -> None:
-        self._pending[entry.op_id] = entry
-        self._by_tenant.setdefault(entry.tenant, {})[entry.op_id] = entry
-        self._reserved += outcome_bound(entry.op_id)
-
-    def _finish(self, outcome: Outcome) -> None:
-        entry = self._pending.pop(outcome.op_id)
-        self._reserved -= outcome_bound(entry.op_id)
-        tenant_ops = self._by_tenant[entry.tenant]
-        del tenant_ops[outcome.op_id]
-        if not tenant_ops:
-            del self._by_tenant[entry.tenant]
-        if self._max_outcomes == 0:
-            return
-        self._finished[outcome.op_id] = (outcome, entry)
-        while len(self._finished) > self._max_outcomes:
-            self._finished.popitem(last=False)
 
     # ----------------------------------------------------------------------- disk space
 
@@ -910,7 +863,7 @@ class Journal:
     def _restore_reserve(self) -> bool:
         """I/O thread: grow the reserve back to its need; False (and full) when the disk has no
         room. Also clears `full` when the reserve is whole and the disk has room again."""
-        target = self._reserve_base + self._reserved
+        target = self._reserve_base + self._index.reserved
         try:
             self._reserve.ensure(target, self._chunk)
         except OSError as exc:
@@ -920,7 +873,7 @@ class Journal:
             self._note_space_error(exc)
             self._set_full(True)
             return False
-        self._trim_reserve(self._reserved)
+        self._trim_reserve(self._index.reserved)
         self._sample_free(force=True)
         resume = max(_FREE_BLOCKS_TO_RESUME * self._reserve.block, self._chunk)
         if self._free is None or self._free >= resume:
@@ -931,22 +884,15 @@ class Journal:
         fresh = self._sheddable - self._pressure_tried_at
         if not self.full or fresh <= 0:
             return False
-        return not self._pending or fresh >= max(_PRESSURE_COMPACT_MIN, self.depth)
+        return not self._index.pending or fresh >= max(_PRESSURE_COMPACT_MIN, self.depth)
 
     # ----------------------------------------------------------------------- compaction
-
-    def _live_state(self, *, shed: bool) -> tuple[list[JournalEntry], list[Outcome]]:
-        """What a rewrite keeps; `shed` leaves out finished operations (only pending remain)."""
-        finished = [] if shed else list(self._finished.values())
-        entries = [*self._pending.values(), *(entry for _, entry in finished)]
-        entries.sort(key=lambda entry: entry.seq)
-        return entries, [outcome for outcome, _ in finished]
 
     def _write_compacted(
         self, entries: list[JournalEntry], outcomes: list[Outcome]
     ) -> tuple[int, int]:
         """Write the live state to the side file and rename it into place; runs in the thread."""
-        parts = [encode(TYPE_META, meta_body(self._durable_next_seq))]
+        parts = [encode(TYPE_META, meta_body(self._index.durable_next_seq))]
         parts.extend(encode(TYPE_ENTRY, orjson.dumps(entry_to_obj(e))) for e in entries)
         parts.extend(encode(TYPE_OUTCOME, orjson.dumps(outcome_to_obj(o))) for o in outcomes)
         data = b"".join(parts)
@@ -966,7 +912,7 @@ class Journal:
             if not is_space_error(exc):
                 raise
             self._note_space_error(exc)
-        pending = [entry for entry in entries if entry.op_id in self._pending]
+        pending = [entry for entry in entries if entry.op_id in self._index.pending]
         self._reserve.shrink_to(0)
         return (*self._write_compacted(pending, []), 0)
 
@@ -983,7 +929,7 @@ class Journal:
         _log.warning("journal_compaction_failed", path=str(self._path), error=str(exc))
 
     async def _compact(self, *, shed: bool = False) -> JournalError | None:
-        entries, outcomes = self._live_state(shed=shed)
+        entries, outcomes = self._index.live_state(shed=shed)
         try:
             new_fd, new_size, kept = await self._io(
                 self._write_compacted_making_room, entries, outcomes
@@ -1014,34 +960,25 @@ class Journal:
 
     def pending(self) -> list[JournalEntry]:
         """Durable entries without an outcome, in seq order."""
-        return list(self._pending.values())
+        return list(self._index.pending.values())
 
     def pending_for(self, tenant: str, key: str | None = None) -> list[JournalEntry]:
         """Pending entries of one tenant (and optionally one key), in seq order."""
-        entries = self._by_tenant.get(tenant)
-        if not entries:
-            return []
-        if key is None:
-            return list(entries.values())
-        return [entry for entry in entries.values() if entry.key == key]
+        return self._index.pending_for(tenant, key)
 
     def get(self, op_id: str) -> JournalEntry | None:
-        return self._pending.get(op_id)
+        return self._index.pending.get(op_id)
 
     def outcome(self, op_id: str) -> Outcome | None:
-        finished = self._finished.get(op_id)
-        return finished[0] if finished is not None else None
+        return self._index.outcome(op_id)
 
     def state(self, op_id: str) -> OpStatus | None:
         """PENDING while journaled, the outcome's status once finished, None when unknown."""
-        if op_id in self._pending:
-            return OpStatus.PENDING
-        finished = self._finished.get(op_id)
-        return finished[0].status if finished is not None else None
+        return self._index.state(op_id)
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        return len(self._index.pending)
 
     @property
     def size_bytes(self) -> int:
@@ -1081,10 +1018,10 @@ class Journal:
         return len(self._side_files)
 
     def stats(self) -> dict[str, Any]:
-        oldest = next(iter(self._pending.values()), None)
+        oldest = next(iter(self._index.pending.values()), None)
         return {
             "path": str(self._path),
-            "depth": len(self._pending),
+            "depth": len(self._index.pending),
             "size_bytes": self._file.size,
             "appends": self._appends,
             "completions": self._completions,
@@ -1093,8 +1030,8 @@ class Journal:
             ),
             "torn_records_dropped": self._torn_records_dropped,
             "torn_bytes_dropped": self._torn_bytes_dropped,
-            "outcomes_retained": len(self._finished),
-            "next_seq": self._next_seq,
+            "outcomes_retained": len(self._index.finished),
+            "next_seq": self._index.next_seq,
             "fsync": self._fsync,
             "fsyncs": self._file.fsyncs,
             "write_batches": self._batches,
@@ -1108,7 +1045,7 @@ class Journal:
                 "entries_refused": self._refused_full,
                 "free_bytes": self._free,
                 "reserve_bytes": self._reserve.size,
-                "reserve_needed_bytes": self._reserve_base + self._reserved,
+                "reserve_needed_bytes": self._reserve_base + self._index.reserved,
                 "last_error": self._space_error,
             },
             "damage": {
