@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from chaos.toxiproxy.stream import Chunk
-from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import Attribute, Toxic, ToxicStub
 
 __all__ = ["BandwidthToxic"]
 
@@ -22,10 +22,7 @@ _NS_PER_PIECE_INTERVAL = 100_000_000
 
 class BandwidthToxic(Toxic):
     type_name = "bandwidth"
-    go_name = "BandwidthToxic"
-    attribute_kinds = (("rate", "int64"),)
-
-    rate: int
+    rate = Attribute("int64")
 
     def validate(self) -> str | None:
         if self.rate < 0:

@@ -14,7 +14,7 @@ import enum
 import logging
 import random
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, overload
 
 from chaos.toxiproxy.gojson import Float32, GoField, GoStruct
 from chaos.toxiproxy.stream import Channel, Chunk, Direction
@@ -22,6 +22,7 @@ from chaos.toxiproxy.stream import Channel, Chunk, Direction
 __all__ = [
     "INTERRUPTED",
     "TIMED_OUT",
+    "Attribute",
     "Signal",
     "Toxic",
     "ToxicStub",
@@ -43,20 +44,59 @@ INTERRUPTED = Signal.INTERRUPTED
 TIMED_OUT = Signal.TIMED_OUT
 
 
+class Attribute:
+    """An attribute of a toxic type: an integer of a Go kind (``int64``, ``int``), named as in JSON.
+
+    Declared once on the class (``rate = Attribute("int64")``), which gives both the name and type
+    the Python code reads and the Go field that decoding and error messages follow, in declaration
+    order. Each toxic stores its values on itself, zero until set; that hides the descriptor, so
+    reading ``toxic.rate`` costs a plain attribute lookup.
+    """
+
+    __slots__ = ("kind", "name")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, toxic: None, owner: type | None = None) -> Attribute: ...
+    @overload
+    def __get__(self, toxic: Toxic, owner: type | None = None) -> int: ...
+    def __get__(self, toxic: Toxic | None, owner: type | None = None) -> Attribute | int:
+        if toxic is None:
+            return self
+        # Only reachable before Toxic.__init__ has stored the value.
+        raise AttributeError(self.name)
+
+
 class Toxic:
     """Base class of toxic types.
 
-    Subclasses set ``type_name`` (the API name), ``go_name`` (the Go struct, used in error
-    messages), ``attribute_kinds`` (JSON name -> Go integer kind, in Go field order) and implement
-    :meth:`pipe`. Attributes are plain int instance attributes named as in JSON.
+    Subclasses set ``type_name`` (the API name), declare their attributes as :class:`Attribute`
+    and implement :meth:`pipe`. ``go_name``, the Go struct named in error messages, is the class
+    name unless the class sets it.
     """
 
     type_name: ClassVar[str]
     go_name: ClassVar[str]
+    # (JSON name, Go kind) of each Attribute, in declaration order; filled per subclass.
     attribute_kinds: ClassVar[tuple[tuple[str, str], ...]] = ()
     buffer_size: ClassVar[int] = 0
     stateful: ClassVar[bool] = False
     has_cleanup: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # Toxic types are not subclassed further, so a class's attributes are the ones it declares.
+        cls.attribute_kinds = tuple(
+            (value.name, value.kind) for value in vars(cls).values() if isinstance(value, Attribute)
+        )
+        if "go_name" not in vars(cls):
+            cls.go_name = cls.__name__
 
     def __init__(self) -> None:
         for name, _kind in self.attribute_kinds:

@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
-from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import Attribute, Toxic, ToxicStub
 
 __all__ = ["LatencyToxic"]
 
 
 class LatencyToxic(Toxic):
     type_name = "latency"
-    go_name = "LatencyToxic"
-    attribute_kinds = (("latency", "int64"), ("jitter", "int64"))
+    latency = Attribute("int64")
+    jitter = Attribute("int64")
     buffer_size = 1024
-
-    latency: int
-    jitter: int
 
     def _delay(self, stub: ToxicStub) -> float:
         delay = self.latency

@@ -6,7 +6,7 @@ The count is per link and survives updates of the toxic (it is the stage's state
 
 from __future__ import annotations
 
-from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import Attribute, Toxic, ToxicStub
 
 __all__ = ["LimitDataToxic"]
 
@@ -20,11 +20,8 @@ class _Transmitted:
 
 class LimitDataToxic(Toxic):
     type_name = "limit_data"
-    go_name = "LimitDataToxic"
-    attribute_kinds = (("bytes", "int64"),)
+    bytes = Attribute("int64")
     stateful = True
-
-    bytes: int
 
     def new_state(self) -> object:
         return _Transmitted()

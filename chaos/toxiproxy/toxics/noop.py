@@ -9,7 +9,6 @@ __all__ = ["NoopToxic"]
 
 class NoopToxic(Toxic):
     type_name = "noop"
-    go_name = "NoopToxic"
 
     async def pipe(self, stub: ToxicStub) -> None:
         await pass_through(stub)

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import asyncio
 
-from chaos.toxiproxy.toxics.base import INTERRUPTED, Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import INTERRUPTED, Attribute, Toxic, ToxicStub
 
 __all__ = ["ResetPeerToxic"]
 
 
 class ResetPeerToxic(Toxic):
     type_name = "reset_peer"
-    go_name = "ResetToxic"
-    attribute_kinds = (("timeout", "int64"),)
-
-    timeout: int
+    go_name = "ResetToxic"  # the Go struct is named unlike this class
+    timeout = Attribute("int64")
 
     async def pipe(self, stub: ToxicStub) -> None:
         chunk = await stub.recv()

@@ -13,19 +13,16 @@ from __future__ import annotations
 import random
 
 from chaos.toxiproxy.stream import Chunk
-from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import Attribute, Toxic, ToxicStub
 
 __all__ = ["SlicerToxic"]
 
 
 class SlicerToxic(Toxic):
     type_name = "slicer"
-    go_name = "SlicerToxic"
-    attribute_kinds = (("average_size", "int"), ("size_variation", "int"), ("delay", "int"))
-
-    average_size: int
-    size_variation: int
-    delay: int
+    average_size = Attribute("int")
+    size_variation = Attribute("int")
+    delay = Attribute("int")
 
     def validate(self) -> str | None:
         if self.average_size <= 0:

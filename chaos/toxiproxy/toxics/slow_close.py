@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from chaos.toxiproxy.stream import Chunk
-from chaos.toxiproxy.toxics.base import Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import Attribute, Toxic, ToxicStub
 
 __all__ = ["SlowCloseToxic"]
 
 
 class SlowCloseToxic(Toxic):
     type_name = "slow_close"
-    go_name = "SlowCloseToxic"
-    attribute_kinds = (("delay", "int64"),)
-
-    delay: int
+    delay = Attribute("int64")
 
     async def pipe(self, stub: ToxicStub) -> None:
         while True:

@@ -9,18 +9,15 @@ from __future__ import annotations
 import asyncio
 
 from chaos.toxiproxy.stream import Chunk
-from chaos.toxiproxy.toxics.base import INTERRUPTED, Toxic, ToxicStub
+from chaos.toxiproxy.toxics.base import INTERRUPTED, Attribute, Toxic, ToxicStub
 
 __all__ = ["TimeoutToxic"]
 
 
 class TimeoutToxic(Toxic):
     type_name = "timeout"
-    go_name = "TimeoutToxic"
-    attribute_kinds = (("timeout", "int64"),)
+    timeout = Attribute("int64")
     has_cleanup = True
-
-    timeout: int
 
     async def pipe(self, stub: ToxicStub) -> None:
         deadline = None
