@@ -15,7 +15,9 @@ from proxy.service.context import (
     journal_id,
 )
 from proxy.service.database_call import DatabaseUnavailable
-from proxy.service.registry import REPLAY_ATTEMPTS, RegistryService
+from proxy.service.registry import RegistryService
+from proxy.service.replay import REPLAY_ATTEMPTS
+from proxy.service.status import Gauges, Readiness, Sidecar
 
 __all__ = [
     "DEADLINE",
@@ -26,8 +28,11 @@ __all__ = [
     "UNREACHABLE",
     "Answer",
     "DatabaseUnavailable",
+    "Gauges",
+    "Readiness",
     "RegistryService",
     "RequestContext",
     "ServiceHooks",
+    "Sidecar",
     "journal_id",
 ]
