@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from .support import Api, Client, EchoServer, port_of
 
 pytestmark = pytest.mark.timeout(60)
 
-TOXICS = [
+TOXICS: list[dict[str, Any]] = [
     {"type": "noop"},
     {"type": "latency", "attributes": {"latency": 2, "jitter": 1}},
     {"type": "slicer", "attributes": {"average_size": 700, "size_variation": 200}},
