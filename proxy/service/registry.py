@@ -26,25 +26,21 @@ Every read from the replica says why it did not come from PostgreSQL (`X-Registr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import uuid
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
-import asyncpg
 import structlog
 
 from proxy.registry import errors, matching
-from proxy.registry.agent import AgentRecord
 from proxy.registry.models import AgentQuery
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
 from proxy.resilience.bulkhead import Bulkhead
-from proxy.resilience.deadline import Deadline
-from proxy.resilience.errors import ErrorKind, classify, describe
+from proxy.resilience.errors import ErrorKind
 from proxy.resilience.looplag import LoopLag
+from proxy.service.backlog import Backlog
 from proxy.service.context import (
     DEADLINE,
     OVERLOAD,
@@ -55,22 +51,18 @@ from proxy.service.context import (
     RequestContext,
     ServiceHooks,
     journal_id,
-    op_id_of,
     utc_now,
 )
 from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
+from proxy.service.replay import Replay
 from proxy.settings import ReadMode, Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.db import Database
-from proxy.store.journal import Journal, JournalEntry, JournalError, JournalFull, OpStatus
-from proxy.store.replica import PendingWrite, Replica
+from proxy.store.journal import Journal, JournalError, JournalFull
+from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-# Unexpected failures of one journal entry before it is rejected rather than retried.
-REPLAY_ATTEMPTS = 5
 
 
 class RegistryService:
@@ -107,26 +99,23 @@ class RegistryService:
         )
         # Requests with an Idempotency-Key in progress, by journal id: one at a time per key.
         self._key_locks: dict[str, asyncio.Lock] = {}
-        # Writes waiting for their agent's journaled backlog to be applied, by (tenant, agent).
-        # Journal ids of entries in a replay batch that failed after it was sent, by agent: the
-        # agent stays held until they are settled.
-        self._unsettled: dict[tuple[str, str], set[str]] = {}
-        self._backlog_waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = {}
         # Read per request on the hot path; the settings of a running service do not change.
         self._replica_reads = settings.read_mode is ReadMode.REPLICA
         self._max_staleness_s = settings.replica.max_staleness_ms / 1000
-        self._replay_lock = asyncio.Lock()
-        self._replay_wake = asyncio.Event()
-        self._replay_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._replay_failures: dict[str, int] = {}
-        self.replays: dict[str, Any] = {
-            "runs": 0,
-            "applied": 0,
-            "rejected": 0,
-            "failed": 0,
-            "last_error": None,
-        }
+        self._backlog = Backlog(replica)
+        self._replay = Replay(
+            settings=settings,
+            database=database,
+            breaker=breaker,
+            replica=replica,
+            journal=journal,
+            hooks=self.hooks,
+            call=self._database,
+            backlog=self._backlog,
+            drained=self._drained,
+        )
+        self.replays: dict[str, Any] = self._replay.stats
         self.on_replayed: Callable[[], None] | None = None
         breaker.add_listener(self._on_transition)
 
@@ -136,15 +125,19 @@ class RegistryService:
         if self.journal is not None:
             if self.replica is not None:
                 for entry in self.journal.pending():
-                    self._overlay(entry)
-            self._replay_task = asyncio.create_task(self._replay_loop(), name="journal-replay")
-            self._replay_wake.set()
+                    self._backlog.show(entry)
+            self._replay.start()
+            self._backlog.wake()
 
     async def stop(self) -> None:
-        if self._replay_task is not None:
-            self._replay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replay_task
+        await self._replay.stop()
+
+    async def replay(self) -> int:
+        return await self._replay.run()
+
+    def _drained(self) -> None:
+        if self.on_replayed is not None:
+            self.on_replayed()
 
     def _on_transition(self, transition: Any) -> None:
         # Half-open included: the replay's first batch is then the trial that closes the
@@ -154,14 +147,11 @@ class RegistryService:
             BreakerState.DISABLED,
             BreakerState.HALF_OPEN,
         ):
-            self._replay_wake.set()
-        elif self._backlog_waiters:
+            self._backlog.wake()
+        else:
             # Writes waiting for their agent's backlog look again: PostgreSQL is away once
             # more, so they are journaled behind it rather than waiting out their deadline.
-            for waiters in self._backlog_waiters.values():
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
+            self._backlog.look_again()
         if transition.to_state is BreakerState.OPEN and self.db.pool is not None:
             # Connections opened before the fault may be half-dead; start the recovery fresh.
             task = asyncio.create_task(self.db.pool.expire_connections())
@@ -169,7 +159,7 @@ class RegistryService:
             task.add_done_callback(self._background.discard)
 
     def wake_replay(self) -> None:
-        self._replay_wake.set()
+        self._backlog.wake()
 
     # -- replica helpers -------------------------------------------------------------------
 
@@ -415,7 +405,11 @@ class RegistryService:
                 )
             # PostgreSQL answers again: this write waits for the agent's backlog, then goes
             # straight there. Journaling it would grow the journal while it should drain.
-            if not await self._await_backlog(ctx.tenant, target, ctx.deadline):
+            # The wait leaves the write the breaker's slow-call time of its deadline for its own
+            # call: a call started with a few milliseconds left would time out against a healthy
+            # PostgreSQL and count as its failure.
+            wait = ctx.deadline.remaining() - self.settings.breaker.slow_call_ms / 1000
+            if not await self._backlog.wait_for(ctx.tenant, target, wait):
                 self.hooks.shed("backlog")
                 if ctx.client_deadline:
                     raise errors.DeadlineExceeded(
@@ -488,54 +482,6 @@ class RegistryService:
             f"Its op id is {op_id}: {how}",
             extensions={"op_id": op_id},
         )
-
-    async def _await_backlog(self, tenant: str, agent_id: str, deadline: Deadline) -> bool:
-        """Wait until the replay has applied every journaled write of the agent (the replay
-        takes such agents first), or the breaker opens again; False when the wait runs out.
-
-        The wait leaves the write the breaker's slow-call time of its deadline for its own
-        call: a call started with a few milliseconds left would time out against a healthy
-        PostgreSQL and count as its failure."""
-        key = (tenant, agent_id)
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        waiters = self._backlog_waiters.setdefault(key, [])
-        waiters.append(waiter)
-        self._replay_wake.set()
-        wait = deadline.remaining() - self.settings.breaker.slow_call_ms / 1000
-        try:
-            async with asyncio.timeout(max(0.0, wait)):
-                await waiter
-        except TimeoutError:
-            return False
-        finally:
-            if waiter in waiters:
-                waiters.remove(waiter)
-            if not waiters and self._backlog_waiters.get(key) is waiters:
-                del self._backlog_waiters[key]
-        return True
-
-    def _release_settled(self, keys: set[tuple[str, str]]) -> None:
-        """End the replay's hold on these agents, but for those with entries of a batch whose
-        fate is still unknown."""
-        rep = self.replica
-        if rep is None:
-            return
-        free = set()
-        for key in keys:
-            if self._unsettled.get(key):
-                continue
-            self._unsettled.pop(key, None)
-            free.add(key)
-        rep.release(free)
-
-    def _backlog_settled(self, keys: set[tuple[str, str]]) -> None:
-        rep = self.replica
-        for key in keys:
-            waiters = self._backlog_waiters.get(key)
-            if waiters and (rep is None or not rep.has_pending(*key)):
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
 
     def _written(self, outcome: repository.WriteOutcome) -> Answer:
         if outcome.record is not None and self.replica is not None:
@@ -619,237 +565,14 @@ class RegistryService:
                 body = {"op_id": op_id, "status": done.status.value, "reason": done.reason}
                 return Answer(202, body, "journal", headers)
             return Answer(202, {"op_id": op_id, "status": "pending"}, "journal", headers)
-        self._overlay(entry)
+        self._backlog.show(entry)
         self.hooks.journal_append()
         if self.breaker.state not in OPEN_STATES:
-            self._replay_wake.set()
+            self._backlog.wake()
         if entry.payload.get("uncertain"):
             # Reads show it once the replay has settled it (PostgreSQL may hold it already).
             headers["X-Registry-Pending"] = "uncertain"
         return Answer(202, {"op_id": op_id, "status": "pending"}, "journal", headers)
-
-    def _overlay(self, entry: JournalEntry) -> None:
-        if self.replica is None or entry.kind not in repository.REGISTRY_KINDS:
-            return
-        op_id = op_id_of(entry.op_id)
-        self.replica.add_pending(
-            entry.tenant,
-            entry.key,
-            PendingWrite(
-                op_id=op_id,
-                kind=entry.kind,
-                payload=entry.payload["payload"],
-                received_at=datetime.fromisoformat(entry.payload["received_at"]),
-                uncertain=bool(entry.payload.get("uncertain")),
-            ),
-        )
-
-    # -- replay ----------------------------------------------------------------------------
-
-    async def _replay_loop(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0):
-                    await self._replay_wake.wait()
-            self._replay_wake.clear()
-            if self.journal is None or not self.journal.depth:
-                continue
-            if self.breaker.state in OPEN_STATES or self.db.pool is None:
-                continue
-            try:
-                await self.replay()
-            except Exception as exc:  # keep the loop alive; the next wake tries again
-                log.error("journal replay failed", error=describe(exc))
-
-    async def replay(self) -> int:
-        """Apply the journal in order; returns how many entries left it. Single-flight.
-
-        Entries go in batches of `journal.replay_batch`, each batch one PostgreSQL transaction
-        (a savepoint per entry, so a rejected entry does not undo the others) and one fsync of
-        the journal for all their outcomes: an entry costs its statements, not a commit and a
-        disk flush of its own."""
-        journal = self.journal
-        if journal is None:
-            return 0
-        done = 0
-        async with self._replay_lock:
-            self.replays["runs"] += 1
-            while journal.depth:
-                finished, stop = await self._replay_batch(self._next_batch(journal))
-                done += finished
-                if stop:
-                    break
-        if done and self.replica is not None:
-            log.info("journal drained", entries=done)
-        if done and self.on_replayed is not None:
-            self.on_replayed()
-        return done
-
-    def _next_batch(self, journal: Journal) -> list[JournalEntry]:
-        """The entries to apply next: those of agents a write is waiting for first (all of an
-        agent's, in order, so its writes keep their order), then the oldest."""
-        size = self.settings.journal.replay_batch
-        batch: list[JournalEntry] = []
-        taken: set[str] = set()
-        for tenant, agent_id in list(self._backlog_waiters):
-            for entry in journal.pending_for(tenant, agent_id):
-                if len(batch) >= size:
-                    break
-                batch.append(entry)
-                taken.add(entry.op_id)
-        if len(batch) < size:
-            for entry in journal.pending():
-                if entry.op_id not in taken:
-                    batch.append(entry)
-                    if len(batch) >= size:
-                        break
-        return batch
-
-    async def _replay_batch(self, batch: list[JournalEntry]) -> tuple[int, bool]:
-        """Apply one batch in `journal.replay_lanes` lanes at once, each agent's entries in one
-        lane and in their order; returns (entries that left the journal, whether to stop).
-
-        A lane is a transaction on a connection of its own: the round trips of one entry wait
-        on PostgreSQL and the network, so lanes side by side drain several times faster."""
-        lanes = max(1, self.settings.journal.replay_lanes)
-        if lanes == 1 or len(batch) < 2:
-            return await self._replay_lane(batch)
-        groups: dict[int, list[JournalEntry]] = {}
-        for entry in batch:
-            groups.setdefault(hash((entry.tenant, entry.key)) % lanes, []).append(entry)
-        outcomes = await asyncio.gather(*(self._replay_lane(g) for g in groups.values()))
-        return sum(n for n, _ in outcomes), any(stop for _, stop in outcomes)
-
-    async def _replay_lane(self, batch: list[JournalEntry]) -> tuple[int, bool]:
-        """Apply entries in one transaction; returns (entries that left the journal, whether
-        to stop for now)."""
-        assert self.journal is not None
-        rep = self.replica
-        keys = {(entry.tenant, entry.key) for entry in batch}
-        if rep is not None:
-            rep.hold(keys)
-        deadline = Deadline.after(
-            max(self.settings.request.default_timeout_ms / 1000, _REPLAY_BATCH_TIMEOUT_S)
-        )
-        now = utc_now()
-        try:
-            applied = await self._database.run(
-                deadline,
-                "replay",
-                lambda c: _apply_batch(c, batch, self.settings.max_agents, now),
-                background=True,
-            )
-        except DatabaseUnavailable as exc:
-            if rep is not None:
-                if exc.sent:
-                    # The batch may have committed as the connection died: its rows may reach
-                    # the base while its entries are still pending. The agents stay held until
-                    # a later batch settles those entries.
-                    for entry in batch:
-                        key = (entry.tenant, entry.key)
-                        self._unsettled.setdefault(key, set()).add(entry.op_id)
-                self._release_settled(keys)
-            self.replays["failed"] += 1
-            self.replays["last_error"] = str(exc)
-            self.hooks.replayed("failed")
-            return 0, True
-        except BaseException:
-            if rep is not None:
-                self._release_settled(keys)
-            raise
-        results, records, broken = applied
-        # Drop what PostgreSQL now holds from the overlay and show its rows, in one step with no
-        # await between, so no read sees a write twice or not at all.
-        if rep is not None:
-            for entry, status, _reason, _record in results:
-                rep.drop_pending(entry.tenant, entry.key, op_id_of(entry.op_id))
-                if entry.kind == "performance" and status is OpStatus.APPLIED:
-                    event_id = entry.payload["payload"]["body"]["event_id"]
-                    rep.event_counted(entry.tenant, entry.key, event_id)
-                unsettled = self._unsettled.get((entry.tenant, entry.key))
-                if unsettled is not None:
-                    unsettled.discard(entry.op_id)
-            self._release_settled(keys)
-            for rec in records:
-                rep.upsert(rec)
-        self._backlog_settled(keys)
-        journal = self.journal
-        outcomes = await asyncio.gather(
-            *(journal.complete(entry.op_id, status, why) for entry, status, why, _ in results),
-            return_exceptions=True,
-        )
-        for (entry, status, reason, _), recorded in zip(results, outcomes, strict=True):
-            if isinstance(recorded, BaseException):
-                # The outcome is in the ledger; the entry stays pending here and its next
-                # replay finds it there, so it is still applied once.
-                log.error(
-                    "journal outcome not recorded", op_id=entry.op_id, error=describe(recorded)
-                )
-                continue
-            self._replay_failures.pop(entry.op_id, None)
-            self.replays[status.value] += 1
-            self.hooks.replayed(status.value)
-            if status is OpStatus.APPLIED:
-                self.hooks.committed("replay")
-            else:
-                log.warning(
-                    "journaled write rejected on replay",
-                    op_id=op_id_of(entry.op_id),
-                    reason=reason,
-                )
-        finished = len(results)
-        if broken is None:
-            return finished, False
-        bad_entry, error = broken
-        return finished + await self._replay_unexpected(bad_entry, error, deadline), True
-
-    async def _replay_unexpected(
-        self, entry: JournalEntry, exc: BaseException, deadline: Deadline
-    ) -> int:
-        """An entry that failed in a way that is neither an outage nor a rejection.
-
-        Maybe passing, maybe this entry can never be applied: it is tried again on later rounds,
-        and only after several failures rejected, durably and with the reason, so one poisoned
-        entry cannot block the journal for ever. Returns 1 when it left the journal."""
-        assert self.journal is not None
-        op_id = op_id_of(entry.op_id)
-        failures = self._replay_failures.get(entry.op_id, 0) + 1
-        self._replay_failures[entry.op_id] = failures
-        log.error("journal entry not applied", op_id=op_id, attempt=failures, error=describe(exc))
-        if failures < REPLAY_ATTEMPTS:
-            self.replays["failed"] += 1
-            self.replays["last_error"] = describe(exc)
-            return 0
-        reason = f"internal-error: {describe(exc)}"
-        meta = entry.payload
-        wctx = _replay_context(entry, self.settings.max_agents)
-        try:
-            await self._database.run(
-                deadline,
-                "replay_reject",
-                lambda c: repository.record_rejection(
-                    c,
-                    wctx,
-                    op_id=op_id,
-                    kind=entry.kind,
-                    req_hash=meta.get("hash", ""),
-                    reason=reason,
-                ),
-                background=True,
-            )
-        except Exception as record_exc:  # the journal outcome still carries the reason
-            log.error(
-                "rejection not recorded in the ledger", op_id=op_id, error=describe(record_exc)
-            )
-        await self.journal.complete(entry.op_id, OpStatus.REJECTED, reason)
-        self._replay_failures.pop(entry.op_id, None)
-        if self.replica is not None:
-            self.replica.drop_pending(entry.tenant, entry.key, op_id)
-        self._backlog_settled({(entry.tenant, entry.key)})
-        self.replays["rejected"] += 1
-        self.hooks.replayed("rejected")
-        log.warning("journaled write rejected on replay", op_id=op_id, reason=reason)
-        return 1
 
     # -- admin -----------------------------------------------------------------------------
 
@@ -880,7 +603,7 @@ class RegistryService:
         return {
             "bulkhead": self.bulkhead.snapshot() if self.bulkhead is not None else None,
             "loop_lag": self.lag.snapshot() if self.lag is not None else None,
-            "backlog_waiters": sum(len(w) for w in self._backlog_waiters.values()),
+            "backlog_waiters": self._backlog.waiting(),
         }
 
     def set_breaker(self, state: str, reason: str | None) -> None:
@@ -891,70 +614,3 @@ class RegistryService:
             self.breaker.disable(cause)
         else:
             self.breaker.automatic(cause)
-
-
-# A batch holds at most `journal.replay_batch` entries of a few statements each; it gets at
-# least this long, whatever the request deadline.
-_REPLAY_BATCH_TIMEOUT_S = 10.0
-
-_Applied = tuple[JournalEntry, OpStatus, str | None, AgentRecord | None]
-
-
-def _replay_context(entry: JournalEntry, max_agents: int) -> repository.WriteContext:
-    meta = entry.payload
-    return repository.WriteContext(
-        entry.tenant,
-        meta.get("actor", "journal"),
-        meta.get("request_id"),
-        max_agents,
-        at=datetime.fromisoformat(meta["received_at"]) if "received_at" in meta else None,
-    )
-
-
-async def _apply_batch(
-    conn: asyncpg.Connection, batch: list[JournalEntry], max_agents: int, now: datetime
-) -> tuple[list[_Applied], list[AgentRecord], tuple[JournalEntry, BaseException] | None]:
-    """Apply entries in order in one transaction, each in a savepoint of its own.
-
-    Returns the outcome of each entry applied or rejected, the rows of every agent the batch
-    touched as they stand at its commit (what the replica shows next), and the entry that broke
-    the batch with its error, if one did: the entries before it still commit, the rest wait."""
-    results: list[_Applied] = []
-    broken: tuple[JournalEntry, BaseException] | None = None
-    async with conn.transaction():
-        for entry in batch:
-            meta = entry.payload
-            try:
-                outcome = await repository.execute_write(
-                    conn,
-                    _replay_context(entry, max_agents),
-                    kind=entry.kind,
-                    payload=meta["payload"],
-                    render=lambda rec: rec.to_public(now),
-                    op_id=op_id_of(entry.op_id),
-                    req_hash=meta.get("hash", ""),
-                )
-            except errors.RegistryError as exc:
-                results.append((entry, OpStatus.REJECTED, f"{exc.slug}: {exc.detail}", None))
-                continue
-            except Exception as exc:
-                # An outage or a lost race undoes the batch (it is tried again whole); only a
-                # failure of this entry itself stops the batch here, keeping those before it.
-                if classify(exc) is not ErrorKind.PERMANENT:
-                    raise
-                broken = (entry, exc)
-                break
-            if outcome.applied:
-                results.append((entry, OpStatus.APPLIED, None, outcome.record))
-            else:
-                results.append((entry, OpStatus.REJECTED, outcome.reason, None))
-        agents: dict[str, list[str]] = {}
-        for entry, *_ in results:
-            if entry.kind in repository.REGISTRY_KINDS:
-                agents.setdefault(entry.tenant, []).append(entry.key)
-        records = [
-            rec
-            for tenant, ids in agents.items()
-            for rec in await repository.fetch_rows(conn, tenant, ids)
-        ]
-    return results, records, broken
