@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
+from proxy.registry.requests import WriteKind
 
 # The change watermark of a journaled write is drawn by PostgreSQL when it applies it; until then
 # the record shows this. It is never an ETag (that is the revision).
@@ -37,8 +38,13 @@ def apply_write(
 
     An unregistered agent is returned with `deleted_at` set (None when there was no agent), so
     that a re-registration after it continues its revision; readers skip such records.
+    `kind` is a `WriteKind` or its value, as a journal record gives it back.
     """
-    if kind == "register":
+    try:
+        kind = WriteKind(kind)
+    except ValueError:
+        raise ValueError(f"unknown write kind {kind!r}") from None
+    if kind is WriteKind.REGISTER:
         body = payload["body"]
         if current is not None and current.deleted_at is None:
             raise errors.DuplicateAgent(f"agent {body['agent_id']!r} is already registered")
@@ -71,14 +77,14 @@ def apply_write(
             latency_ms_sum=0.0,
             revision=revision,
         )
-    if kind == "unregister":
+    if kind is WriteKind.UNREGISTER:
         if current is None or current.deleted_at is not None:
             return current
         # Kept as a tombstone so a re-registration journaled after it knows the revision.
         return current.evolve(deleted_at=now, updated_at=now, version=PROVISIONAL_VERSION)
     if current is None or current.deleted_at is not None:
         raise errors.NotFound(f"agent {payload['agent_id']!r} is not registered")
-    if kind == "patch":
+    if kind is WriteKind.PATCH:
         if_match = payload.get("if_match")
         if if_match is not None and if_match != current.revision:
             raise errors.PreconditionFailed(
@@ -99,7 +105,7 @@ def apply_write(
             revision=current.revision + 1 if changed else current.revision,
             **changes,
         )
-    if kind == "load":
+    if kind is WriteKind.LOAD:
         body = payload["body"]
         observed = datetime.fromisoformat(body["observed_at"])
         if current.load_observed_at is not None and current.load_observed_at > observed:
@@ -111,14 +117,14 @@ def apply_write(
             updated_at=now,
             version=PROVISIONAL_VERSION,
         )
-    if kind == "heartbeat":
+    if kind is WriteKind.HEARTBEAT:
         seen = datetime.fromisoformat(payload["observed_at"])
         return current.evolve(
             last_heartbeat_at=max(current.last_heartbeat_at, seen),
             updated_at=now,
             version=PROVISIONAL_VERSION,
         )
-    if kind == "performance":
+    if kind is WriteKind.PERFORMANCE:
         body = payload["body"]
         return current.evolve(
             task_count=current.task_count + 1,
@@ -128,4 +134,5 @@ def apply_write(
             updated_at=now,
             version=PROVISIONAL_VERSION,
         )
-    raise ValueError(f"unknown write kind {kind!r}")
+    # An admin record: it changes no agent, so it never reaches an agent's view.
+    raise ValueError(f"{kind.value!r} writes change no agent")

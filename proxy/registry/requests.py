@@ -1,17 +1,60 @@
-"""What identifies a write request, apart from the op id it is carried under.
+"""What a write request is, apart from the op id it is carried under: its kind, and the
+fingerprint that tells a retry from a different request.
 
-An Idempotency-Key names one request: a retry under the same key must be the same request, and
-a different one under it is refused. `request_hash` is the fingerprint compared, stored in the
-ledger with the operation, so it must stay stable across releases: a retry that reaches a newer
-sidecar still matches.
+Both are stored: the kind names a write in journal records, the ledger and the audit log, and
+`request_hash` goes into the ledger with the operation. So neither may change between releases:
+a journal written by one sidecar is replayed by the next, and a retry that reaches a newer
+sidecar must still match its first attempt.
 """
 
 from __future__ import annotations
 
 import hashlib
+from enum import StrEnum
 from typing import Any
 
 import orjson
+
+from proxy.registry.models import (
+    HeartbeatRequest,
+    LoadRequest,
+    PatchRequest,
+    PerformanceRequest,
+    RegisterRequest,
+    Strict,
+)
+
+
+class WriteKind(StrEnum):
+    """The kinds of write. Each value is the string stored for it, and a member equals (and
+    hashes as) that string, so records written before the enum existed read the same."""
+
+    REGISTER = "register"
+    PATCH = "patch"
+    LOAD = "load"
+    HEARTBEAT = "heartbeat"
+    PERFORMANCE = "performance"
+    UNREGISTER = "unregister"
+    ADMIN = "admin"
+    """An operator's action: it changes no agent, it is written for its audit row."""
+
+    @property
+    def body_model(self) -> type[Strict] | None:
+        """The model a client's request body of this kind is validated with; None when the
+        request has no body (an unregistration) or is not a client's (an admin record)."""
+        return _BODY_MODELS.get(self)
+
+
+_BODY_MODELS: dict[WriteKind, type[Strict]] = {
+    WriteKind.REGISTER: RegisterRequest,
+    WriteKind.PATCH: PatchRequest,
+    WriteKind.LOAD: LoadRequest,
+    WriteKind.HEARTBEAT: HeartbeatRequest,
+    WriteKind.PERFORMANCE: PerformanceRequest,
+}
+
+# The kinds that change an agent: those the replica shows over its rows while they wait.
+REGISTRY_KINDS = frozenset(WriteKind) - {WriteKind.ADMIN}
 
 
 def request_hash(kind: str, target: str | None, body: Any, extra: Any = None) -> str:

@@ -44,6 +44,7 @@ from proxy.registry.apply import apply_write
 from proxy.registry.matching import matches, sort_key
 from proxy.registry.matching import stats as matching_stats
 from proxy.registry.models import AgentQuery
+from proxy.registry.requests import WriteKind
 from proxy.resilience.clock import SYSTEM_CLOCK, Clock
 
 # Remembered counted event ids per agent; a retry of an older one during an outage may count
@@ -319,7 +320,7 @@ class Replica:
         """One pending write over the view so far, as PostgreSQL will apply it."""
         if w.uncertain:
             return rec  # never counted twice: shown once PostgreSQL has settled it
-        if w.kind == "performance":
+        if w.kind == WriteKind.PERFORMANCE:
             event_id = w.payload["body"].get("event_id")
             if event_id is not None:
                 if event_id in counted or event_id in known:

@@ -11,6 +11,7 @@ import pytest
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
 from proxy.registry.apply import PROVISIONAL_VERSION, apply_write
+from proxy.registry.requests import WriteKind
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 EARLIER = NOW - timedelta(hours=1)
@@ -221,6 +222,17 @@ def test_performance_report(success: bool, successes: int) -> None:
 def test_unknown_kind() -> None:
     with pytest.raises(ValueError, match=r"^unknown write kind 'rename'$"):
         apply_write("rename", "t", {}, base(), NOW)
+
+
+def test_an_admin_record_changes_no_agent() -> None:
+    with pytest.raises(ValueError, match=r"^'admin' writes change no agent$"):
+        apply_write(WriteKind.ADMIN, "t", {"action": "breaker", "target": "db"}, base(), NOW)
+
+
+def test_a_kind_is_taken_as_its_member_or_its_stored_string() -> None:
+    payload = {"agent_id": "a1", "body": {"name": "renamed"}}
+    by_string = apply_write("patch", "t", payload, base(), NOW)
+    assert apply_write(WriteKind.PATCH, "t", payload, base(), NOW) == by_string
 
 
 # -- errors -----------------------------------------------------------------------------------

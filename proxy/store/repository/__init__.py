@@ -12,7 +12,9 @@ Callers import from here; the modules split it by concept:
 
 from __future__ import annotations
 
-from proxy.registry.requests import request_hash
+# These two live in the domain; the service, the HTTP routes and the backlog bench still take
+# them from here.
+from proxy.registry.requests import REGISTRY_KINDS, request_hash
 from proxy.store.repository.ledger import (
     WriteOutcome,
     execute_write,
@@ -30,7 +32,7 @@ from proxy.store.repository.reads import (
     query_agents,
 )
 from proxy.store.repository.rows import COLUMNS, record_from_row
-from proxy.store.repository.writes import REGISTRY_KINDS, WriteContext, target_of
+from proxy.store.repository.writes import WriteContext, target_of
 
 __all__ = [
     "COLUMNS",
@@ -49,7 +51,6 @@ __all__ = [
     "query_agents",
     "record_from_row",
     "record_rejection",
-    # The service and the backlog bench still take it from here; it lives in the domain.
     "request_hash",
     "target_of",
 ]

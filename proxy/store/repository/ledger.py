@@ -18,6 +18,7 @@ import orjson
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
+from proxy.registry.requests import WriteKind
 from proxy.store.repository.writes import WRITES, WriteContext, target_of
 
 
@@ -101,13 +102,15 @@ async def execute_write(
     Idempotency-Key), the primary key conflict rolls the whole attempt back and the stored answer
     is returned instead. A domain rejection (duplicate, full, not found, stale If-Match) is an
     outcome too: it is recorded with its reason, so a rejected replay leaves a readable trace.
+    `kind` is a `WriteKind` or its value, as a journal record gives it back.
     """
+    write = WRITES[WriteKind(kind)]
     target = target_of(kind, payload)
-    action = f"admin:{payload['action']}" if kind == "admin" else kind
+    action = f"admin:{payload['action']}" if kind == WriteKind.ADMIN else kind
     try:
         async with conn.transaction():
             try:
-                status, body, rec = await WRITES[kind](conn, ctx, payload)
+                status, body, rec = await write(conn, ctx, payload)
             except errors.RegistryError as exc:
                 raise _Rejected(exc) from exc
             if body is None and rec is not None and status != 204:

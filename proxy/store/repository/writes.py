@@ -18,6 +18,7 @@ import asyncpg
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
+from proxy.registry.requests import WriteKind
 from proxy.store.repository.reads import fetch_agent
 from proxy.store.repository.rows import COLUMNS, record_from_row
 
@@ -252,21 +253,21 @@ async def _unregister(
     return 204, None, None
 
 
-WRITES: dict[str, WriteFn] = {
-    "register": _register,
-    "patch": _patch,
-    "load": _load,
-    "heartbeat": _heartbeat,
-    "performance": _performance,
-    "unregister": _unregister,
-    "admin": _admin,
+WRITES: dict[WriteKind, WriteFn] = {
+    WriteKind.REGISTER: _register,
+    WriteKind.PATCH: _patch,
+    WriteKind.LOAD: _load,
+    WriteKind.HEARTBEAT: _heartbeat,
+    WriteKind.PERFORMANCE: _performance,
+    WriteKind.UNREGISTER: _unregister,
+    WriteKind.ADMIN: _admin,
 }
-REGISTRY_KINDS = frozenset(WRITES) - {"admin"}
 
 
 def target_of(kind: str, payload: dict[str, Any]) -> str:
-    if kind == "admin":
+    """What the write is about, as its audit row names it: an agent id, or an admin target."""
+    if kind == WriteKind.ADMIN:
         return str(payload["target"])
-    if kind == "register":
+    if kind == WriteKind.REGISTER:
         return str(payload["body"]["agent_id"])
     return str(payload["agent_id"])
