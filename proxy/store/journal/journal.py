@@ -36,15 +36,8 @@ unless `on_damage="quarantine"`: then the damaged bytes go to the side file, an 
 tell: after a crash (no seal), damage to the commit record of the last batch, or the file's end
 cut off into it, looks exactly like a torn write, and that batch is cut as such.
 
-Disk space: `journal.reserve` is kept as large as `reserve_bytes` plus the most that the outcomes
-of all pending entries can take (an outcome is bounded: `codec.outcome_bound`, about
-0.4 KiB). An entry is taken only if the reserve can grow to cover its outcome and its own bytes
-can be written; otherwise it is refused with JournalFull, nothing of it stays on disk, and the
-journal reports itself full.
-Outcome records and compaction take their room from the reserve when the disk has none, so every
-entry already accepted can be completed; when the journal is full, compaction keeps no finished
-operations, which shrinks the file as the entries drain, and the journal takes entries again once
-the reserve is whole and the disk has room.
+Disk space, and the reserve that keeps room for the outcomes of accepted entries, are
+space.py's.
 
 Compaction writes the live state (meta, pending entries, entries and outcomes of the most recent
 finished operations, one batch) to `journal.log.compact`, fsyncs it, renames it over
@@ -102,13 +95,7 @@ from proxy.store.journal.files import (
 from proxy.store.journal.index import Index
 from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
 from proxy.store.journal.scan import Scan, UnsupportedRecord, scan
-from proxy.store.journal.space import (
-    RESERVE_FILE,
-    Reserve,
-    free_bytes,
-    is_space_error,
-    round_up,
-)
+from proxy.store.journal.space import RESERVE_FILE, DiskSpace, is_space_error
 
 __all__ = [
     "JOURNAL_FILE",
@@ -129,16 +116,8 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-# The reserve grows in steps of up to this much (a quarter of `reserve_bytes` if less), so most
-# batches need no allocation call.
-_RESERVE_CHUNK_MAX: Final = 64 * 1024
-# After a full disk, entries are taken again once the reserve is whole and this many blocks of
-# the disk are free.
-_FREE_BLOCKS_TO_RESUME: Final = 4
 # While full, a rewrite is tried after this many (or `depth`, if more) outcomes, or once drained.
 _PRESSURE_COMPACT_MIN: Final = 64
-# Free space is sampled at most this often (seconds) for stats().
-_FREE_SAMPLE_S: Final = 1.0
 
 _T = TypeVar("_T")
 
@@ -262,12 +241,10 @@ class Journal:
         self._path = self._file.path
         self._fsync = fsync
         self._compact_bytes = compact_bytes
-        self._reserve_base = reserve_bytes
         self._on_damage = on_damage
         self._lock_fd = lock_fd
         self._executor = executor
-        self._reserve = Reserve(directory / RESERVE_FILE)
-        self._chunk = max(4096, min(_RESERVE_CHUNK_MAX, reserve_bytes // 4))
+        self._space = DiskSpace(directory, reserve_bytes=reserve_bytes, journal=self._file.path)
 
         self._index = Index(max_outcomes)
         self._inflight_appends: dict[str, asyncio.Future[JournalEntry]] = {}
@@ -281,11 +258,6 @@ class Journal:
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
 
-        self._full_since: float | None = None
-        self._space_error: str | None = None
-        self._free: int | None = None
-        self._free_sampled = 0.0
-        self._refused_full = 0
         self._sheddable = 0  # outcome records in the file that a rewrite could leave out
         self._pressure_tried_at = 0  # `_sheddable` when a rewrite under pressure last failed
 
@@ -392,7 +364,7 @@ class Journal:
         self._sheddable = len(self._index.finished)
 
         try:
-            self._open_reserve()
+            self._space.open_reserve()
             if found.damage:
                 self._quarantine(buf, found)
             # From here on the journal changes: an old clean-close size must not outlive that.
@@ -425,16 +397,7 @@ class Journal:
             # Ran over the threshold before the last shutdown (or the threshold was lowered).
             self._rewrite_on_open(required=False)
         self._restore_reserve()
-        self._sample_free(force=True)
-
-    def _open_reserve(self) -> None:
-        try:
-            self._reserve.open()
-        except OSError as exc:
-            # Entries are refused until it can be made (see Reserve.ensure); outcomes go on.
-            _log.warning(
-                "journal_reserve_unavailable", path=str(self._reserve.path), error=str(exc)
-            )
+        self._space.sample_free(force=True)
 
     def _write_first_meta(self) -> None:
         try:
@@ -445,8 +408,8 @@ class Journal:
             if not is_space_error(exc):
                 raise
             # A new journal on a full disk: it holds nothing yet, so start, but refuse entries.
-            self._note_space_error(exc)
-            self._set_full(True)
+            self._space.note_error(exc)
+            self._space.set_full(True, self.depth)
             return
         if self._fsync:
             fsync_dir(self._dir)
@@ -503,7 +466,7 @@ class Journal:
                         f"journal {self._path} is damaged and the damaged bytes could not be "
                         f"set aside in {self._dir}: {exc}"
                     ) from exc
-                self._reserve.shrink_to(0)
+                self._space.lend_all()
         if self._fsync:
             fsync_dir(self._dir)
         missing = sum(region.missing for region in found.damage)
@@ -699,7 +662,7 @@ class Journal:
             self._batches += 1
             self._commit(result.written)
             if any(write.entry is not None for write in result.written):
-                self._set_full(False)
+                self._space.set_full(False, self.depth)
         if result.failed is not None:
             # Not even the reserve gave enough room (something else filled the disk): these
             # outcomes stay pending, and the replay records them on a later round.
@@ -710,7 +673,7 @@ class Journal:
         refused = result.refused
         if not refused:
             return
-        self._set_full(True)
+        self._space.set_full(True, self.depth)
         # Finished operations still take room in the file: a rewrite without them may make
         # enough. Try that once before refusing.
         if (
@@ -722,8 +685,8 @@ class Journal:
                 write.retried = True
             self._queue[:0] = refused
             return
-        self._refused_full += len(refused)
-        self._fail(refused, self._full_error())
+        self._space.refused += len(refused)
+        self._fail(refused, self._space.full_error(self.depth))
 
     def _write_batch(self, writes: list[_Write], start: int, reserved: int) -> _BatchResult:
         """I/O thread: append `writes` as one batch at `start`.
@@ -736,55 +699,38 @@ class Journal:
         entries = [write for write in writes if write.entry is not None]
         new_bounds = sum(write.bound for write in entries)
         if new_bounds:
-            try:
-                self._reserve.ensure(self._reserve_base + reserved + new_bounds, self._chunk)
-            except OSError as exc:
-                if not is_space_error(exc):
-                    raise
-                self._note_space_error(exc)
-                # Take the entries (in order) whose outcomes still find room, refuse the rest.
-                held = self._reserve_base + reserved
-                taken = 0
-                for write in entries:
-                    try:
-                        self._reserve.ensure(held + write.bound, 1)
-                    except OSError as again:
-                        if not is_space_error(again):
-                            raise
-                        break
-                    held += write.bound
-                    taken += 1
-                refused = entries[taken:]
-                new_bounds = held - self._reserve_base - reserved
-                out = {id(write) for write in refused}
-                chosen = [write for write in writes if id(write) not in out]
+            taken = self._space.hold(reserved, [write.bound for write in entries])
+            refused = entries[taken:]
+            new_bounds = sum(write.bound for write in entries[:taken])
+            out = {id(write) for write in refused}
+            chosen = [write for write in writes if id(write) not in out]
         if not chosen:
-            self._sample_free()
+            self._space.sample_free()
             return _BatchResult(end=start, refused=refused)
         try:
             end = self._file.append([write.data for write in chosen], start)
         except OSError as exc:
             if not is_space_error(exc):
                 raise
-            self._note_space_error(exc)
+            self._space.note_error(exc)
             refused += [write for write in chosen if write.entry is not None]
             chosen = [write for write in chosen if write.entry is None]
             if not chosen:
-                self._sample_free()
+                self._space.sample_free()
                 return _BatchResult(end=start, refused=refused)
             need = sum(len(write.data) for write in chosen) + COMMIT_RECORD_SIZE
-            self._reserve.shrink_to(self._reserve.size - need - 2 * self._reserve.block)
+            self._space.lend(need)
             try:
                 end = self._file.append([write.data for write in chosen], start)
             except OSError as again:
                 if not is_space_error(again):
                     raise
-                self._note_space_error(again)
-                self._sample_free()
+                self._space.note_error(again)
+                self._space.sample_free()
                 return _BatchResult(end=start, refused=refused, unwritten=chosen, failed=again)
         if not refused:
-            self._trim_reserve(reserved + new_bounds)
-        self._sample_free()
+            self._space.trim(reserved + new_bounds)
+        self._space.sample_free()
         return _BatchResult(end=end, written=chosen, refused=refused)
 
     def _commit(self, batch: list[_Write]) -> None:
@@ -814,71 +760,8 @@ class Journal:
             if not write.future.done():
                 write.future.set_exception(error)
 
-    # ----------------------------------------------------------------------- disk space
-
-    def _set_full(self, full: bool) -> None:
-        if full and self._full_since is None:
-            self._full_since = time.time()
-            _log.error(
-                "journal_disk_full",
-                path=str(self._path),
-                depth=self.depth,
-                reserve_bytes=self._reserve.size,
-                error=self._space_error,
-            )
-        elif not full and self._full_since is not None:
-            _log.info(
-                "journal_disk_ok",
-                path=str(self._path),
-                full_for_s=round(time.time() - self._full_since, 3),
-                refused=self._refused_full,
-            )
-            self._full_since = None
-
-    def _full_error(self) -> JournalFull:
-        return JournalFull(
-            f"journal disk of {self._dir} is full: new entries are refused while its "
-            f"{self._reserve.size} reserved bytes are kept for the outcomes of the {self.depth} "
-            f"pending entries ({self._space_error})"
-        )
-
-    def _note_space_error(self, exc: OSError) -> None:
-        self._space_error = exc.strerror or str(exc)
-        self._sample_free(force=True)
-
-    def _sample_free(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._free_sampled >= _FREE_SAMPLE_S:
-            self._free_sampled = now
-            with contextlib.suppress(OSError):
-                self._free = free_bytes(self._dir)
-
-    def _trim_reserve(self, reserved: int) -> None:
-        """Give back what the reserve holds beyond its need (after a drain), in whole chunks."""
-        target = self._reserve_base + reserved
-        if self._reserve.size > target + 2 * self._chunk:
-            with contextlib.suppress(OSError):
-                self._reserve.shrink_to(round_up(target, self._chunk))
-
     def _restore_reserve(self) -> bool:
-        """I/O thread: grow the reserve back to its need; False (and full) when the disk has no
-        room. Also clears `full` when the reserve is whole and the disk has room again."""
-        target = self._reserve_base + self._index.reserved
-        try:
-            self._reserve.ensure(target, self._chunk)
-        except OSError as exc:
-            if not is_space_error(exc):
-                _log.warning("journal_reserve_failed", path=str(self._path), error=str(exc))
-                return False
-            self._note_space_error(exc)
-            self._set_full(True)
-            return False
-        self._trim_reserve(self._index.reserved)
-        self._sample_free(force=True)
-        resume = max(_FREE_BLOCKS_TO_RESUME * self._reserve.block, self._chunk)
-        if self._free is None or self._free >= resume:
-            self._set_full(False)
-        return True
+        return self._space.restore(self._index.reserved, self.depth)
 
     def _pressure_compaction_due(self) -> bool:
         fresh = self._sheddable - self._pressure_tried_at
@@ -911,9 +794,9 @@ class Journal:
         except OSError as exc:
             if not is_space_error(exc):
                 raise
-            self._note_space_error(exc)
+            self._space.note_error(exc)
         pending = [entry for entry in entries if entry.op_id in self._index.pending]
-        self._reserve.shrink_to(0)
+        self._space.lend_all()
         return (*self._write_compacted(pending, []), 0)
 
     def _install_compacted(self, new_fd: int, new_size: int, *, kept_outcomes: int) -> None:
@@ -996,7 +879,7 @@ class Journal:
     @property
     def full(self) -> bool:
         """True while the disk has no room for new entries (they get JournalFull)."""
-        return self._full_since is not None
+        return self._space.full
 
     @property
     def writable(self) -> bool:
@@ -1039,15 +922,7 @@ class Journal:
             "compaction_failures": self._compaction_failures,
             "writable": self.writable,
             "failed": str(self._failed) if self._failed is not None else None,
-            "disk": {
-                "full": self.full,
-                "full_since": self._full_since,
-                "entries_refused": self._refused_full,
-                "free_bytes": self._free,
-                "reserve_bytes": self._reserve.size,
-                "reserve_needed_bytes": self._reserve_base + self._index.reserved,
-                "last_error": self._space_error,
-            },
+            "disk": self._space.stats(self._index.reserved),
             "damage": {
                 "on_damage": self._on_damage.value,
                 "quarantined": list(self._damage),
@@ -1088,7 +963,7 @@ class Journal:
             self._executor.shutdown(wait=False)
 
     def _release_files(self) -> None:
-        self._reserve.close()
+        self._space.reserve.close()
         self._file.close()
         self._seal.close()
         if self._lock_fd >= 0:
