@@ -468,9 +468,6 @@ class Replica:
 
     # -- snapshot --------------------------------------------------------------------------
 
-    def snapshot_data(self) -> dict[str, Any]:
-        return snapshot_rows(self.snapshot_view())
-
     def snapshot_view(self) -> tuple[list[str], bool, list[AgentRecord]]:
         """An immutable copy, cheap to take on the event loop; the records are frozen, so the
         rows can be built from it in another thread while the replica moves on."""

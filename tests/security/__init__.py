@@ -23,7 +23,7 @@ from tests.conftest import Api, Tokens, app_of
 
 PROBLEM_BASE = "https://registry-proxy.dev/problems/"
 # Domain rejections of a well-formed write: no effect, but one `rejected` ledger row and one
-# audit row (proxy/store/repository.py, execute_write), so the attempt leaves a trace.
+# audit row (proxy/store/repository/ledger.py, execute_write), so the attempt leaves a trace.
 DOMAIN_REJECTIONS = frozenset(
     {"not-found", "duplicate-agent", "registry-full", "precondition-failed"}
 )
