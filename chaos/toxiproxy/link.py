@@ -26,7 +26,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import cast
 
-from chaos.toxiproxy.stream import Channel, Chunk, Direction
+from chaos.toxiproxy.stream import Channel, Chunk, Direction, park, wake
 from chaos.toxiproxy.toxics.base import ToxicStub, ToxicWrapper
 
 __all__ = ["Endpoint", "Link"]
@@ -80,7 +80,7 @@ class Endpoint(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._wake_drain()
+        wake(self._drain_waiters)
         if self.reader is not None:
             self.reader.on_source_end()
         else:
@@ -95,7 +95,7 @@ class Endpoint(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._wake_drain()
+        wake(self._drain_waiters)
         if self.writer is not None:
             self.writer.on_dest_writable()
 
@@ -126,17 +126,7 @@ class Endpoint(asyncio.Protocol):
     async def drained(self) -> None:
         """Wait until the transport accepts more data (or the socket is gone)."""
         while self.write_paused and not self.lost:
-            fut = asyncio.get_running_loop().create_future()
-            self._drain_waiters.append(fut)
-            try:
-                await fut
-            finally:
-                self._drain_waiters.remove(fut)
-
-    def _wake_drain(self) -> None:
-        for fut in self._drain_waiters:
-            if not fut.done():
-                fut.set_result(None)
+            await park(self._drain_waiters)
 
     def set_linger_reset(self) -> None:
         """Make the eventual close of this socket an RST."""

@@ -29,28 +29,32 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LABELS = ("direction", "listener", "proxy", "upstream")
 
 
+_Key = tuple[str, str, str, str]
+
+
+def _counter(name: str, documentation: str, values: dict[_Key, float]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=_LABELS)
+    for key, value in sorted(values.items()):
+        family.add_metric(key, value)
+    return family
+
+
 class _ProxyBytes(Collector):
     def __init__(self) -> None:
-        self.received: dict[tuple[str, str, str, str], float] = {}
-        self.sent: dict[tuple[str, str, str, str], float] = {}
+        self.received: dict[_Key, float] = {}
+        self.sent: dict[_Key, float] = {}
 
     def collect(self) -> Iterator[Metric]:
-        received = CounterMetricFamily(
+        yield _counter(
             "toxiproxy_proxy_received_bytes",
             "Number of bytes received from the source of a link",
-            labels=_LABELS,
+            self.received,
         )
-        for key, value in sorted(self.received.items()):
-            received.add_metric(key, value)
-        sent = CounterMetricFamily(
+        yield _counter(
             "toxiproxy_proxy_sent_bytes",
             "Number of bytes sent to the destination of a link",
-            labels=_LABELS,
+            self.sent,
         )
-        for key, value in sorted(self.sent.items()):
-            sent.add_metric(key, value)
-        yield received
-        yield sent
 
 
 class _HandlerErrors(Collector):

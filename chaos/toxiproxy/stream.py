@@ -14,7 +14,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Channel", "Chunk", "Direction", "parse_direction"]
+__all__ = ["Channel", "Chunk", "Direction", "park", "parse_direction", "wake"]
 
 
 class Direction(enum.IntEnum):
@@ -47,10 +47,21 @@ class Chunk:
         self.timestamp = timestamp
 
 
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
+def wake(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake every coroutine :func:`park`-ed on ``waiters``; each re-checks what it waits for."""
     for fut in waiters:
         if not fut.done():
             fut.set_result(None)
+
+
+async def park(waiters: list[asyncio.Future[None]]) -> None:
+    """Wait for the next :func:`wake` of ``waiters`` (or a cancellation)."""
+    fut = asyncio.get_running_loop().create_future()
+    waiters.append(fut)
+    try:
+        await fut
+    finally:
+        waiters.remove(fut)
 
 
 class Channel:
@@ -88,7 +99,7 @@ class Channel:
             return None
         item = self._buf.popleft()
         if self._putters:
-            _wake(self._putters)
+            wake(self._putters)
         if self.on_space is not None and len(self._buf) < self.capacity:
             self.on_space()
         return item
@@ -99,14 +110,14 @@ class Channel:
             return
         self._buf.append(item)
         if self._getters:
-            _wake(self._getters)
+            wake(self._getters)
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        _wake(self._getters)
-        _wake(self._putters)
+        wake(self._getters)
+        wake(self._putters)
 
     def add_getter(self, fut: asyncio.Future[None]) -> None:
         self._getters.append(fut)
@@ -118,12 +129,7 @@ class Channel:
     async def put(self, item: Chunk) -> None:
         """Send, waiting while full. Sending on a closed channel drops the chunk."""
         while len(self._buf) >= self.capacity and not self.closed:
-            fut = asyncio.get_running_loop().create_future()
-            self._putters.append(fut)
-            try:
-                await fut
-            finally:
-                self._putters.remove(fut)
+            await park(self._putters)
         self.push(item)
 
     async def put_within(self, item: Chunk, timeout: float) -> bool:
@@ -138,12 +144,7 @@ class Channel:
     async def get(self) -> Chunk | None:
         """Receive, waiting for a chunk; None once closed and drained."""
         while not self.ready():
-            fut = asyncio.get_running_loop().create_future()
-            self._getters.append(fut)
-            try:
-                await fut
-            finally:
-                self.remove_getter(fut)
+            await park(self._getters)
         return self.take()
 
     async def get_unless(self, other: asyncio.Future[bool]) -> Chunk | bool | None:

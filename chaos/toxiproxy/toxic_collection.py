@@ -61,6 +61,16 @@ def _parse(body: bytes) -> JsonValue:
         raise errors.bad_request_body(str(exc)) from None
 
 
+def _configure(toxic: Toxic, decoded: dict[str, object]) -> None:
+    """Set the decoded ``attributes`` on ``toxic``, refusing values the real server crashes on."""
+    values = decoded.get("attributes")
+    if isinstance(values, dict):
+        toxic.set_attributes(values)
+    problem = toxic.validate()
+    if problem is not None:
+        raise errors.invalid_attributes(problem)
+
+
 async def _all(calls: Iterable[Awaitable[None]]) -> None:
     # Links are edited concurrently, as Toxiproxy does, so one slow link does not hold the rest.
     await asyncio.gather(*calls)
@@ -143,12 +153,7 @@ class ToxicCollection:
             decoded = attrs.decode(value, _attributes_struct(toxic, with_toxicity=False))
             if attrs.error is not None:
                 raise errors.bad_request_body(attrs.error)
-            values = decoded.get("attributes")
-            if isinstance(values, dict):
-                toxic.set_attributes(values)
-            problem = toxic.validate()
-            if problem is not None:
-                raise errors.invalid_attributes(problem)
+            _configure(toxic, decoded)
             toxicity = fields.get("toxicity", 1.0)
             assert isinstance(toxicity, float)
             wrapper = ToxicWrapper(toxic, name, type_name, stream, toxicity, direction)
@@ -165,12 +170,7 @@ class ToxicCollection:
             decoder = StructDecoder()
             fields = decoder.decode(value, _attributes_struct(wrapper.toxic, with_toxicity=True))
             candidate = wrapper.toxic.copy()
-            values = fields.get("attributes")
-            if isinstance(values, dict):
-                candidate.set_attributes(values)
-            problem = candidate.validate()
-            if problem is not None:
-                raise errors.invalid_attributes(problem)
+            _configure(candidate, fields)
             # Go decodes straight into the live toxic: on a type error the attributes that did
             # decode are already applied, and running stages read them, but nothing restarts.
             wrapper.toxic.set_attributes(candidate.attributes())
