@@ -39,10 +39,8 @@ cut off into it, looks exactly like a torn write, and that batch is cut as such.
 Disk space, and the reserve that keeps room for the outcomes of accepted entries, are
 space.py's.
 
-Compaction writes the live state (meta, pending entries, entries and outcomes of the most recent
-finished operations, one batch) to `journal.log.compact`, fsyncs it, renames it over
-`journal.log` and fsyncs the directory. A crash at any step leaves one complete file: the old one
-until the rename, the new one after; a leftover `.compact` file is deleted on open.
+Compaction, the rewrite that keeps the file from growing with every operation, is
+compaction.py's.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 import structlog
@@ -69,14 +67,13 @@ from proxy.store.journal.codec import (
     TYPE_META,
     TYPE_OUTCOME,
     encode,
-    encode_commit,
     entry_from_obj,
-    entry_to_obj,
     fit_reason,
     meta_body,
     outcome_bound,
     outcome_to_obj,
 )
+from proxy.store.journal.compaction import Compactor
 from proxy.store.journal.errors import JournalDamaged, JournalError, JournalFull
 from proxy.store.journal.files import (
     DAMAGED_PREFIX,
@@ -116,8 +113,6 @@ __all__ = [
 
 _log = structlog.get_logger(__name__)
 
-# While full, a rewrite is tried after this many (or `depth`, if more) outcomes, or once drained.
-_PRESSURE_COMPACT_MIN: Final = 64
 
 _T = TypeVar("_T")
 
@@ -240,13 +235,15 @@ class Journal:
         self._seal = Seal(directory, fsync=fsync)
         self._path = self._file.path
         self._fsync = fsync
-        self._compact_bytes = compact_bytes
         self._on_damage = on_damage
         self._lock_fd = lock_fd
         self._executor = executor
         self._space = DiskSpace(directory, reserve_bytes=reserve_bytes, journal=self._file.path)
 
         self._index = Index(max_outcomes)
+        self._compactor = Compactor(
+            self._file, self._index, self._space, compact_bytes=compact_bytes
+        )
         self._inflight_appends: dict[str, asyncio.Future[JournalEntry]] = {}
         self._inflight_completions: dict[str, asyncio.Future[None]] = {}
 
@@ -258,18 +255,12 @@ class Journal:
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
 
-        self._sheddable = 0  # outcome records in the file that a rewrite could leave out
-        self._pressure_tried_at = 0  # `_sheddable` when a rewrite under pressure last failed
-
         self._damage: list[dict[str, Any]] = []
         self._side_files: list[dict[str, Any]] = []
 
-        self._compact_at = compact_bytes
         self._appends = 0
         self._completions = 0
         self._batches = 0
-        self._compactions = 0
-        self._compaction_failures = 0
         self._torn_records_dropped = 0
         self._torn_bytes_dropped = 0
 
@@ -361,7 +352,7 @@ class Journal:
                     f"journal {self._path} has an unreadable record at offset {record.offset}: "
                     f"{exc}"
                 ) from exc
-        self._sheddable = len(self._index.finished)
+        self._compactor.sheddable = len(self._index.finished)
 
         try:
             self._space.open_reserve()
@@ -392,8 +383,8 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot repair journal {self._path}: {exc}") from exc
 
-        self._compact_at = self._compact_bytes
-        if self._file.size > self._compact_bytes:
+        self._compactor.compact_at = self._compactor.compact_bytes
+        if self._file.size > self._compactor.compact_bytes:
             # Ran over the threshold before the last shutdown (or the threshold was lowered).
             self._rewrite_on_open(required=False)
         self._restore_reserve()
@@ -417,16 +408,16 @@ class Journal:
     def _rewrite_on_open(self, *, required: bool) -> None:
         entries, outcomes = self._index.live_state(shed=False)
         try:
-            new_fd, new_size, kept = self._write_compacted_making_room(entries, outcomes)
+            new_fd, new_size, kept = self._compactor.write_making_room(entries, outcomes)
         except OSError as exc:
             if required:
                 raise JournalError(
                     f"journal {self._path}: the damaged bytes were set aside but the journal "
                     f"could not be rewritten without them: {exc}"
                 ) from exc
-            self._compaction_failed(exc)
+            self._compactor.failed(exc)
             return
-        self._install_compacted(new_fd, new_size, kept_outcomes=kept)
+        self._compactor.install(new_fd, new_size, kept_outcomes=kept)
         if self._fsync:
             try:
                 fsync_dir(self._dir)
@@ -609,11 +600,7 @@ class Journal:
                 if records:
                     await self._write_records(records)
                 requested = [write for write in batch if write.compact]
-                if (
-                    requested
-                    or self._file.size > self._compact_at
-                    or self._pressure_compaction_due()
-                ):
+                if requested or self._compactor.due():
                     compaction_error = await self._compact(shed=self.full)
                     for write in requested:
                         if compaction_error is not None:
@@ -677,7 +664,7 @@ class Journal:
         # Finished operations still take room in the file: a rewrite without them may make
         # enough. Try that once before refusing.
         if (
-            self._sheddable > self._pressure_tried_at
+            self._compactor.sheddable > self._compactor.pressure_tried_at
             and not any(write.retried for write in refused)
             and await self._compact(shed=True) is None
         ):
@@ -747,7 +734,7 @@ class Journal:
                 self._index.finish(write.outcome)
                 self._inflight_completions.pop(write.outcome.op_id, None)
                 self._completions += 1
-                self._sheddable += 1
+                self._compactor.sheddable += 1
                 if not write.future.done():
                     write.future.set_result(None)
 
@@ -763,67 +750,21 @@ class Journal:
     def _restore_reserve(self) -> bool:
         return self._space.restore(self._index.reserved, self.depth)
 
-    def _pressure_compaction_due(self) -> bool:
-        fresh = self._sheddable - self._pressure_tried_at
-        if not self.full or fresh <= 0:
-            return False
-        return not self._index.pending or fresh >= max(_PRESSURE_COMPACT_MIN, self.depth)
-
     # ----------------------------------------------------------------------- compaction
-
-    def _write_compacted(
-        self, entries: list[JournalEntry], outcomes: list[Outcome]
-    ) -> tuple[int, int]:
-        """Write the live state to the side file and rename it into place; runs in the thread."""
-        parts = [encode(TYPE_META, meta_body(self._index.durable_next_seq))]
-        parts.extend(encode(TYPE_ENTRY, orjson.dumps(entry_to_obj(e))) for e in entries)
-        parts.extend(encode(TYPE_OUTCOME, orjson.dumps(outcome_to_obj(o))) for o in outcomes)
-        data = b"".join(parts)
-        data += encode_commit(0, len(parts), data)
-        fd = self._file.replace(data)
-        return fd, len(data)
-
-    def _write_compacted_making_room(
-        self, entries: list[JournalEntry], outcomes: list[Outcome]
-    ) -> tuple[int, int, int]:
-        """`_write_compacted` (fd, size, outcomes kept); when the disk is full, again without the
-        finished operations and with the reserve lent to it: the rename frees the old file,
-        which holds all the new one does, and the reserve is restored after."""
-        try:
-            return (*self._write_compacted(entries, outcomes), len(outcomes))
-        except OSError as exc:
-            if not is_space_error(exc):
-                raise
-            self._space.note_error(exc)
-        pending = [entry for entry in entries if entry.op_id in self._index.pending]
-        self._space.lend_all()
-        return (*self._write_compacted(pending, []), 0)
-
-    def _install_compacted(self, new_fd: int, new_size: int, *, kept_outcomes: int) -> None:
-        self._file.install(new_fd, new_size)
-        self._compactions += 1
-        self._sheddable = self._pressure_tried_at = kept_outcomes
-        # Doubling keeps compaction amortised O(1) even when the live state itself is large.
-        self._compact_at = max(self._compact_bytes, 2 * new_size)
-
-    def _compaction_failed(self, exc: OSError) -> None:
-        self._compaction_failures += 1
-        self._compact_at = self._file.size + self._compact_bytes
-        _log.warning("journal_compaction_failed", path=str(self._path), error=str(exc))
 
     async def _compact(self, *, shed: bool = False) -> JournalError | None:
         entries, outcomes = self._index.live_state(shed=shed)
         try:
             new_fd, new_size, kept = await self._io(
-                self._write_compacted_making_room, entries, outcomes
+                self._compactor.write_making_room, entries, outcomes
             )
         except OSError as exc:
-            self._compaction_failed(exc)
+            self._compactor.failed(exc)
             # Under pressure, the next try waits until there is more to leave out.
-            self._pressure_tried_at = self._sheddable
+            self._compactor.pressure_tried_at = self._compactor.sheddable
             await self._io(self._restore_reserve)
             return JournalError(f"journal {self._path}: compaction failed: {exc}")
-        self._install_compacted(new_fd, new_size, kept_outcomes=kept)
+        self._compactor.install(new_fd, new_size, kept_outcomes=kept)
         if self._fsync:
             try:
                 await self._io(fsync_dir, self._dir)
@@ -918,8 +859,8 @@ class Journal:
             "fsync": self._fsync,
             "fsyncs": self._file.fsyncs,
             "write_batches": self._batches,
-            "compactions": self._compactions,
-            "compaction_failures": self._compaction_failures,
+            "compactions": self._compactor.compactions,
+            "compaction_failures": self._compactor.failures,
             "writable": self.writable,
             "failed": str(self._failed) if self._failed is not None else None,
             "disk": self._space.stats(self._index.reserved),
