@@ -2,7 +2,8 @@
 
 - ``python -m bench``: the benchmark against two baselines (``__main__``, ``benchmark_*``);
 - ``python -m bench.soak``: a long run with PostgreSQL outages;
-- ``python -m bench.pressure``: paced clients through a cut and a heal;
+- ``python -m bench.pressure``: paced clients through a cut and a heal (``pressure``,
+  ``pressure_*``);
 - ``python -m bench.backlog``: what a deep journal costs reads, and its replay;
 - ``python -m bench.loadgen``: the load generator (``loadgen``, ``loadgen_*``, ``workload``,
   ``tally``);

@@ -7,11 +7,12 @@ tells replica answers from database answers without trusting the client's view.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from bench.client import http
 from bench.servers import Server
 
-_SAMPLE = re.compile(r"^registry_proxy_requests_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
+_REQUESTS = re.compile(r"^registry_proxy_requests_total\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -21,7 +22,7 @@ async def request_counts(server: Server, route: str) -> dict[str, float]:
     if status != 200 or not isinstance(text, str):
         return {}
     out: dict[str, float] = {}
-    for labels, value in _SAMPLE.findall(text):
+    for labels, value in _REQUESTS.findall(text):
         lab = dict(_LABEL.findall(labels))
         if lab.get("route") == route:
             key = f"{lab.get('status')}/{lab.get('source')}"
@@ -35,4 +36,59 @@ def diff_counts(before: dict[str, float], after: dict[str, float]) -> dict[str, 
         k: int(after.get(k, 0) - before.get(k, 0))
         for k in keys
         if after.get(k, 0) != before.get(k, 0)
+    }
+
+
+_PHASE_COUNTERS = re.compile(
+    r"^registry_proxy_(shed_total|db_call_duration_seconds_(?:sum|count)|"
+    r"db_queue_wait_seconds_(?:sum|count))(?:\{([^}]*)\})? ([0-9.e+-]+)$",
+    re.MULTILINE,
+)
+
+
+async def metrics_snapshot(server: Server) -> dict[str, float]:
+    """The sidecar's counters that explain a phase: refusals for lack of capacity by reason,
+    database calls by operation and outcome (count and seconds), and the wait for a pooled
+    connection (count and seconds). Keys like `shed:backlog`, `db:get:success:sum`."""
+    try:
+        status, text = await http(server.url + "/metrics", timeout_s=5.0)
+    except OSError:
+        return {}
+    if status != 200 or not isinstance(text, str):
+        return {}
+    out: dict[str, float] = {}
+    for name, labels, value in _PHASE_COUNTERS.findall(text):
+        lab = dict(_LABEL.findall(labels))
+        if name == "shed_total":
+            key = f"shed:{lab.get('reason')}"
+        elif name.startswith("db_call"):
+            key = f"db:{lab.get('operation')}:{lab.get('outcome')}:{name.rsplit('_', 1)[1]}"
+        else:
+            key = f"queue_wait:{name.rsplit('_', 1)[1]}"
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def metrics_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """What the sidecar counted during one phase."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    shed = {k[5:]: int(v) for k, v in sorted(delta.items()) if k.startswith("shed:") and v}
+    calls: dict[str, dict[str, Any]] = {}
+    for key, count in sorted(delta.items()):
+        if not key.startswith("db:") or not key.endswith(":count") or not count:
+            continue
+        _, operation, outcome, _ = key.split(":")
+        total = delta.get(key[: -len("count")] + "sum", 0.0)
+        calls[f"{operation}:{outcome}"] = {
+            "calls": int(count),
+            "mean_ms": round(total / count * 1000, 2),
+        }
+    waits = delta.get("queue_wait:count", 0.0)
+    return {
+        "shed": shed,
+        "db_calls": calls,
+        "queue_waits": int(waits),
+        "queue_wait_mean_ms": (
+            round(delta.get("queue_wait:sum", 0.0) / waits * 1000, 2) if waits else None
+        ),
     }

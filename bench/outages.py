@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlparse
 
 from bench.client import http
-from bench.servers import Server
+from bench.servers import HOST, Server
 from bench.status import status_of
 
 
@@ -68,3 +71,38 @@ async def recover(
             status = 0
         ok = ok + 1 if status == 200 else 0
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def behind_toxiproxy(pg: Any) -> AsyncIterator[tuple[Any, str]]:
+    """PostgreSQL started behind the Toxiproxy-compatible server (``python -m chaos.toxiproxy``):
+    the proxy to disable (the cut) and enable again (the heal), and a DSN through it."""
+    from toxiproxy import Toxiproxy
+
+    from chaos.toxiproxy.testing import toxiproxy_process
+
+    with toxiproxy_process() as toxi_url:
+        await asyncio.to_thread(pg.start)
+        parsed = urlparse(toxi_url)
+        toxiproxy = Toxiproxy()
+        toxiproxy.update_api_consumer(parsed.hostname, parsed.port)
+        pg_proxy = await asyncio.to_thread(
+            toxiproxy.create, upstream=f"{HOST}:{pg.port}", name="pg", listen=f"{HOST}:0"
+        )
+        port = pg_proxy.listen.rpartition(":")[2]
+        yield pg_proxy, f"postgresql://postgres@{HOST}:{port}/postgres"
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(pg_proxy.destroy)
+
+
+def toxiproxy_pids() -> list[int]:
+    """The Toxiproxy-compatible server among this process's children: its CPU time is the
+    outage machinery's, not the sidecar's."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "chaos.toxiproxy" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    return pids

@@ -8,6 +8,7 @@ harness, over the tallies of every process.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,12 +38,17 @@ class Tally:
         self.statuses[key] = self.statuses.get(key, 0) + 1
 
 
-def percentile(sorted_values: list[int], p: float) -> float:
-    """Nearest-rank percentile of values already sorted; 0 for no values."""
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of values already sorted; None for no values."""
     if not sorted_values:
-        return 0.0
+        return None
     rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
     return float(sorted_values[min(rank, len(sorted_values)) - 1])
+
+
+def _ms(sorted_us: list[int], p: float) -> float:
+    """A percentile of microseconds, in milliseconds; 0 for no values."""
+    return round((percentile(sorted_us, p) or 0.0) / 1000.0, 3)
 
 
 def summarize(tallies: list[Tally], expect: tuple[int, ...], mode: str) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def summarize(tallies: list[Tally], expect: tuple[int, ...], mode: str) -> dict[
         "unfinished": unfinished,
         "statuses": dict(sorted(statuses.items())),
         "throughput_rps": round(ok / window, 1) if window > 0 else 0.0,
-        "latency_ms": {f"p{p:g}": round(percentile(lat, p) / 1000.0, 3) for p in PERCENTILES}
+        "latency_ms": {f"p{p:g}": _ms(lat, p) for p in PERCENTILES}
         | {
             "mean": round(sum(lat) / len(lat) / 1000.0, 3) if lat else 0.0,
             "max": round(lat[-1] / 1000.0, 3) if lat else 0.0,
@@ -76,9 +82,7 @@ def summarize(tallies: list[Tally], expect: tuple[int, ...], mode: str) -> dict[
     }
     if mode == "open":
         lag = sorted(v for t in tallies for v in t.send_lag_us)
-        out["send_lag_ms"] = {
-            f"p{p:g}": round(percentile(lag, p) / 1000.0, 3) for p in (50.0, 99.0)
-        }
+        out["send_lag_ms"] = {f"p{p:g}": _ms(lag, p) for p in (50.0, 99.0)}
         scheduled = sum(t.scheduled for t in tallies)
         span = max((t.span_s for t in tallies), default=0.0)
         out["scheduled"] = scheduled
