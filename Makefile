@@ -22,7 +22,16 @@ $(BIN)/helm: $(STAMP) scripts/get-helm.sh
 $(BIN)/promtool: $(STAMP) scripts/get-promtool.sh
 	bash scripts/get-promtool.sh $(BIN)
 
-tools: $(STAMP) $(BIN)/helm $(BIN)/promtool
+# tests/topology: PgBouncer and etcd (with etcdctl) unpacked from Debian's packages into
+# .venv/tools (no system install); Patroni comes from the `ha` extra.
+$(BIN)/pgbouncer: $(STAMP) scripts/get-debian-tool.sh
+	bash scripts/get-debian-tool.sh pgbouncer pgbouncer $(BIN)
+
+$(BIN)/etcd: $(STAMP) scripts/get-debian-tool.sh
+	bash scripts/get-debian-tool.sh etcd-client etcdctl $(BIN)
+	bash scripts/get-debian-tool.sh etcd-server etcd $(BIN)
+
+tools: $(STAMP) $(BIN)/helm $(BIN)/promtool $(BIN)/pgbouncer $(BIN)/etcd
 
 run: $(STAMP)
 	$(BIN)/registry-proxy dev
