@@ -1,7 +1,7 @@
 """Performance harness of the sidecar; the entry points are its ``python -m`` modules.
 
 - ``python -m bench``: the benchmark against two baselines (``__main__``, ``benchmark_*``);
-- ``python -m bench.soak``: a long run with PostgreSQL outages;
+- ``python -m bench.soak``: a long run with PostgreSQL outages (``soak``, ``soak_*``);
 - ``python -m bench.pressure``: paced clients through a cut and a heal (``pressure``,
   ``pressure_*``);
 - ``python -m bench.backlog``: what a deep journal costs reads, and its replay;

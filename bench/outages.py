@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlparse
 
@@ -106,3 +106,35 @@ def toxiproxy_pids() -> list[int]:
             if "chaos.toxiproxy" in " ".join(child.cmdline()):
                 pids.append(child.pid)
     return pids
+
+
+async def stop_start(
+    pg: Any,
+    *,
+    start: float,
+    first_s: float,
+    every_s: float,
+    down_s: float,
+    until: float,
+    log: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Stop and start PostgreSQL on a schedule (a clean ``pg_ctl stop -m fast``); none starts
+    too close to `until`."""
+    events: list[dict[str, Any]] = []
+    at = start + first_s
+    while at + down_s <= until:
+        await asyncio.sleep(max(0.0, at - time.monotonic()))
+        log("outage: stopping PostgreSQL")
+        t_stop = time.monotonic()
+        await asyncio.to_thread(pg.stop, "fast")
+        await asyncio.sleep(max(0.0, t_stop + down_s - time.monotonic()))
+        await asyncio.to_thread(pg.start)
+        log("outage: PostgreSQL started again")
+        events.append(
+            {
+                "stopped_at_s": round(t_stop - start, 1),
+                "down_s": round(time.monotonic() - t_stop, 1),
+            }
+        )
+        at += every_s
+    return events

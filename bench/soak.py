@@ -26,307 +26,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import os
-import random
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bench.client import http
-from bench.dataset import READ_TENANT, WRITE_TENANT, agent_body, seed
+from bench.dataset import seed
+from bench.outages import stop_start
 from bench.provenance import machine
 from bench.replica_memory import replica_memory, replica_memory_lines
+from bench.reporting import acceptance_lines, command, logger, machine_line, publish, result_path
 from bench.servers import Server, Tokens, sidecar
-from bench.status import status_of
+from bench.soak_samples import sample, sampler
+from bench.soak_traffic import Traffic
+from bench.soak_verify import verify
+from bench.status import wait_drained
 
-RESULTS = Path(__file__).resolve().parent / "results"
-_MIB = 1024 * 1024
-
-
-def _log(msg: str) -> None:
-    print(f"[soak {datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ---- traffic ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Ack:
-    tenant: str
-    op_id: str
-    kind: str
-    status: int
-    target: str
-    event_id: str | None = None
-
-
-@dataclass
-class Traffic:
-    url: str
-    tokens: Tokens
-    ids: list[str]
-    acks: list[Ack] = field(default_factory=list)
-    answers: Counter[str] = field(default_factory=Counter)
-    failures: Counter[str] = field(default_factory=Counter)
-    live: list[str] = field(default_factory=list)
-    seq: itertools.count[int] = field(default_factory=itertools.count)
-    rng: random.Random = field(default_factory=lambda: random.Random(7))
-
-    # One slot per request: 9 get, 2 query, 2 register, 2 unregister (a get while fewer than 50
-    # soak agents live, so the data set stays the same size), 3 performance, 1 load, 1 heartbeat.
-    MIX: tuple[str, ...] = (
-        "get", "performance", "register", "get", "query", "unregister", "get", "load", "get",
-        "performance", "register", "get", "query", "unregister", "get", "heartbeat", "get",
-        "performance", "get", "get",
-    )  # fmt: skip
-
-    async def one(self, session: Any, slot: int) -> None:
-        kind = self.MIX[slot % len(self.MIX)]
-        n = next(self.seq)
-        agent = self.rng.choice(self.ids)
-        read_token, write_token = self.tokens.read_tenant, self.tokens.write_tenant
-        if kind == "unregister" and len(self.live) < 50:
-            kind = "get"
-        op_id = f"soak-{kind}-{n}"
-        key = {"Idempotency-Key": op_id}
-        event_id: str | None = None
-        req: tuple[str, str, str, Any, dict[str, str] | None]
-        if kind == "get":
-            req = ("GET", f"/v1/agents/{agent}", read_token, None, None)
-        elif kind == "query":
-            task = self.rng.choice(("code", "review", "test", "docs", "data"))
-            req = ("GET", f"/v1/agents?task_type={task}&limit=10", read_token, None, None)
-        elif kind == "register":
-            target = f"soak-{n}"
-            body = agent_body(target, self.rng)
-            req = ("POST", "/v1/agents", write_token, body, key)
-            agent = target
-        elif kind == "unregister":
-            agent = self.live.pop(0)
-            req = ("DELETE", f"/v1/agents/{agent}", write_token, None, key)
-        elif kind == "performance":
-            event_id = f"ev-{n}"
-            body = {
-                "event_id": event_id,
-                "success": self.rng.random() < 0.9,
-                "quality_score": round(self.rng.random(), 3),
-                "latency_ms": round(self.rng.uniform(10, 5000), 1),
-            }
-            req = ("POST", f"/v1/agents/{agent}/performance", read_token, body, key)
-        elif kind == "load":
-            body = {
-                "active_tasks": self.rng.randint(0, 4),
-                "queued_tasks": self.rng.randint(0, 2),
-                "observed_at": datetime.now(UTC).isoformat(),
-            }
-            req = ("PUT", f"/v1/agents/{agent}/load", read_token, body, key)
-        else:
-            req = ("POST", f"/v1/agents/{agent}/heartbeat", read_token, {}, key)
-        method, path, token, payload, headers = req
-        try:
-            status, _ = await http(
-                self.url + path,
-                method=method,
-                token=token,
-                body=payload,
-                headers=headers,
-                session=session,
-                timeout_s=10,
-            )
-        except OSError as exc:
-            self.failures[f"{kind}:{type(exc.__cause__ or exc).__name__}"] += 1
-            if kind == "unregister":
-                self.live.append(agent)  # its fate is unknown: never delete it again
-            return
-        self.answers[f"{kind}:{status}"] += 1
-        if method != "GET" and 200 <= status < 300:
-            tenant = WRITE_TENANT if kind in ("register", "unregister") else READ_TENANT
-            self.acks.append(Ack(tenant, op_id, kind, status, agent, event_id))
-            if kind == "register":
-                self.live.append(agent)
-
-    async def run(self, rate: float, until: float) -> None:
-        import aiohttp
-
-        sem = asyncio.Semaphore(64)
-        tasks: set[asyncio.Task[None]] = set()
-        interval = 1.0 / rate
-        t0 = time.monotonic()
-        async with aiohttp.ClientSession() as s:
-
-            async def guarded(slot: int) -> None:
-                try:
-                    await self.one(s, slot)
-                finally:
-                    sem.release()
-
-            for slot in itertools.count():
-                due = t0 + slot * interval
-                if due >= until:
-                    break
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await sem.acquire()
-                task = asyncio.create_task(guarded(slot))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.wait(tasks, timeout=30)
-
-
-# ---- outages and samples ---------------------------------------------------------------------
-
-
-async def outages(
-    pg: Any, *, start: float, first_s: float, every_s: float, down_s: float, until: float
-) -> list[dict[str, Any]]:
-    """Stop and start PostgreSQL on a schedule; none starts too close to `until`."""
-    events: list[dict[str, Any]] = []
-    at = start + first_s
-    while at + down_s <= until:
-        await asyncio.sleep(max(0.0, at - time.monotonic()))
-        _log("outage: stopping PostgreSQL")
-        t_stop = time.monotonic()
-        await asyncio.to_thread(pg.stop, "fast")
-        await asyncio.sleep(max(0.0, t_stop + down_s - time.monotonic()))
-        await asyncio.to_thread(pg.start)
-        _log("outage: PostgreSQL started again")
-        events.append(
-            {
-                "stopped_at_s": round(t_stop - start, 1),
-                "down_s": round(time.monotonic() - t_stop, 1),
-            }
-        )
-        at += every_s
-    return events
-
-
-async def sample(server: Server, token: str, proc: Any, start: float) -> dict[str, Any]:
-    mem = proc.memory_info()
-    row: dict[str, Any] = {
-        "t_s": round(time.monotonic() - start, 1),
-        "rss_mib": round(mem.rss / _MIB, 2),
-        "fds": proc.num_fds(),
-        "threads": proc.num_threads(),
-        "cpu_percent": proc.cpu_percent(None),
-    }
-    try:
-        doc = await status_of(server, token)
-    except (OSError, RuntimeError) as exc:
-        row["status_error"] = str(exc)[:200]
-        return row
-    row.update(
-        breaker=doc["breaker"]["state"],
-        journal_depth=doc["journal"]["depth"],
-        journal_bytes=doc["journal"].get("size_bytes"),
-        journal_outcomes_retained=doc["journal"].get("outcomes_retained"),
-        replica_agents=doc["replica"]["agents"],
-        replica_pending=doc["replica"].get("pending_writes"),
-        replica_age_s=doc["replica"]["age_seconds"],
-    )
-    return row
-
-
-async def sampler(
-    server: Server, token: str, proc: Any, start: float, every_s: float, until: float
-) -> list[dict[str, Any]]:
-    rows = []
-    next_at = time.monotonic()
-    while next_at < until:
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        row = await sample(server, token, proc, start)
-        rows.append(row)
-        if len(rows) % max(1, round(30 / every_s)) == 0:
-            _log(
-                f"t={row['t_s']}s rss={row['rss_mib']}MiB fds={row['fds']} "
-                f"breaker={row.get('breaker')} journal={row.get('journal_depth')}"
-            )
-        next_at += every_s
-    return rows
-
-
-# ---- verification ----------------------------------------------------------------------------
-
-
-async def verify(dsn: str, acks: list[Ack]) -> dict[str, Any]:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        tenants = [READ_TENANT, WRITE_TENANT]
-        ledger = {
-            (r["tenant_id"], r["op_id"]): (r["status"], r["reason"])
-            for r in await conn.fetch(
-                "SELECT tenant_id, op_id, status, reason FROM operations "
-                "WHERE tenant_id = ANY($1::text[])",
-                tenants,
-            )
-        }
-        events = {
-            r["event_id"]
-            for r in await conn.fetch(
-                "SELECT event_id FROM performance_events WHERE tenant_id = $1", READ_TENANT
-            )
-        }
-        agents = {
-            r["agent_id"]: r["deleted_at"] is not None
-            for r in await conn.fetch(
-                "SELECT agent_id, deleted_at FROM agents WHERE tenant_id = $1", WRITE_TENANT
-            )
-        }
-        twice = await conn.fetch(
-            "SELECT a.agent_id, a.task_count, count(e.event_id) AS events FROM agents a "
-            "LEFT JOIN performance_events e "
-            "ON e.tenant_id = a.tenant_id AND e.agent_id = a.agent_id "
-            "WHERE a.tenant_id = $1 GROUP BY a.agent_id, a.task_count "
-            "HAVING a.task_count <> count(e.event_id)",
-            READ_TENANT,
-        )
-    finally:
-        await conn.close()
-    missing: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
-    by_status: Counter[str] = Counter()
-    for a in acks:
-        by_status[f"{a.kind}:{a.status}"] += 1
-        entry = ledger.get((a.tenant, a.op_id))
-        if entry is None:
-            missing.append({"op_id": a.op_id, "kind": a.kind, "status": a.status, "why": "ledger"})
-            continue
-        if entry[0] == "rejected":
-            rejected.append({"op_id": a.op_id, "kind": a.kind, "reason": entry[1]})
-            continue
-        effect = True
-        if a.kind == "register":
-            effect = a.target in agents
-        elif a.kind == "unregister":
-            effect = agents.get(a.target, False)
-        elif a.kind == "performance":
-            effect = a.event_id in events
-        if not effect:
-            missing.append({"op_id": a.op_id, "kind": a.kind, "status": a.status, "why": "effect"})
-    return {
-        "acknowledged": len(acks),
-        "acknowledged_by_kind_status": dict(sorted(by_status.items())),
-        "journaled_202": sum(1 for a in acks if a.status == 202),
-        "missing": len(missing),
-        "missing_examples": missing[:20],
-        "rejected": len(rejected),
-        "rejected_examples": rejected[:20],
-        "counted_twice_agents": len(twice),
-    }
-
+_log = logger("soak")
 
 # ---- the run ---------------------------------------------------------------------------------
 
@@ -359,7 +83,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "kind": "registry-proxy soak",
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", "bench.soak", *sys.argv[1:]]),
+        "command": command("bench.soak"),
         "machine": machine(),
         "plan": {
             "minutes": plan.minutes,
@@ -391,13 +115,14 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
         _log(f"running {plan.minutes:g} min at {plan.rate:g} req/s")
         results = await asyncio.gather(
             traffic.run(plan.rate, until),
-            outages(
+            stop_start(
                 pg,
                 start=start,
                 first_s=min(30.0, plan.warmup_s / 3),
                 every_s=plan.outage_every_s,
                 down_s=plan.outage_s,
                 until=until - 20,
+                log=_log,
             ),
             sampler(server, tokens.read_tenant, proc, start, plan.sample_every_s, until),
         )
@@ -405,14 +130,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
         if not pg.running():
             await asyncio.to_thread(pg.start)
         _log("draining the journal")
-        drained = False
-        drain_end = time.monotonic() + 120
-        while time.monotonic() < drain_end:
-            st = await status_of(server, tokens.read_tenant)
-            if st["journal"]["depth"] == 0 and st["breaker"]["state"] == "closed":
-                drained = True
-                break
-            await asyncio.sleep(0.5)
+        drained, _ = await wait_drained(server, tokens.read_tenant, 120, every_s=0.5)
         await asyncio.sleep(2.0)
         final = []
         for _ in range(3):
@@ -483,10 +201,9 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
 
 
 def report(doc: dict[str, Any]) -> str:
-    m, mem, w = doc["machine"], doc["memory"], doc["writes"]
+    mem, w = doc["memory"], doc["writes"]
     lines = [
-        f"machine: {m['nproc']} cores, {m['cpu_model']}, Python {m['python']}; "
-        f"commit {str(m.get('git_commit'))[:10]}",
+        machine_line(doc["machine"]),
         f"command: {doc['command']}",
         f"outages: {len(doc['outages'])}, samples: {len(doc['samples'])}",
         f"RSS: {mem['rss_mib_at_warmup_end']} MiB after warm-up -> {mem['rss_mib_final']} MiB "
@@ -502,10 +219,7 @@ def report(doc: dict[str, Any]) -> str:
     lines.append(f"sidecar log lines at level error: {errs.get('count', 0)}")
     lines.append(f"answers: {doc['traffic']['answers']}")
     lines += replica_memory_lines(doc.get("replica_memory", {}))
-    for k, v in doc["acceptance"].items():
-        lines.append(
-            f"  {'PASS' if v['pass'] else 'FAIL'} {k}: {v['value']} (target {v['target']})"
-        )
+    lines += acceptance_lines(doc["acceptance"])
     return "\n".join(lines)
 
 
@@ -546,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     warmup = args.warmup if args.warmup is not None else max(75.0, 0.2 * total)
     if warmup >= total:
         parser.error("the warm-up must be shorter than the run")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     plan = SoakPlan(
         minutes=args.minutes,
         rate=args.rate,
@@ -557,14 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         agents=args.agents,
         read_mode=args.read_mode,
         max_rss_growth=args.max_rss_growth,
-        out=args.out or RESULTS / f"soak-{stamp}.json",
+        out=args.out or result_path("soak"),
         keep=args.keep,
     )
     doc = asyncio.run(soak(plan))
-    plan.out.parent.mkdir(parents=True, exist_ok=True)
-    plan.out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
-    print(report(doc))
-    print(f"written: {plan.out}")
+    publish(plan.out, doc, report)
     return 0 if doc["passed"] else 1
 
 

@@ -1,0 +1,62 @@
+"""The sidecar's footprint over a soak: RSS, descriptors and threads, with its own status.
+
+A leak shows as growth after the warm-up, so the footprint is sampled on a fixed period through
+the run and again when it is idle at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from bench.reporting import logger
+from bench.servers import Server
+from bench.status import status_of
+
+_MIB = 1024 * 1024
+_log = logger("soak")
+
+
+async def sample(server: Server, token: str, proc: Any, start: float) -> dict[str, Any]:
+    mem = proc.memory_info()
+    row: dict[str, Any] = {
+        "t_s": round(time.monotonic() - start, 1),
+        "rss_mib": round(mem.rss / _MIB, 2),
+        "fds": proc.num_fds(),
+        "threads": proc.num_threads(),
+        "cpu_percent": proc.cpu_percent(None),
+    }
+    try:
+        doc = await status_of(server, token)
+    except (OSError, RuntimeError) as exc:
+        row["status_error"] = str(exc)[:200]
+        return row
+    row.update(
+        breaker=doc["breaker"]["state"],
+        journal_depth=doc["journal"]["depth"],
+        journal_bytes=doc["journal"].get("size_bytes"),
+        journal_outcomes_retained=doc["journal"].get("outcomes_retained"),
+        replica_agents=doc["replica"]["agents"],
+        replica_pending=doc["replica"].get("pending_writes"),
+        replica_age_s=doc["replica"]["age_seconds"],
+    )
+    return row
+
+
+async def sampler(
+    server: Server, token: str, proc: Any, start: float, every_s: float, until: float
+) -> list[dict[str, Any]]:
+    rows = []
+    next_at = time.monotonic()
+    while next_at < until:
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        row = await sample(server, token, proc, start)
+        rows.append(row)
+        if len(rows) % max(1, round(30 / every_s)) == 0:
+            _log(
+                f"t={row['t_s']}s rss={row['rss_mib']}MiB fds={row['fds']} "
+                f"breaker={row.get('breaker')} journal={row.get('journal_depth')}"
+            )
+        next_at += every_s
+    return rows
