@@ -47,10 +47,10 @@ TIMED_OUT = Signal.TIMED_OUT
 class Attribute:
     """An attribute of a toxic type: an integer of a Go kind (``int64``, ``int``), named as in JSON.
 
-    Declared once on the class (``rate = Attribute("int64")``), which gives both the name and type
-    the Python code reads and the Go field that decoding and error messages follow, in declaration
-    order. Each toxic stores its values on itself, zero until set; that hides the descriptor, so
-    reading ``toxic.rate`` costs a plain attribute lookup.
+    One declaration on the class (``rate = Attribute("int64")``) serves both sides: the code reads
+    ``self.rate`` as an int, and the Go decoder and its error messages get the field, in
+    declaration order. Each toxic stores its values on itself, zero until set, which hides the
+    descriptor: reading ``self.rate`` per chunk is a plain attribute lookup.
     """
 
     __slots__ = ("kind", "name")
