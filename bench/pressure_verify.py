@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from bench.dataset import READ_TENANT
+from bench.ledger import miscounted_agents
 from bench.pressure_traffic import WRITES, Answer
 
 ACKNOWLEDGED = frozenset({200, 201, 202, 204})
@@ -44,14 +45,7 @@ async def verify(dsn: str, answers: list[Answer]) -> dict[str, Any]:
                 READ_TENANT,
             )
         }
-        miscounted = await conn.fetch(
-            "SELECT a.agent_id, a.task_count, count(e.event_id) AS events FROM agents a "
-            "LEFT JOIN performance_events e "
-            "ON e.tenant_id = a.tenant_id AND e.agent_id = a.agent_id "
-            "WHERE a.tenant_id = $1 GROUP BY a.agent_id, a.task_count "
-            "HAVING a.task_count <> count(e.event_id)",
-            READ_TENANT,
-        )
+        miscounted = await miscounted_agents(conn, READ_TENANT)
     finally:
         await conn.close()
 

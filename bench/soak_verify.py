@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from bench.dataset import READ_TENANT, WRITE_TENANT
+from bench.ledger import miscounted_agents
 from bench.soak_traffic import Ack
 
 
@@ -40,14 +41,7 @@ async def verify(dsn: str, acks: list[Ack]) -> dict[str, Any]:
                 "SELECT agent_id, deleted_at FROM agents WHERE tenant_id = $1", WRITE_TENANT
             )
         }
-        twice = await conn.fetch(
-            "SELECT a.agent_id, a.task_count, count(e.event_id) AS events FROM agents a "
-            "LEFT JOIN performance_events e "
-            "ON e.tenant_id = a.tenant_id AND e.agent_id = a.agent_id "
-            "WHERE a.tenant_id = $1 GROUP BY a.agent_id, a.task_count "
-            "HAVING a.task_count <> count(e.event_id)",
-            READ_TENANT,
-        )
+        twice = await miscounted_agents(conn, READ_TENANT)
     finally:
         await conn.close()
     missing: list[dict[str, Any]] = []

@@ -23,6 +23,7 @@ import asyncpg
 import pytest
 from toxiproxy.proxy import Proxy
 
+from bench.ledger import miscounted_agents
 from proxy.http import keys
 from proxy.store.embedded import EmbeddedPostgres
 from tests.chaos.conftest import (
@@ -187,14 +188,7 @@ async def _check_writes(pressure: Pressure, dsn: str, tenant: str) -> dict[str, 
             r["agent_id"]
             for r in await conn.fetch("SELECT agent_id FROM agents WHERE tenant_id = $1", tenant)
         }
-        miscounted = await conn.fetch(
-            "SELECT a.agent_id, a.task_count, count(e.event_id) AS events FROM agents a "
-            "LEFT JOIN performance_events e "
-            "ON e.tenant_id = a.tenant_id AND e.agent_id = a.agent_id "
-            "WHERE a.tenant_id = $1 GROUP BY a.agent_id, a.task_count "
-            "HAVING a.task_count <> count(e.event_id)",
-            tenant,
-        )
+        miscounted = await miscounted_agents(conn, tenant)
     finally:
         await conn.close()
 
