@@ -49,28 +49,22 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import structlog
 
 from proxy.store.journal.codec import (
-    COMMIT_RECORD_SIZE,
     FORMAT_VERSION,
     MAX_RECORD_BYTES,
-    TYPE_ENTRY,
     TYPE_META,
-    TYPE_OUTCOME,
     encode,
     entry_from_obj,
     fit_reason,
     meta_body,
-    outcome_bound,
     outcome_to_obj,
 )
 from proxy.store.journal.compaction import Compactor
@@ -82,7 +76,6 @@ from proxy.store.journal.files import (
     SEAL_FILE,
     LogFile,
     Seal,
-    Unrecoverable,
     acquire_lock,
     fsync_dir,
     read_seal,
@@ -93,6 +86,7 @@ from proxy.store.journal.index import Index
 from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
 from proxy.store.journal.scan import Scan, UnsupportedRecord, scan
 from proxy.store.journal.space import RESERVE_FILE, DiskSpace, is_space_error
+from proxy.store.journal.writer import Writer
 
 __all__ = [
     "JOURNAL_FILE",
@@ -114,19 +108,9 @@ __all__ = [
 _log = structlog.get_logger(__name__)
 
 
-_T = TypeVar("_T")
-
-
 class OnDamage(StrEnum):
     REFUSE = "refuse"
     QUARANTINE = "quarantine"
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    # A caller cancelled while waiting must not turn a failed write into an "exception was never
-    # retrieved" warning; the failure was already reported to whoever still listens.
-    if not fut.cancelled():
-        fut.exception()
 
 
 def _damage_message(path: Path, found: Scan, sealed: int | None) -> str:
@@ -186,26 +170,6 @@ def inspect_journal(directory: Path) -> dict[str, Any]:
     }
 
 
-@dataclass(slots=True)
-class _Write:
-    data: bytes
-    future: asyncio.Future[Any]
-    entry: JournalEntry | None = None
-    outcome: Outcome | None = None
-    compact: bool = False
-    bound: int = 0  # room the entry's outcome may take, held in the reserve
-    retried: bool = False
-
-
-@dataclass(slots=True)
-class _BatchResult:
-    end: int
-    written: list[_Write] = field(default_factory=list)
-    refused: list[_Write] = field(default_factory=list)  # entries the disk had no room for
-    unwritten: list[_Write] = field(default_factory=list)  # others that failed with `failed`
-    failed: OSError | None = None
-
-
 # --------------------------------------------------------------------------- the journal
 
 
@@ -244,13 +208,14 @@ class Journal:
         self._compactor = Compactor(
             self._file, self._index, self._space, compact_bytes=compact_bytes
         )
-        self._inflight_appends: dict[str, asyncio.Future[JournalEntry]] = {}
-        self._inflight_completions: dict[str, asyncio.Future[None]] = {}
-
-        self._queue: list[_Write] = []
-        self._flushing = False
-        self._flush_task: asyncio.Task[None] | None = None
-        self._failed: JournalError | None = None
+        self._writer = Writer(
+            directory=directory,
+            file=self._file,
+            index=self._index,
+            space=self._space,
+            compactor=self._compactor,
+            executor=executor,
+        )
         self._closing = False
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
@@ -258,9 +223,6 @@ class Journal:
         self._damage: list[dict[str, Any]] = []
         self._side_files: list[dict[str, Any]] = []
 
-        self._appends = 0
-        self._completions = 0
-        self._batches = 0
         self._torn_records_dropped = 0
         self._torn_bytes_dropped = 0
 
@@ -387,7 +349,7 @@ class Journal:
         if self._file.size > self._compactor.compact_bytes:
             # Ran over the threshold before the last shutdown (or the threshold was lowered).
             self._rewrite_on_open(required=False)
-        self._restore_reserve()
+        self._space.restore(self._index.reserved, self.depth)
         self._space.sample_free(force=True)
 
     def _write_first_meta(self) -> None:
@@ -497,7 +459,7 @@ class Journal:
         finished = self._index.finished.get(op_id)
         if finished is not None:
             return finished[1]
-        inflight = self._inflight_appends.get(op_id)
+        inflight = self._writer.inflight_appends.get(op_id)
         if inflight is not None:
             return await asyncio.shield(inflight)
 
@@ -519,12 +481,7 @@ class Journal:
         entry = entry_from_obj(orjson.loads(body))
         self._index.next_seq = seq + 1
 
-        fut: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_consume_exception)
-        self._inflight_appends[op_id] = fut
-        write = _Write(encode(TYPE_ENTRY, body), fut, entry=entry, bound=outcome_bound(op_id))
-        self._enqueue(write)
-        return await asyncio.shield(fut)
+        return await asyncio.shield(self._writer.append(entry, body))
 
     async def complete(self, op_id: str, status: OpStatus, reason: str | None = None) -> None:
         """Durably record that `op_id` left the journal as applied or rejected.
@@ -538,12 +495,12 @@ class Journal:
         status = OpStatus(status)
         if status is OpStatus.PENDING:
             raise ValueError("an operation cannot complete as pending")
-        inflight = self._inflight_appends.get(op_id)
+        inflight = self._writer.inflight_appends.get(op_id)
         if inflight is not None:
             await asyncio.shield(inflight)
         if op_id in self._index.finished:
             return
-        completing = self._inflight_completions.get(op_id)
+        completing = self._writer.inflight_completions.get(op_id)
         if completing is not None:
             await asyncio.shield(completing)
             return
@@ -553,232 +510,19 @@ class Journal:
 
         outcome = Outcome(op_id=op_id, status=status, reason=fit_reason(reason), at=time.time())
         body = orjson.dumps(outcome_to_obj(outcome))
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_consume_exception)
-        self._inflight_completions[op_id] = fut
-        self._enqueue(_Write(encode(TYPE_OUTCOME, body), fut, outcome=outcome))
-        await asyncio.shield(fut)
+        await asyncio.shield(self._writer.complete(outcome, body))
 
     async def compact(self) -> None:
         """Rewrite the file now with only the live state (it happens by itself past
         compact_bytes). Raises JournalError when the rewrite failed; the old file then stands."""
         self._check_usable()
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_consume_exception)
-        self._enqueue(_Write(b"", fut, compact=True))
-        await asyncio.shield(fut)
+        await asyncio.shield(self._writer.compact())
 
     def _check_usable(self) -> None:
         if self._closing or self._closed:
             raise JournalError(f"journal {self._path} is closed")
-        if self._failed is not None:
-            raise JournalError(str(self._failed)) from self._failed
-
-    def _enqueue(self, write: _Write) -> None:
-        # Callers check `_check_usable()` with no await in between, so a closed or failed
-        # journal never gets here and no in-flight future is left without a writer.
-        self._queue.append(write)
-        if not self._flushing:
-            self._flushing = True
-            self._flush_task = asyncio.get_running_loop().create_task(
-                self._flush_loop(), name="journal-flush"
-            )
-
-    async def _io(self, fn: Callable[..., _T], *args: Any) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _flush_loop(self) -> None:
-        # Group commit: everything queued while the previous batch was on its way to the disk
-        # goes out in the next single write + fsync.
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                if self._failed is not None:
-                    self._fail(batch, self._failed)
-                    continue
-                records = [write for write in batch if not write.compact]
-                if records:
-                    await self._write_records(records)
-                requested = [write for write in batch if write.compact]
-                if requested or self._compactor.due():
-                    compaction_error = await self._compact(shed=self.full)
-                    for write in requested:
-                        if compaction_error is not None:
-                            self._fail([write], compaction_error)
-                        elif not write.future.done():
-                            write.future.set_result(None)
-        except asyncio.CancelledError:
-            # Only loop shutdown cancels this task; the thread may still be writing, so the file
-            # size is unknown and nothing more may be written by this instance.
-            self._failed = JournalError(f"journal {self._path} writer was cancelled")
-            self._fail(self._queue, self._failed)
-            self._queue = []
-            raise
-        except Exception as exc:  # a bug must not leave callers waiting forever
-            self._failed = JournalError(f"journal {self._path} writer failed: {exc!r}")
-            self._fail(self._queue, self._failed)
-            self._queue = []
-            _log.exception("journal_writer_failed", path=str(self._path))
-        finally:
-            self._flushing = False
-
-    async def _write_records(self, records: list[_Write]) -> None:
-        try:
-            result = await self._io(
-                self._write_batch, records, self._file.size, self._index.reserved
-            )
-        except Unrecoverable as exc:
-            self._failed = JournalError(
-                f"journal {self._path} is unusable: a failed write ({exc.cause}) could not be "
-                f"rolled back ({exc.error}); restart the sidecar to recover"
-            )
-            self._failed.__cause__ = exc.cause
-            _log.error(
-                "journal_failed", path=str(self._path), error=str(exc.error), cause=str(exc.cause)
-            )
-            self._fail(records, self._failed)
-            return
-        except OSError as exc:
-            error = JournalError(f"journal write to {self._path} failed: {exc}")
-            error.__cause__ = exc
-            _log.warning("journal_write_failed", path=str(self._path), error=str(exc))
-            self._fail(records, error)
-            return
-        self._file.size = result.end
-        if result.written:
-            self._batches += 1
-            self._commit(result.written)
-            if any(write.entry is not None for write in result.written):
-                self._space.set_full(False, self.depth)
-        if result.failed is not None:
-            # Not even the reserve gave enough room (something else filled the disk): these
-            # outcomes stay pending, and the replay records them on a later round.
-            error = JournalError(f"journal write to {self._path} failed: {result.failed}")
-            error.__cause__ = result.failed
-            _log.warning("journal_write_failed", path=str(self._path), error=str(result.failed))
-            self._fail(result.unwritten, error)
-        refused = result.refused
-        if not refused:
-            return
-        self._space.set_full(True, self.depth)
-        # Finished operations still take room in the file: a rewrite without them may make
-        # enough. Try that once before refusing.
-        if (
-            self._compactor.sheddable > self._compactor.pressure_tried_at
-            and not any(write.retried for write in refused)
-            and await self._compact(shed=True) is None
-        ):
-            for write in refused:
-                write.retried = True
-            self._queue[:0] = refused
-            return
-        self._space.refused += len(refused)
-        self._fail(refused, self._space.full_error(self.depth))
-
-    def _write_batch(self, writes: list[_Write], start: int, reserved: int) -> _BatchResult:
-        """I/O thread: append `writes` as one batch at `start`.
-
-        An entry needs its own bytes plus room in the reserve for its outcome; when the disk
-        cannot give that, the entries are refused and the rest of the batch is written. Outcome
-        records may take their room from the reserve: that is what it is kept for.
-        """
-        chosen, refused = writes, []
-        entries = [write for write in writes if write.entry is not None]
-        new_bounds = sum(write.bound for write in entries)
-        if new_bounds:
-            taken = self._space.hold(reserved, [write.bound for write in entries])
-            refused = entries[taken:]
-            new_bounds = sum(write.bound for write in entries[:taken])
-            out = {id(write) for write in refused}
-            chosen = [write for write in writes if id(write) not in out]
-        if not chosen:
-            self._space.sample_free()
-            return _BatchResult(end=start, refused=refused)
-        try:
-            end = self._file.append([write.data for write in chosen], start)
-        except OSError as exc:
-            if not is_space_error(exc):
-                raise
-            self._space.note_error(exc)
-            refused += [write for write in chosen if write.entry is not None]
-            chosen = [write for write in chosen if write.entry is None]
-            if not chosen:
-                self._space.sample_free()
-                return _BatchResult(end=start, refused=refused)
-            need = sum(len(write.data) for write in chosen) + COMMIT_RECORD_SIZE
-            self._space.lend(need)
-            try:
-                end = self._file.append([write.data for write in chosen], start)
-            except OSError as again:
-                if not is_space_error(again):
-                    raise
-                self._space.note_error(again)
-                self._space.sample_free()
-                return _BatchResult(end=start, refused=refused, unwritten=chosen, failed=again)
-        if not refused:
-            self._space.trim(reserved + new_bounds)
-        self._space.sample_free()
-        return _BatchResult(end=end, written=chosen, refused=refused)
-
-    def _commit(self, batch: list[_Write]) -> None:
-        for write in batch:
-            if write.entry is not None:
-                entry = write.entry
-                self._index.add_pending(entry)
-                self._index.durable_next_seq = max(self._index.durable_next_seq, entry.seq + 1)
-                self._inflight_appends.pop(entry.op_id, None)
-                self._appends += 1
-                if not write.future.done():
-                    write.future.set_result(entry)
-            elif write.outcome is not None:
-                self._index.finish(write.outcome)
-                self._inflight_completions.pop(write.outcome.op_id, None)
-                self._completions += 1
-                self._compactor.sheddable += 1
-                if not write.future.done():
-                    write.future.set_result(None)
-
-    def _fail(self, batch: Iterable[_Write], error: JournalError) -> None:
-        for write in batch:
-            if write.entry is not None:
-                self._inflight_appends.pop(write.entry.op_id, None)
-            elif write.outcome is not None:
-                self._inflight_completions.pop(write.outcome.op_id, None)
-            if not write.future.done():
-                write.future.set_exception(error)
-
-    def _restore_reserve(self) -> bool:
-        return self._space.restore(self._index.reserved, self.depth)
-
-    # ----------------------------------------------------------------------- compaction
-
-    async def _compact(self, *, shed: bool = False) -> JournalError | None:
-        entries, outcomes = self._index.live_state(shed=shed)
-        try:
-            new_fd, new_size, kept = await self._io(
-                self._compactor.write_making_room, entries, outcomes
-            )
-        except OSError as exc:
-            self._compactor.failed(exc)
-            # Under pressure, the next try waits until there is more to leave out.
-            self._compactor.pressure_tried_at = self._compactor.sheddable
-            await self._io(self._restore_reserve)
-            return JournalError(f"journal {self._path}: compaction failed: {exc}")
-        self._compactor.install(new_fd, new_size, kept_outcomes=kept)
-        if self._fsync:
-            try:
-                await self._io(fsync_dir, self._dir)
-            except OSError as exc:
-                # The rename might be undone by a crash, taking later appends with it; stop
-                # taking any.
-                self._failed = JournalError(
-                    f"journal {self._path} is unusable: compaction could not be made durable "
-                    f"({exc})"
-                )
-                _log.error("journal_failed", path=str(self._path), error=str(exc))
-                return self._failed
-        await self._io(self._restore_reserve)
-        return None
+        if self._writer.failed is not None:
+            raise JournalError(str(self._writer.failed)) from self._writer.failed
 
     # ----------------------------------------------------------------------- reading
 
@@ -815,7 +559,7 @@ class Journal:
     @property
     def failed(self) -> bool:
         """True after an I/O error the journal could not undo; it then refuses writes."""
-        return self._failed is not None
+        return self._writer.failed is not None
 
     @property
     def full(self) -> bool:
@@ -847,8 +591,8 @@ class Journal:
             "path": str(self._path),
             "depth": len(self._index.pending),
             "size_bytes": self._file.size,
-            "appends": self._appends,
-            "completions": self._completions,
+            "appends": self._writer.appends,
+            "completions": self._writer.completions,
             "oldest_pending_age_s": (
                 max(0.0, time.time() - oldest.created_at) if oldest is not None else 0.0
             ),
@@ -858,11 +602,11 @@ class Journal:
             "next_seq": self._index.next_seq,
             "fsync": self._fsync,
             "fsyncs": self._file.fsyncs,
-            "write_batches": self._batches,
+            "write_batches": self._writer.batches,
             "compactions": self._compactor.compactions,
             "compaction_failures": self._compactor.failures,
             "writable": self.writable,
-            "failed": str(self._failed) if self._failed is not None else None,
+            "failed": str(self._writer.failed) if self._writer.failed is not None else None,
             "disk": self._space.stats(self._index.reserved),
             "damage": {
                 "on_damage": self._on_damage.value,
@@ -883,20 +627,20 @@ class Journal:
         await asyncio.shield(self._close_task)
 
     async def _close(self) -> None:
-        if self._flush_task is not None:
+        if self._writer.flush_task is not None:
             # wait() rather than await: the writer's own failure was already reported to callers.
-            await asyncio.wait([self._flush_task])
+            await asyncio.wait([self._writer.flush_task])
 
         def final_sync() -> None:
             try:
-                if self._fsync and self._failed is None and self._file.fd >= 0:
+                if self._fsync and self._writer.failed is None and self._file.fd >= 0:
                     os.fsync(self._file.fd)
                     self._seal.close_at(self._file.size)
             finally:
                 self._release_files()
 
         try:
-            await self._io(final_sync)
+            await self._writer.io(final_sync)
         except OSError as exc:
             raise JournalError(f"journal {self._path}: final fsync failed: {exc}") from exc
         finally:
