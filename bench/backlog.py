@@ -32,13 +32,10 @@ import orjson
 from pydantic import SecretStr
 
 from bench.provenance import machine
+from bench.reporting import logger, result_path
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TENANT = "backlog"
-
-
-def _log(msg: str) -> None:
-    print(f"[backlog {datetime.now(UTC).strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+_log = logger("backlog")
 
 
 def _agent(i: int, rng: random.Random) -> dict[str, Any]:
@@ -212,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2000, help="timed reads of each kind")
     args = parser.parse_args(argv)
     doc = asyncio.run(run(args.agents, args.pending, args.rounds))
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"backlog-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path = result_path("backlog")
+    path.parent.mkdir(exist_ok=True)
     path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     shown = {k: v for k, v in doc.items() if k != "machine"}
     print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
