@@ -356,6 +356,13 @@ async def test_toxic_shapes(api: Api, toxic: dict[str, object], expected: bytes)
             "SlicerToxic.attributes.delay of type int",
         ),
         (
+            # reset_peer's Go struct is ResetToxic, unlike its type name.
+            {"type": "reset_peer", "attributes": {"timeout": "x"}},
+            400,
+            "bad request body: json: cannot unmarshal string into Go struct field "
+            "ResetToxic.attributes.timeout of type int64",
+        ),
+        (
             {"type": "latency", "attributes": 5},
             400,
             "bad request body: json: cannot unmarshal number into Go struct field "
