@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,8 @@ from bench.benchmark_verdict import acceptance, ratios, report
 from bench.client import http
 from bench.dataset import QUERIES, READ_TENANT, seed
 from bench.outages import recover, trip_breakers
-from bench.provenance import machine
 from bench.replica_memory import replica_memory_in_child
-from bench.reporting import command, logger, publish, result_path
+from bench.reporting import logger, opening, publish, result_path
 from bench.servers import Server, Tokens, baseline, sidecar
 from bench.status import breaker_summary, status_of
 
@@ -57,10 +55,7 @@ async def run(plan: Plan) -> dict[str, Any]:
     tokens = Tokens.new()
     servers: list[Server] = []
     doc: dict[str, Any] = {
-        "kind": "registry-proxy benchmark",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command("bench", quote=True),
-        "machine": machine(),
+        **opening("registry-proxy benchmark", "bench", quote=True),
         "plan": {
             "duration_s": plan.duration_s,
             "warmup_s": plan.warmup_s,

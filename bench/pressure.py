@@ -49,7 +49,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +68,7 @@ from bench.pressure_traffic import (
     poll_status,
 )
 from bench.pressure_verify import verify
-from bench.provenance import machine
-from bench.reporting import command, logger, publish, result_path
+from bench.reporting import logger, opening, publish, result_path
 from bench.servers import Server, Tokens, sidecar
 from bench.status import full_status, wait_drained, wait_replica
 
@@ -187,10 +185,7 @@ async def pressure(plan: Plan) -> dict[str, Any]:
     tokens = PressureTokens.new()
     server: Server | None = None
     doc: dict[str, Any] = {
-        "kind": "registry-proxy pressure",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command("bench.pressure"),
-        "machine": machine(),
+        **opening("registry-proxy pressure", "bench.pressure"),
         "plan": {
             "clients": plan.clients,
             "think_ms_mean": plan.think_ms,

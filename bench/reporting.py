@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from bench.provenance import machine
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -34,10 +36,16 @@ def result_path(kind: str) -> Path:
     return RESULTS / f"{kind}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
 
 
-def command(module: str, *, quote: bool = False) -> str:
-    """This run's command line as the result records it (`quote`: as a shell would need it)."""
+def opening(kind: str, module: str, *, quote: bool = False) -> dict[str, Any]:
+    """The keys a result document starts with: what ran, when, its command line (`quote`: as a
+    shell would need it) and the machine."""
     parts = [Path(sys.executable).name, "-m", module, *sys.argv[1:]]
-    return shlex.join(parts) if quote else " ".join(parts)
+    return {
+        "kind": kind,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join(parts) if quote else " ".join(parts),
+        "machine": machine(),
+    }
 
 
 def machine_line(m: dict[str, Any], *, load: bool = False) -> str:

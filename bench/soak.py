@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +40,8 @@ import orjson
 
 from bench.dataset import seed
 from bench.outages import stop_start
-from bench.provenance import machine
 from bench.replica_memory import replica_memory, replica_memory_lines
-from bench.reporting import acceptance_lines, command, logger, machine_line, publish, result_path
+from bench.reporting import acceptance_lines, logger, machine_line, opening, publish, result_path
 from bench.servers import Server, Tokens, sidecar
 from bench.soak_samples import sample, sampler
 from bench.soak_traffic import Traffic
@@ -81,10 +79,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
     server: Server | None = None
     total_s = plan.minutes * 60
     doc: dict[str, Any] = {
-        "kind": "registry-proxy soak",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": command("bench.soak"),
-        "machine": machine(),
+        **opening("registry-proxy soak", "bench.soak"),
         "plan": {
             "minutes": plan.minutes,
             "rate": plan.rate,
