@@ -1,10 +1,13 @@
-"""Durable local write journal: the record behind every `202 Accepted`.
+"""The journal as its callers use it: `Journal` composes the log file (files.py), the in-memory
+index (index.py), disk space (space.py), compaction (compaction.py) and the group-committing
+writer (writer.py), opens through recovery (recovery.py), and checks each call before it queues
+anything.
 
 While PostgreSQL is unreachable the sidecar still accepts writes, and promises (the `202` row of
 the README's table of answers) that each one is on local disk before it answers `202` and that it
-is applied exactly once, or
-rejected with a reason, after the database returns, even if the sidecar restarts in between. This
-module keeps that promise for opaque operations; it knows nothing about agents.
+is applied exactly once, or rejected with a reason, after the database returns, even if the
+sidecar restarts in between. The journal keeps that promise for opaque operations; it knows
+nothing about agents.
 
 Why it is written here rather than taken from a library: what we need is small but exact. It must
 (a) not answer before the bytes are fsynced, (b) share one fsync among all writers that arrive
@@ -16,31 +19,6 @@ thread and sharing commits among coroutines is the very group-commit logic we wo
 write; the asyncio file wrappers only move blocking calls to threads, with no record framing or
 recovery. No maintained package combines these, and the whole thing is one append-only file, one
 writer task and one I/O thread.
-
-The record format is codec.py's; the files in the journal's directory are described in
-files.py.
-
-Version 1 journals, written before commit records existed, are still read: there each complete
-record counts by itself, and a bad last record is taken for a torn write as that format cannot
-tell. Opening one rewrites it in version 2 (should that fail, version 2 batches after version 1
-records read just as well). A record of a later version stops the open with a message naming it.
-
-Recovery reads the file front to back. Bytes after the last valid commit record are a torn tail,
-the batch that was being written when the process stopped and was never acknowledged: they are
-cut off and counted. Bad bytes before a valid commit record belong to acknowledged writes: that is
-damage. After a clean close (the seal gives the size) every byte had been acknowledged, so a bad
-last record, a missing commit record, a file shorter than the seal says or bytes beyond it are
-damage too. Damage stops `open` with a JournalDamaged naming the file, the offset and what to do,
-unless `on_damage="quarantine"`: then the damaged bytes go to the side file, an error is logged,
-`stats()["damage"]` lists them, and the journal is rewritten without them. The one case it cannot
-tell: after a crash (no seal), damage to the commit record of the last batch, or the file's end
-cut off into it, looks exactly like a torn write, and that batch is cut as such.
-
-Disk space, and the reserve that keeps room for the outcomes of accepted entries, are
-space.py's.
-
-Compaction, the rewrite that keeps the file from growing with every operation, is
-compaction.py's.
 """
 
 from __future__ import annotations
@@ -50,127 +28,27 @@ import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
 from proxy.store.journal.codec import (
-    FORMAT_VERSION,
     MAX_RECORD_BYTES,
-    TYPE_META,
-    encode,
     entry_from_obj,
     fit_reason,
-    meta_body,
     outcome_to_obj,
 )
 from proxy.store.journal.compaction import Compactor
-from proxy.store.journal.errors import JournalDamaged, JournalError, JournalFull
-from proxy.store.journal.files import (
-    DAMAGED_PREFIX,
-    JOURNAL_FILE,
-    LOCK_FILE,
-    SEAL_FILE,
-    LogFile,
-    Seal,
-    acquire_lock,
-    fsync_dir,
-    read_seal,
-    side_files,
-    write_new_file,
-)
+from proxy.store.journal.errors import JournalError
+from proxy.store.journal.files import LogFile, Seal, acquire_lock
 from proxy.store.journal.index import Index
 from proxy.store.journal.model import JournalEntry, OpStatus, Outcome
-from proxy.store.journal.scan import Scan, UnsupportedRecord, scan
-from proxy.store.journal.space import RESERVE_FILE, DiskSpace, is_space_error
+from proxy.store.journal.recovery import OnDamage, Recovered, recover
+from proxy.store.journal.space import DiskSpace
 from proxy.store.journal.writer import Writer
 
-__all__ = [
-    "JOURNAL_FILE",
-    "LOCK_FILE",
-    "MAX_RECORD_BYTES",
-    "RESERVE_FILE",
-    "SEAL_FILE",
-    "Journal",
-    "JournalDamaged",
-    "JournalEntry",
-    "JournalError",
-    "JournalFull",
-    "OnDamage",
-    "OpStatus",
-    "Outcome",
-    "inspect_journal",
-]
-
-_log = structlog.get_logger(__name__)
-
-
-class OnDamage(StrEnum):
-    REFUSE = "refuse"
-    QUARANTINE = "quarantine"
-
-
-def _damage_message(path: Path, found: Scan, sealed: int | None) -> str:
-    shown = [
-        f"at offset {region.offset} ({region.reason}"
-        + (f", {region.length} bytes)" if region.length else ")")
-        for region in found.damage[:3]
-    ]
-    more = len(found.damage) - len(shown)
-    others = f", and {more} more damaged regions" if more else ""
-    if found.next_commit is not None:
-        proof = (
-            f"the valid commit record at offset {found.next_commit} after it shows that the "
-            "damaged records had been acknowledged"
-        )
-    else:
-        proof = (
-            f"the journal was closed cleanly at {sealed} bytes ({SEAL_FILE}), so every record "
-            "in it had been acknowledged"
-        )
-    return (
-        f"journal {path} is damaged {', '.join(shown)}{others}: {proof}. "
-        "Refusing to start rather than drop writes that were answered 202. Keep a copy of "
-        f"{path.parent}; then restore {path.name} from a good copy, or set the damaged bytes "
-        "aside and start with the rest: run `registry-proxy journal recover`, or start once with "
-        "REGISTRY_PROXY_JOURNAL__ON_DAMAGE=quarantine (the writes in the damaged bytes are then "
-        "not applied)."
-    )
-
-
-def inspect_journal(directory: Path) -> dict[str, Any]:
-    """What `open` would find in `directory`, without changing or locking anything."""
-    directory = Path(directory)
-    path = directory / JOURNAL_FILE
-    try:
-        sealed = read_seal(directory / SEAL_FILE)
-        buf = path.read_bytes()
-    except FileNotFoundError:
-        return {"path": str(path), "exists": False, "damage": [], "side_files": []}
-    except OSError as exc:
-        raise JournalError(f"cannot read journal {path}: {exc}") from exc
-    try:
-        found = scan(buf, sealed_size=sealed)
-    except UnsupportedRecord as exc:
-        raise JournalError(f"journal {path} has a {exc}") from exc
-    return {
-        "path": str(path),
-        "exists": True,
-        "size_bytes": len(buf),
-        "closed_cleanly": sealed is not None,
-        "format": 1 if found.legacy else FORMAT_VERSION,
-        "acknowledged_records": len(found.records),
-        "torn_tail_bytes": len(buf) - found.end if sealed is None else 0,
-        "damage": [region.to_obj() for region in found.damage],
-        "message": _damage_message(path, found, sealed) if found.damage else None,
-        "side_files": side_files(directory),
-    }
-
-
-# --------------------------------------------------------------------------- the journal
+__all__ = ["Journal"]
 
 
 class Journal:
@@ -220,11 +98,7 @@ class Journal:
         self._closed = False
         self._close_task: asyncio.Task[None] | None = None
 
-        self._damage: list[dict[str, Any]] = []
-        self._side_files: list[dict[str, Any]] = []
-
-        self._torn_records_dropped = 0
-        self._torn_bytes_dropped = 0
+        self._recovered = Recovered()
 
     # ----------------------------------------------------------------------- opening
 
@@ -291,150 +165,14 @@ class Journal:
 
     def _recover(self) -> None:
         """Runs in the I/O thread before the instance is visible to anyone."""
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                # Left by a compaction that crashed before its rename: the old file is complete.
-                self._file.compact_path.unlink()
-            sealed = self._seal.read()
-            buf = self._file.open()
-            self._side_files = side_files(self._dir)
-        except OSError as exc:
-            raise JournalError(f"cannot read journal {self._path}: {exc}") from exc
-        try:
-            found = scan(buf, sealed_size=sealed)
-        except UnsupportedRecord as exc:
-            raise JournalError(f"journal {self._path} has a {exc}") from exc
-        if found.damage and self._on_damage is OnDamage.REFUSE:
-            raise JournalDamaged(_damage_message(self._path, found, sealed), found.damage)
-        for record in found.records:
-            try:
-                self._index.load(record.rtype, orjson.loads(record.body))
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                raise JournalError(
-                    f"journal {self._path} has an unreadable record at offset {record.offset}: "
-                    f"{exc}"
-                ) from exc
-        self._compactor.sheddable = len(self._index.finished)
-
-        try:
-            self._space.open_reserve()
-            if found.damage:
-                self._quarantine(buf, found)
-            # From here on the journal changes: an old clean-close size must not outlive that.
-            self._seal.mark_in_use()
-            self._file.size = found.end
-            self._index.durable_next_seq = self._index.next_seq
-            torn = len(buf) - found.end if sealed is None else 0
-            if torn > 0:
-                self._torn_records_dropped += found.tail_records
-                self._torn_bytes_dropped += torn
-                _log.warning(
-                    "journal_torn_tail_dropped",
-                    path=str(self._path),
-                    offset=found.end,
-                    bytes=torn,
-                    records=found.tail_records,
-                )
-            if torn > 0 and not found.damage:
-                self._file.cut(found.end)
-            if found.damage or found.legacy:
-                # Without the damaged bytes, or in the current format: rewrite the live state.
-                self._rewrite_on_open(required=bool(found.damage))
-            elif self._file.size == 0:
-                self._write_first_meta()
-        except OSError as exc:
-            raise JournalError(f"cannot repair journal {self._path}: {exc}") from exc
-
-        self._compactor.compact_at = self._compactor.compact_bytes
-        if self._file.size > self._compactor.compact_bytes:
-            # Ran over the threshold before the last shutdown (or the threshold was lowered).
-            self._rewrite_on_open(required=False)
-        self._space.restore(self._index.reserved, self.depth)
-        self._space.sample_free(force=True)
-
-    def _write_first_meta(self) -> None:
-        try:
-            self._file.size = self._file.append(
-                [encode(TYPE_META, meta_body(self._index.durable_next_seq))], 0
-            )
-        except OSError as exc:
-            if not is_space_error(exc):
-                raise
-            # A new journal on a full disk: it holds nothing yet, so start, but refuse entries.
-            self._space.note_error(exc)
-            self._space.set_full(True, self.depth)
-            return
-        if self._fsync:
-            fsync_dir(self._dir)
-
-    def _rewrite_on_open(self, *, required: bool) -> None:
-        entries, outcomes = self._index.live_state(shed=False)
-        try:
-            new_fd, new_size, kept = self._compactor.write_making_room(entries, outcomes)
-        except OSError as exc:
-            if required:
-                raise JournalError(
-                    f"journal {self._path}: the damaged bytes were set aside but the journal "
-                    f"could not be rewritten without them: {exc}"
-                ) from exc
-            self._compactor.failed(exc)
-            return
-        self._compactor.install(new_fd, new_size, kept_outcomes=kept)
-        if self._fsync:
-            try:
-                fsync_dir(self._dir)
-            except OSError as exc:
-                raise JournalError(f"cannot make compacted journal durable: {exc}") from exc
-
-    def _quarantine(self, buf: bytes, found: Scan) -> None:
-        """Copy the damaged bytes to a side file (with a description) before they are dropped."""
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        name = DAMAGED_PREFIX + stamp
-        suffix = 1
-        while (self._dir / name).exists() or (self._dir / (name + ".json")).exists():
-            suffix += 1
-            name = f"{DAMAGED_PREFIX}{stamp}-{suffix}"
-        regions = [region.to_obj() for region in found.damage]
-        data = b"".join(buf[r.offset : r.offset + r.length] for r in found.damage)
-        description = orjson.dumps(
-            {
-                "journal": str(self._path),
-                "journal_size": len(buf),
-                "quarantined_at": time.time(),
-                "regions": regions,
-                "note": "each region's bytes follow one another in the side file, in this order",
-            },
-            option=orjson.OPT_INDENT_2,
-        )
-        for attempt in (1, 2):
-            try:
-                write_new_file(self._dir / name, data, fsync=self._fsync)
-                write_new_file(self._dir / (name + ".json"), description, fsync=self._fsync)
-                break
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    (self._dir / name).unlink()
-                if attempt == 2 or not is_space_error(exc):
-                    raise JournalError(
-                        f"journal {self._path} is damaged and the damaged bytes could not be "
-                        f"set aside in {self._dir}: {exc}"
-                    ) from exc
-                self._space.lend_all()
-        if self._fsync:
-            fsync_dir(self._dir)
-        missing = sum(region.missing for region in found.damage)
-        self._damage.append(
-            {"file": name, "bytes": len(data), "missing_bytes": missing, "regions": regions}
-        )
-        self._side_files.append({"file": name, "bytes": len(data)})
-        _log.error(
-            "journal_damage_quarantined",
-            path=str(self._path),
-            side_file=str(self._dir / name),
-            bytes=len(data),
-            missing_bytes=missing,
-            regions=regions,
-            consequence="writes whose records were in the damaged bytes will not be applied",
+        self._recovered = recover(
+            directory=self._dir,
+            file=self._file,
+            seal=self._seal,
+            index=self._index,
+            space=self._space,
+            compactor=self._compactor,
+            on_damage=self._on_damage,
         )
 
     # ----------------------------------------------------------------------- writing
@@ -583,7 +321,7 @@ class Journal:
     @property
     def quarantine_files(self) -> int:
         """Side files of damaged records in the directory (found at open or written by it)."""
-        return len(self._side_files)
+        return len(self._recovered.side_files)
 
     def stats(self) -> dict[str, Any]:
         oldest = next(iter(self._index.pending.values()), None)
@@ -596,8 +334,8 @@ class Journal:
             "oldest_pending_age_s": (
                 max(0.0, time.time() - oldest.created_at) if oldest is not None else 0.0
             ),
-            "torn_records_dropped": self._torn_records_dropped,
-            "torn_bytes_dropped": self._torn_bytes_dropped,
+            "torn_records_dropped": self._recovered.torn_records_dropped,
+            "torn_bytes_dropped": self._recovered.torn_bytes_dropped,
             "outcomes_retained": len(self._index.finished),
             "next_seq": self._index.next_seq,
             "fsync": self._fsync,
@@ -610,8 +348,8 @@ class Journal:
             "disk": self._space.stats(self._index.reserved),
             "damage": {
                 "on_damage": self._on_damage.value,
-                "quarantined": list(self._damage),
-                "side_files": list(self._side_files),
+                "quarantined": list(self._recovered.quarantined),
+                "side_files": list(self._recovered.side_files),
             },
         }
 
