@@ -45,7 +45,7 @@ _T = TypeVar("_T")
 
 
 @dataclass(slots=True)
-class Write:
+class _Write:
     data: bytes
     future: asyncio.Future[Any]
     entry: JournalEntry | None = None
@@ -58,9 +58,9 @@ class Write:
 @dataclass(slots=True)
 class _BatchResult:
     end: int
-    written: list[Write] = field(default_factory=list)
-    refused: list[Write] = field(default_factory=list)  # entries the disk had no room for
-    unwritten: list[Write] = field(default_factory=list)  # others that failed with `failed`
+    written: list[_Write] = field(default_factory=list)
+    refused: list[_Write] = field(default_factory=list)  # entries the disk had no room for
+    unwritten: list[_Write] = field(default_factory=list)  # others that failed with `failed`
     failed: OSError | None = None
 
 
@@ -96,7 +96,7 @@ class Writer:
 
         self.inflight_appends: dict[str, asyncio.Future[JournalEntry]] = {}
         self.inflight_completions: dict[str, asyncio.Future[None]] = {}
-        self._queue: list[Write] = []
+        self._queue: list[_Write] = []
         self._flushing = False
         self.flush_task: asyncio.Task[None] | None = None
         self.failed: JournalError | None = None
@@ -113,7 +113,7 @@ class Writer:
         fut: asyncio.Future[JournalEntry] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
         self.inflight_appends[entry.op_id] = fut
-        write = Write(encode(TYPE_ENTRY, body), fut, entry=entry, bound=outcome_bound(entry.op_id))
+        write = _Write(encode(TYPE_ENTRY, body), fut, entry=entry, bound=outcome_bound(entry.op_id))
         self._enqueue(write)
         return fut
 
@@ -121,16 +121,16 @@ class Writer:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
         self.inflight_completions[outcome.op_id] = fut
-        self._enqueue(Write(encode(TYPE_OUTCOME, body), fut, outcome=outcome))
+        self._enqueue(_Write(encode(TYPE_OUTCOME, body), fut, outcome=outcome))
         return fut
 
     def compact(self) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(_consume_exception)
-        self._enqueue(Write(b"", fut, compact=True))
+        self._enqueue(_Write(b"", fut, compact=True))
         return fut
 
-    def _enqueue(self, write: Write) -> None:
+    def _enqueue(self, write: _Write) -> None:
         self._queue.append(write)
         if not self._flushing:
             self._flushing = True
@@ -176,7 +176,7 @@ class Writer:
         finally:
             self._flushing = False
 
-    async def _write_records(self, records: list[Write]) -> None:
+    async def _write_records(self, records: list[_Write]) -> None:
         try:
             result = await self.io(
                 self._write_batch, records, self._file.size, self._index.reserved
@@ -229,7 +229,7 @@ class Writer:
         self._space.refused += len(refused)
         self._fail(refused, self._space.full_error(self._index.depth))
 
-    def _write_batch(self, writes: list[Write], start: int, reserved: int) -> _BatchResult:
+    def _write_batch(self, writes: list[_Write], start: int, reserved: int) -> _BatchResult:
         """I/O thread: append `writes` as one batch at `start`.
 
         An entry needs its own bytes plus room in the reserve for its outcome; when the disk
@@ -274,7 +274,7 @@ class Writer:
         self._space.sample_free()
         return _BatchResult(end=end, written=chosen, refused=refused)
 
-    def _commit(self, batch: list[Write]) -> None:
+    def _commit(self, batch: list[_Write]) -> None:
         for write in batch:
             if write.entry is not None:
                 entry = write.entry
@@ -292,7 +292,7 @@ class Writer:
                 if not write.future.done():
                     write.future.set_result(None)
 
-    def _fail(self, batch: Iterable[Write], error: JournalError) -> None:
+    def _fail(self, batch: Iterable[_Write], error: JournalError) -> None:
         for write in batch:
             if write.entry is not None:
                 self.inflight_appends.pop(write.entry.op_id, None)
