@@ -12,7 +12,7 @@
 Shared by them: the servers as processes (``servers``), the data set (``dataset``), the harness's
 own HTTP calls (``client``), the sidecar's status and counters (``status``, ``metrics``), outages
 (``outages``), CPU accounting (``cpu``), the machine (``provenance``), the replica's memory
-(``replica_memory``) and result files (``reporting``).
+(``replica_memory``), the write checks' queries (``ledger``) and result files (``reporting``).
 
 This file imports nothing: every load generator process imports the package first, and must stay
 cheap to start.

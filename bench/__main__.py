@@ -43,9 +43,6 @@ from bench.status import breaker_summary, status_of
 _log = logger("bench")
 
 
-# ---- the run ---------------------------------------------------------------------------------
-
-
 async def run(plan: Plan) -> dict[str, Any]:
     from proxy.store.embedded import EmbeddedPostgres
 
@@ -249,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
         workloads=workloads,
         agents=args.agents,
         use_wrk=not args.no_wrk,
-        out=out,
         profile_dir=args.profile,
         profile_s=args.profile_seconds,
         settle_s=args.settle,

@@ -47,7 +47,6 @@ class Plan:
     workloads: tuple[str, ...]
     agents: int
     use_wrk: bool
-    out: Path
     profile_dir: Path | None
     profile_s: float
     settle_s: float

@@ -1,7 +1,8 @@
 """PostgreSQL taken away from the sidecar and given back, and waiting for the sidecar to notice.
 
-Each run makes its outage its own way (the benchmark stops PostgreSQL once); what they share is
-driving the sidecar into the state the step is about and out of it again, bounded in time.
+Each run makes its outage its own way: the benchmark stops PostgreSQL once and trips the breakers
+before it measures, the soak stops and starts it on a schedule, and the pressure run cuts it off
+behind the Toxiproxy-compatible proxy while the load goes on.
 """
 
 from __future__ import annotations

@@ -98,9 +98,6 @@ class PressureTokens(Tokens):
         return orjson.dumps(tokens).decode()
 
 
-# ---- the run ---------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Plan:
     clients: int

@@ -77,9 +77,6 @@ class Run:
         return time.monotonic() - self.t0
 
 
-# ---- the clients -----------------------------------------------------------------------------
-
-
 def _choose(rng: random.Random) -> str:
     roll = rng.randrange(100)
     for kind, share in MIX:

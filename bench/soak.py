@@ -50,8 +50,6 @@ from bench.status import wait_drained
 
 _log = logger("soak")
 
-# ---- the run ---------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class SoakPlan:
