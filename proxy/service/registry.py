@@ -26,27 +26,21 @@ Every read from the replica says why it did not come from PostgreSQL (`X-Registr
 from __future__ import annotations
 
 import asyncio
-import math
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import structlog
 
-from proxy.registry import errors, matching
-from proxy.registry.models import AgentQuery
+from proxy.registry import errors
 from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
 from proxy.resilience.bulkhead import Bulkhead
-from proxy.resilience.errors import ErrorKind
 from proxy.resilience.looplag import LoopLag
 from proxy.service.backlog import Backlog
 from proxy.service.context import (
     DEADLINE,
     OVERLOAD,
-    PENDING,
-    READ_MODE,
-    UNREACHABLE,
     Answer,
     RequestContext,
     ServiceHooks,
@@ -54,8 +48,9 @@ from proxy.service.context import (
     utc_now,
 )
 from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
+from proxy.service.reads import Reads
 from proxy.service.replay import Replay
-from proxy.settings import ReadMode, Settings, WriteFallback
+from proxy.settings import Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.db import Database
 from proxy.store.journal import Journal, JournalError, JournalFull
@@ -99,9 +94,6 @@ class RegistryService:
         )
         # Requests with an Idempotency-Key in progress, by journal id: one at a time per key.
         self._key_locks: dict[str, asyncio.Lock] = {}
-        # Read per request on the hot path; the settings of a running service do not change.
-        self._replica_reads = settings.read_mode is ReadMode.REPLICA
-        self._max_staleness_s = settings.replica.max_staleness_ms / 1000
         self._background: set[asyncio.Task[None]] = set()
         self._backlog = Backlog(replica)
         self._replay = Replay(
@@ -118,6 +110,21 @@ class RegistryService:
         self.replays: dict[str, Any] = self._replay.stats
         self.on_replayed: Callable[[], None] | None = None
         breaker.add_listener(self._on_transition)
+        reads = Reads(
+            settings=settings,
+            replica=replica,
+            journal=journal,
+            hooks=self.hooks,
+            call=self._database,
+        )
+        # The reads' own bound methods: a get-by-id the replica serves is on the hot path, and a
+        # call through the service costs no frame of its own.
+        self.get_agent = reads.get_agent
+        self.get_agent_at_once = reads.get_agent_at_once
+        self.get_agent_from_database = reads.get_agent_from_database
+        self.query = reads.query
+        self.stats = reads.stats
+        self.operation = reads.operation
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,189 +167,6 @@ class RegistryService:
 
     def wake_replay(self) -> None:
         self._backlog.wake()
-
-    # -- replica helpers -------------------------------------------------------------------
-
-    def _replica_serves(self, tenant: str) -> bool:
-        rep = self.replica
-        return rep is not None and rep.warm and rep.knows_tenant(tenant)
-
-    def _replica_first(self, tenant: str, agent_id: str | None = None) -> str | None:
-        """Why the replica should answer without asking PostgreSQL first, else None."""
-        rep = self.replica
-        if rep is None or not rep.warm or not rep.knows_tenant(tenant):
-            return None
-        if agent_id is not None:
-            if rep.has_pending(tenant, agent_id):
-                return PENDING
-        elif rep.pending_count(tenant):
-            return PENDING
-        if self._replica_reads and rep.fresh_within(self._max_staleness_s):
-            return READ_MODE
-        return None
-
-    def _replica_during_outage(self, ctx: RequestContext, operation: str) -> Replica | None:
-        """The replica, when the breaker would refuse the database call anyway.
-
-        The same answer as the database path's refusal caught and turned into a fallback (the
-        same metrics, the same problem when the replica cannot answer), without raising and
-        catching an exception per read: the outage path then costs what a healthy replica read
-        costs."""
-        if not self._database.breaker_refuses():
-            return None
-        self.hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
-        return self._replica_for(ctx, None)
-
-    def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
-        rep = self.replica
-        if rep is None or not self._replica_serves(ctx.tenant):
-            raise self._database.no_answer(exc, "the local replica has no copy of this tenant")
-        return rep
-
-    @staticmethod
-    def _replica_headers(rep: Replica, reason: str) -> dict[str, str]:
-        age = rep.age()
-        return {
-            "Age": str(math.ceil(age)) if age is not None else "0",
-            "X-Registry-Fallback": reason,
-        }
-
-    # -- reads -----------------------------------------------------------------------------
-
-    async def get_agent(self, ctx: RequestContext, agent_id: str) -> Answer:
-        answer = self.get_agent_at_once(ctx, agent_id)
-        if answer is not None:
-            return answer
-        return await self.get_agent_from_database(ctx, agent_id)
-
-    def get_agent_at_once(self, ctx: RequestContext, agent_id: str) -> Answer | None:
-        """The answer when it needs no waiting: the replica answers (fresh enough in replica
-        mode, pending writes of this agent, or the breaker refusing PostgreSQL anyway), or the
-        problem it raises. None when PostgreSQL must be asked.
-
-        `get_agent` is this, then `get_agent_from_database`; the front door calls the two
-        itself so that a replica read is not a coroutine."""
-        reason = self._replica_first(ctx.tenant, agent_id)
-        if reason is not None:
-            rep = self.replica
-            assert rep is not None
-        else:
-            rep = self._replica_during_outage(ctx, "get_agent")
-            if rep is None:
-                return None
-            reason = UNREACHABLE
-        return self._agent_from_replica(rep, ctx, agent_id, None, reason)
-
-    async def get_agent_from_database(self, ctx: RequestContext, agent_id: str) -> Answer:
-        """The rest of `get_agent`, once `get_agent_at_once` gave None."""
-        try:
-            rec = await self._database.for_request(
-                ctx, "get_agent", lambda c: repository.fetch_agent(c, ctx.tenant, agent_id)
-            )
-        except DatabaseUnavailable as exc:
-            rep = self._replica_for(ctx, exc)
-            return self._agent_from_replica(rep, ctx, agent_id, exc, exc.reason)
-        if rec is None:
-            raise errors.NotFound(f"agent {agent_id!r} is not registered")
-        return Answer(200, rec.public_json(utc_now()), "database", {"ETag": f'"{rec.revision}"'})
-
-    def _agent_from_replica(
-        self,
-        rep: Replica,
-        ctx: RequestContext,
-        agent_id: str,
-        exc: DatabaseUnavailable | None,
-        reason: str,
-    ) -> Answer:
-        rec = rep.get(ctx.tenant, agent_id)
-        if rec is None:
-            if rep.partial:
-                raise self._database.no_answer(exc, "the local replica is partial")
-            raise errors.NotFound(f"agent {agent_id!r} is not registered")
-        self.hooks.replica_hit("get")
-        headers = self._replica_headers(rep, reason)
-        headers["ETag"] = f'"{rec.revision}"'
-        return Answer(200, rec.public_json(utc_now()), "replica", headers)
-
-    async def query(self, ctx: RequestContext, q: AgentQuery) -> Answer:
-        reason = self._replica_first(ctx.tenant)
-        if reason is not None:
-            assert self.replica is not None
-            return self._query_from_replica(self.replica, ctx, q, reason)
-        rep = self._replica_during_outage(ctx, "query")
-        if rep is not None:
-            return self._query_from_replica(rep, ctx, q, UNREACHABLE)
-        try:
-            rows = await self._database.for_request(
-                ctx, "query", lambda c: repository.query_agents(c, ctx.tenant, q)
-            )
-        except DatabaseUnavailable as exc:
-            return self._query_from_replica(self._replica_for(ctx, exc), ctx, q, exc.reason)
-        return Answer(200, {"results": matching.rank(rows, q, utc_now())}, "database")
-
-    def _query_from_replica(
-        self, rep: Replica, ctx: RequestContext, q: AgentQuery, reason: str
-    ) -> Answer:
-        self.hooks.replica_hit("query")
-        rows = rep.query(ctx.tenant, q)
-        headers = self._replica_headers(rep, reason)
-        if rep.partial:
-            headers["X-Registry-Partial"] = "true"
-        return Answer(200, {"results": matching.rank(rows, q, utc_now())}, "replica", headers)
-
-    async def stats(self, ctx: RequestContext) -> Answer:
-        reason = self._replica_first(ctx.tenant)
-        if reason is not None:
-            assert self.replica is not None
-            return self._stats_from_replica(self.replica, ctx, reason)
-        rep = self._replica_during_outage(ctx, "stats")
-        if rep is not None:
-            return self._stats_from_replica(rep, ctx, UNREACHABLE)
-        try:
-            body = await self._database.for_request(
-                ctx, "stats", lambda c: repository.fetch_stats(c, ctx.tenant)
-            )
-        except DatabaseUnavailable as exc:
-            return self._stats_from_replica(self._replica_for(ctx, exc), ctx, exc.reason)
-        return Answer(200, body, "database")
-
-    def _stats_from_replica(self, rep: Replica, ctx: RequestContext, reason: str) -> Answer:
-        self.hooks.replica_hit("stats")
-        return Answer(
-            200,
-            rep.tenant_stats(ctx.tenant, utc_now()),
-            "replica",
-            self._replica_headers(rep, reason),
-        )
-
-    async def operation(self, ctx: RequestContext, op_id: str) -> Answer:
-        if self.journal is not None:
-            jid = journal_id(ctx.tenant, op_id)
-            entry = self.journal.get(jid)
-            if entry is not None:
-                body: dict[str, Any] = {"op_id": op_id, "status": "pending", "kind": entry.kind}
-                return Answer(200, body, "journal")
-            done = self.journal.outcome(jid)
-            if done is not None:
-                body = {"op_id": op_id, "status": done.status.value, "reason": done.reason}
-                return Answer(200, body, "journal")
-        try:
-            row = await self._database.for_request(
-                ctx, "operation", lambda c: repository.fetch_operation(c, ctx.tenant, op_id)
-            )
-        except DatabaseUnavailable as exc:
-            raise self._database.no_answer(
-                exc, "this operation is not in the local journal"
-            ) from exc
-        if row is None:
-            raise errors.NotFound(f"no operation {op_id!r}")
-        body = {
-            "op_id": op_id,
-            "status": row["status"],
-            "kind": row["kind"],
-            "reason": row["reason"],
-        }
-        return Answer(200, body, "database")
 
     # -- writes ----------------------------------------------------------------------------
 
