@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from proxy.resilience import HealthProbe
-from proxy.service.registry import RegistryService
+from proxy.resilience import Bulkhead, CircuitBreaker, HealthProbe, LoopLag, RetryBudget
 from proxy.settings import Settings
+from proxy.store.db import Database
+from proxy.store.journal import Journal
+from proxy.store.replica import Replica
 from proxy.store.replica_sync import ReplicaSync
 from proxy.store.repository import REGISTRY_KINDS
 
@@ -65,6 +67,28 @@ class Gauges:
     loop_lag_s: float | None
 
 
+class _Service(Protocol):
+    """What this module reads of `RegistryService`: public attributes, and nothing else."""
+
+    @property
+    def db(self) -> Database: ...
+    @property
+    def breaker(self) -> CircuitBreaker: ...
+    @property
+    def budget(self) -> RetryBudget | None: ...
+    @property
+    def replica(self) -> Replica | None: ...
+    @property
+    def journal(self) -> Journal | None: ...
+    @property
+    def bulkhead(self) -> Bulkhead | None: ...
+    @property
+    def lag(self) -> LoopLag | None: ...
+    @property
+    def replays(self) -> dict[str, Any]: ...
+    def overload_stats(self) -> dict[str, Any]: ...
+
+
 class Sidecar:
     """The sidecar as its operators see it: status, readiness, gauges and the tenant reload."""
 
@@ -72,7 +96,7 @@ class Sidecar:
         self,
         *,
         settings: Settings,
-        service: RegistryService,
+        service: _Service,
         probe: HealthProbe,
         sync: ReplicaSync | None,
     ) -> None:
