@@ -80,7 +80,7 @@ async def _time_reads(service: Any, ctx_for: Any, ids: list[str], rounds: int) -
 
 
 async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
-    from proxy.app import create_app
+    from proxy.app import SYNC, create_app
     from proxy.http import keys
     from proxy.http.auth import TokenStore
     from proxy.resilience.deadline import Deadline
@@ -104,7 +104,7 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
         try:
             service = app[keys.SERVICE]
             assert await service.db.wait_ready(30)
-            sync = app[keys.SYNC]
+            sync = app[SYNC]
             assert sync is not None
             async with asyncio.timeout(30):
                 await sync.synced.wait()

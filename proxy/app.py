@@ -1,34 +1,41 @@
 """The application factory: one call builds the whole sidecar from its settings.
 
-Resources (pool, journal, replica sync, probe, replay, snapshots) live in one `cleanup_ctx`
-generator, so they start with the app and stop with it, in reverse order. Instrumentation is
-attached here, through the breaker's listeners and the retry and service hooks.
+The HTTP layer builds its part (`proxy.http.application`); here it gets its resources. Each
+resource has a `cleanup_ctx` of its own (journal, replica, database pool, replica sync,
+loop-lag monitor, service and its replay, health probe, replica snapshots, ledger pruning), in
+the order they start; they stop in the reverse order, so the service stops before the storage it
+writes to closes. A context leaves its resource on the app under a key below for the contexts
+after it. Instrumentation is attached here, in one place: the app's one listener on the
+breaker (metrics, log, a snapshot on open), and the retry, bulkhead and service hooks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 import asyncpg
 import structlog
 from aiohttp import web
 
 from proxy.http import keys
+from proxy.http.application import web_application
 from proxy.http.auth import TokenStore
-from proxy.http.middleware import Gate, RequestIds, guard, observe
-from proxy.http.ratelimit import RateLimiter
-from proxy.http.routes import add_routes
 from proxy.observability.asyncio_noise import quiet_abandoned_connects
 from proxy.observability.metrics import Metrics
-from proxy.resilience.breaker import CircuitBreaker, Transition
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks
-from proxy.resilience.looplag import LoopLag
-from proxy.resilience.probe import HealthProbe
-from proxy.resilience.retry import RetryHooks
-from proxy.service import RegistryService, ServiceHooks
+from proxy.resilience import (
+    Bulkhead,
+    BulkheadHooks,
+    CircuitBreaker,
+    HealthProbe,
+    LoopLag,
+    RetryBudget,
+    RetryHooks,
+    Transition,
+)
+from proxy.service import RegistryService, ServiceHooks, Sidecar
 from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.journal import Journal
@@ -40,6 +47,15 @@ from proxy.store.snapshot import read_snapshot, write_snapshot
 log = structlog.get_logger(__name__)
 
 JOURNAL_OUTCOMES = 1_000
+
+# The resources, as the contexts leave them on the app (tests read them here too).
+BREAKER = web.AppKey("breaker", CircuitBreaker)
+JOURNAL = web.AppKey("journal", Journal)
+REPLICA: web.AppKey[Replica | None] = web.AppKey("replica")
+DATABASE = web.AppKey("database", Database)
+SYNC: web.AppKey[ReplicaSync | None] = web.AppKey("replica_sync")
+LAG = web.AppKey("loop_lag", LoopLag)
+PROBE = web.AppKey("probe", HealthProbe)
 
 
 class ConfigurationError(RuntimeError):
@@ -56,32 +72,30 @@ def create_app(
         raise ConfigurationError(
             "no database: set REGISTRY_PROXY_DATABASE_URL or REGISTRY_PROXY_DATABASE_URL_FILE"
         )
-    app = web.Application(
-        middlewares=[observe, guard],
-        client_max_size=settings.request.max_body_bytes,
-        handler_args={
-            "max_field_size": settings.request.max_header_bytes,
-            "max_line_size": settings.request.max_header_bytes,
-        },
+    app = web_application(
+        settings,
+        tokens=tokens if tokens is not None else TokenStore.from_json(settings.tokens_json()),
+        metrics=metrics or Metrics(),
     )
-    app[keys.SETTINGS] = settings
-    app[keys.TOKENS] = (
-        tokens if tokens is not None else TokenStore.from_json(settings.tokens_json())
+    app[BREAKER] = _breaker(settings)
+    snapshots = _Snapshots(settings)
+    app[BREAKER].add_listener(_on_transition(app[keys.METRICS], app[BREAKER], snapshots))
+    app.cleanup_ctx.extend(
+        [
+            _journal,
+            _replica,
+            _database,
+            _replica_sync,
+            _loop_lag,
+            _service,
+            _probe,
+            snapshots.context,
+            _ledger_pruning,
+        ]
     )
-    app[keys.METRICS] = metrics or Metrics()
-    rl = settings.rate_limit
-    app[keys.LIMITER] = (
-        RateLimiter(rate_per_s=rl.rate_per_s, burst=rl.burst) if rl.enabled else None
-    )
-    app[keys.GATE] = Gate(
-        settings=settings,
-        tokens=app[keys.TOKENS],
-        metrics=app[keys.METRICS],
-        limiter=app[keys.LIMITER],
-        ids=RequestIds(),
-    )
-    add_routes(app)
-    app.cleanup_ctx.append(_resources)
+    # Signals run after every context has started, and after every one has stopped.
+    app.on_startup.append(_started)
+    app.on_cleanup.append(_stopped)
     return app
 
 
@@ -105,7 +119,14 @@ def _breaker(settings: Settings) -> CircuitBreaker:
     )
 
 
-def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
+# ---- instrumentation ---------------------------------------------------------------------------
+
+
+def _on_transition(
+    metrics: Metrics, breaker: CircuitBreaker, snapshots: _Snapshots
+) -> Callable[[Transition], None]:
+    """The app's one listener on the breaker: metrics, a log line, a replica snapshot on open."""
+
     def on_transition(t: Transition) -> None:
         metrics.breaker_transitions.labels(breaker.name, t.from_state.value, t.to_state.value).inc()
         metrics.set_breaker_state(breaker.name, t.to_state.value)
@@ -116,16 +137,24 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
             to_state=t.to_state.value,
             cause=t.cause,
         )
+        if t.to_state.value == "open":
+            snapshots.breaker_opened()
 
-    breaker.add_listener(on_transition)
+    return on_transition
 
+
+def _service_hooks(metrics: Metrics) -> ServiceHooks:
     def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
         metrics.retries.labels(type(exc).__name__).inc()
+
+    def journaled() -> None:
+        metrics.journal_appends.inc()
+        metrics.writes_accepted.inc()
 
     return ServiceHooks(
         db_call=metrics.observe_db_call,
         replica_hit=metrics.replica_hits.inc,  # per read: no wrapper frame
-        journal_append=lambda: _both(metrics.journal_appends.inc, metrics.writes_accepted.inc),
+        journal_append=journaled,
         committed=lambda path: metrics.writes_committed.labels(path).inc(),
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),
         shed=lambda reason: metrics.shed.labels(reason).inc(),
@@ -136,29 +165,211 @@ def _instrument(metrics: Metrics, breaker: CircuitBreaker) -> ServiceHooks:
     )
 
 
-def _both(a: Callable[[], None], b: Callable[[], None]) -> None:
-    a()
-    b()
+# ---- the resources, in the order they start ----------------------------------------------------
 
 
-async def _prune_loop(settings: Settings, db: Database) -> None:
-    """Idempotency is remembered for `ledger_retention_hours`, not forever."""
-    await db.ready.wait()
-    while True:
-        try:
-            async with db.connection(timeout=30) as conn:
-                removed = await prune_ledger(conn, settings.database.ledger_retention_hours)
-            if removed:
-                log.info("operations ledger pruned", removed=removed)
-        except Exception as exc:  # maintenance must never take the sidecar down
-            log.warning("operations ledger not pruned", error=str(exc))
-        await asyncio.sleep(3600)
+async def _journal(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    # Finished operations stay in the journal only so /v1/operations can answer while PostgreSQL
+    # is away; the ledger is their durable record. Each costs about 2 KiB of memory.
+    journal = await Journal.open(
+        settings.journal.dir,
+        fsync=settings.journal.fsync,
+        max_outcomes=JOURNAL_OUTCOMES,
+        reserve_bytes=settings.journal.reserve_bytes,
+        on_damage=settings.journal.on_damage.value,
+    )
+    app[JOURNAL] = journal
+    try:
+        yield
+    finally:
+        await journal.close()
 
 
-async def _snapshot_loop(settings: Settings, replica: Replica) -> None:
-    while True:
-        await asyncio.sleep(settings.replica.snapshot_interval_s)
+async def _replica(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    if not settings.replica.enabled:
+        app[REPLICA] = None
+        yield
+        return
+    replica = Replica(max_agents=settings.replica.max_agents)
+    app[keys.METRICS].replica_max_staleness.set(settings.replica.max_staleness_ms / 1000)
+    snap = await asyncio.to_thread(read_snapshot, settings.journal.dir)
+    if snap is not None:
+        replica.load_snapshot(snap.data, watermark=snap.watermark, written_at=snap.written_at)
+        log.info("replica loaded from snapshot", agents=replica.size, watermark=snap.watermark)
+    app[REPLICA] = replica
+    try:
+        yield
+    finally:
+        # After the sync and the service stopped (their contexts come later): the final state.
         await _write_snapshot(settings, replica)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    db = Database(
+        _dsn(settings),
+        min_size=settings.database.pool_min_size,
+        max_size=settings.database.pool_max_size,
+        background=settings.database.background_connections,
+        acquire_timeout_s=settings.database.acquire_timeout_ms / 1000,
+        connect_timeout_s=settings.database.connect_timeout_ms / 1000,
+        statement_cache_size=settings.database.statement_cache_size,
+        reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
+        run_migrations=settings.migrate_on_start,
+        tenants=app[keys.TOKENS].tenants(),
+    )
+    app[DATABASE] = db
+    db.start()
+    try:
+        yield
+    finally:
+        await db.close()
+
+
+async def _replica_sync(app: web.Application) -> AsyncIterator[None]:
+    settings, replica = app[keys.SETTINGS], app[REPLICA]
+    if replica is None:
+        app[SYNC] = None
+        yield
+        return
+    sync = ReplicaSync(
+        replica,
+        _dsn(settings),
+        tenants=app[keys.TOKENS].tenants(),
+        max_staleness_s=settings.replica.max_staleness_ms / 1000,
+        resync_interval_s=settings.replica.resync_interval_s,
+        connect_timeout_s=settings.database.connect_timeout_ms / 1000,
+        reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
+        schema_ready=app[DATABASE].ready,
+    )
+    app[SYNC] = sync
+    sync.start()
+    try:
+        yield
+    finally:
+        await sync.stop()
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    overload = app[keys.SETTINGS].overload
+    lag = LoopLag(
+        threshold_s=overload.max_loop_lag_ms / 1000,
+        window_s=overload.loop_lag_window_ms / 1000,
+    )
+    app[LAG] = lag
+    lag.start()
+    try:
+        yield
+    finally:
+        await lag.stop()
+
+
+async def _service(app: web.Application) -> AsyncIterator[None]:
+    settings, metrics, db = app[keys.SETTINGS], app[keys.METRICS], app[DATABASE]
+    r = settings.retry
+    service = RegistryService(
+        settings=settings,
+        database=db,
+        breaker=app[BREAKER],
+        budget=RetryBudget(
+            ratio=r.budget_ratio, min_per_s=r.budget_min_per_s, window_s=r.budget_window_s
+        ),
+        replica=app[REPLICA],
+        journal=app[JOURNAL],
+        hooks=_service_hooks(metrics),
+        bulkhead=Bulkhead(
+            limit=settings.database.pool_max_size,
+            max_queue=settings.database.queue_max,
+            max_wait_s=settings.database.acquire_timeout_ms / 1000,
+            hooks=BulkheadHooks(waited=metrics.db_queue_wait.observe),
+        ),
+        lag=app[LAG],
+    )
+
+    async def replay_now() -> None:
+        # As soon as PostgreSQL is there; `start` wakes the replay once too, should the pool
+        # have opened before this.
+        service.wake_replay()
+
+    db.on_ready = replay_now
+    sync = app[SYNC]
+    if sync is not None:
+        service.on_replayed = sync.request_resync
+    app[keys.SERVICE] = service
+    service.start()
+    try:
+        yield
+    finally:
+        await service.stop()
+
+
+async def _probe(app: web.Application) -> AsyncIterator[None]:
+    settings, db = app[keys.SETTINGS], app[DATABASE]
+    dsn = _dsn(settings)
+
+    async def probe_query(timeout: float) -> None:
+        # A loop of its own per probe: the connect timeout cuts openings short there too.
+        quiet_abandoned_connects(asyncio.get_running_loop())
+        conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=db.server_settings)
+        try:
+            await conn.execute("SELECT 1")
+        finally:
+            await conn.close(timeout=timeout)
+
+    async def check(timeout: float) -> None:
+        # On a thread with an event loop of its own: a sidecar whose loop is behind under load
+        # would otherwise time its probe out against a healthy PostgreSQL and stay open.
+        await asyncio.to_thread(asyncio.run, probe_query(timeout))
+
+    b = settings.breaker
+    probe = HealthProbe(
+        app[BREAKER],
+        check,
+        interval_s=b.probe_interval_ms / 1000,
+        timeout_s=b.probe_timeout_ms / 1000,
+    )
+    app[PROBE] = probe
+    probe.start()
+    try:
+        yield
+    finally:
+        await probe.stop()
+
+
+class _Snapshots:
+    """The replica's snapshot on disk, written every `replica.snapshot_interval_s`, and when the
+    breaker opens: the last moment the replica is known good, kept for a restart mid-outage.
+    The replica's own context writes the last one when it stops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._replica: Replica | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        replica = app[REPLICA]
+        if replica is None:
+            yield
+            return
+        self._replica = replica
+        async with _in_background(self._every_interval(replica), "replica-snapshot"):
+            yield
+
+    async def _every_interval(self, replica: Replica) -> None:
+        while True:
+            await asyncio.sleep(self._settings.replica.snapshot_interval_s)
+            await _write_snapshot(self._settings, replica)
+
+    def breaker_opened(self) -> None:
+        if self._replica is None:
+            return
+        task = asyncio.create_task(
+            _write_snapshot(self._settings, self._replica), name="replica-snapshot-on-open"
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 async def _write_snapshot(settings: Settings, replica: Replica) -> None:
@@ -180,161 +391,57 @@ async def _write_snapshot(settings: Settings, replica: Replica) -> None:
         log.info("replica snapshot written", agents=replica.size, watermark=replica.watermark)
 
 
-async def _resources(app: web.Application) -> AsyncIterator[None]:
-    settings = app[keys.SETTINGS]
-    metrics = app[keys.METRICS]
-    assert settings.database_url is not None
-    dsn = settings.database_url.get_secret_value()
-    breaker = _breaker(settings)
-    r = settings.retry
-    budget = RetryBudget(
-        ratio=r.budget_ratio, min_per_s=r.budget_min_per_s, window_s=r.budget_window_s
-    )
-    # Finished operations stay in the journal only so /v1/operations can answer while PostgreSQL
-    # is away; the ledger is their durable record. Each costs about 2 KiB of memory.
-    journal = await Journal.open(
-        settings.journal.dir,
-        fsync=settings.journal.fsync,
-        max_outcomes=JOURNAL_OUTCOMES,
-        reserve_bytes=settings.journal.reserve_bytes,
-        on_damage=settings.journal.on_damage.value,
-    )
-    replica: Replica | None = None
-    if settings.replica.enabled:
-        replica = Replica(max_agents=settings.replica.max_agents)
-        metrics.replica_max_staleness.set(settings.replica.max_staleness_ms / 1000)
-        snap = await asyncio.to_thread(read_snapshot, settings.journal.dir)
-        if snap is not None:
-            replica.load_snapshot(snap.data, watermark=snap.watermark, written_at=snap.written_at)
-            log.info("replica loaded from snapshot", agents=replica.size, watermark=snap.watermark)
-    hooks = _instrument(metrics, breaker)
-    db = Database(
-        dsn,
-        min_size=settings.database.pool_min_size,
-        max_size=settings.database.pool_max_size,
-        background=settings.database.background_connections,
-        acquire_timeout_s=settings.database.acquire_timeout_ms / 1000,
-        connect_timeout_s=settings.database.connect_timeout_ms / 1000,
-        statement_cache_size=settings.database.statement_cache_size,
-        reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
-        run_migrations=settings.migrate_on_start,
-        tenants=app[keys.TOKENS].tenants(),
-    )
-    bulkhead = Bulkhead(
-        limit=settings.database.pool_max_size,
-        max_queue=settings.database.queue_max,
-        max_wait_s=settings.database.acquire_timeout_ms / 1000,
-        hooks=BulkheadHooks(waited=metrics.db_queue_wait.observe),
-    )
-    lag = LoopLag(
-        threshold_s=settings.overload.max_loop_lag_ms / 1000,
-        window_s=settings.overload.loop_lag_window_ms / 1000,
-    )
-    service = RegistryService(
-        settings=settings,
-        database=db,
-        breaker=breaker,
-        budget=budget,
-        replica=replica,
-        journal=journal,
-        hooks=hooks,
-        bulkhead=bulkhead,
-        lag=lag,
-    )
-    db.on_ready = _wake(service)
+async def _ledger_pruning(app: web.Application) -> AsyncIterator[None]:
+    async with _in_background(_prune_loop(app[keys.SETTINGS], app[DATABASE]), "ledger-prune"):
+        yield
 
-    async def probe_query(timeout: float) -> None:
-        # A loop of its own per probe: the connect timeout cuts openings short there too.
-        quiet_abandoned_connects(asyncio.get_running_loop())
-        conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=db.server_settings)
+
+async def _prune_loop(settings: Settings, db: Database) -> None:
+    """Idempotency is remembered for `ledger_retention_hours`, not forever."""
+    await db.ready.wait()
+    while True:
         try:
-            await conn.execute("SELECT 1")
-        finally:
-            await conn.close(timeout=timeout)
+            async with db.connection(timeout=30) as conn:
+                removed = await prune_ledger(conn, settings.database.ledger_retention_hours)
+            if removed:
+                log.info("operations ledger pruned", removed=removed)
+        except Exception as exc:  # maintenance must never take the sidecar down
+            log.warning("operations ledger not pruned", error=str(exc))
+        await asyncio.sleep(3600)
 
-    async def check(timeout: float) -> None:
-        # On a thread with an event loop of its own: a sidecar whose loop is behind under load
-        # would otherwise time its probe out against a healthy PostgreSQL and stay open.
-        await asyncio.to_thread(asyncio.run, probe_query(timeout))
 
-    b = settings.breaker
-    probe = HealthProbe(
-        breaker, check, interval_s=b.probe_interval_ms / 1000, timeout_s=b.probe_timeout_ms / 1000
+# ---- once every resource has started, and once every one has stopped ---------------------------
+
+
+async def _started(app: web.Application) -> None:
+    settings = app[keys.SETTINGS]
+    app[keys.SIDECAR] = Sidecar(
+        settings=settings, service=app[keys.SERVICE], probe=app[PROBE], sync=app[SYNC]
     )
-    sync: ReplicaSync | None = None
-    if replica is not None:
-        sync = ReplicaSync(
-            replica,
-            dsn,
-            tenants=app[keys.TOKENS].tenants(),
-            max_staleness_s=settings.replica.max_staleness_ms / 1000,
-            resync_interval_s=settings.replica.resync_interval_s,
-            connect_timeout_s=settings.database.connect_timeout_ms / 1000,
-            reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
-            schema_ready=db.ready,
-        )
-        service.on_replayed = sync.request_resync
-    app[keys.SERVICE] = service
-    app[keys.PROBE] = probe
-    app[keys.SYNC] = sync
-
-    background: set[asyncio.Task[None]] = set()
-    if replica is not None:
-        rep = replica
-
-        def snapshot_on_open(t: Transition) -> None:
-            # The last moment the replica is known good: keep it for a restart mid-outage.
-            if t.to_state.value == "open":
-                task = asyncio.create_task(
-                    _write_snapshot(settings, rep), name="replica-snapshot-on-open"
-                )
-                background.add(task)
-                task.add_done_callback(background.discard)
-
-        breaker.add_listener(snapshot_on_open)
-
-    db.start()
-    lag.start()
-    if sync is not None:
-        sync.start()
-    probe.start()
-    service.start()
-    snapshots = (
-        asyncio.create_task(_snapshot_loop(settings, replica), name="replica-snapshot")
-        if replica is not None
-        else None
-    )
-    pruning = asyncio.create_task(_prune_loop(settings, db), name="ledger-prune")
     log.info(
         "sidecar started",
         read_mode=settings.read_mode.value,
         write_fallback=settings.write_fallback.value,
-        journal_depth=journal.depth,
+        journal_depth=app[JOURNAL].depth,
     )
+
+
+async def _stopped(app: web.Application) -> None:
+    log.info("sidecar stopped", journal_depth=app[JOURNAL].depth)
+
+
+@contextlib.asynccontextmanager
+async def _in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """``work`` as a task for as long as the block runs; cancelled when it ends."""
+    task = asyncio.create_task(work, name=name)
     try:
         yield
     finally:
-        pruning.cancel()
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await pruning
-        if snapshots is not None:
-            snapshots.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await snapshots
-        await probe.stop()
-        await lag.stop()
-        await service.stop()
-        if sync is not None:
-            await sync.stop()
-        if replica is not None:
-            await _write_snapshot(settings, replica)
-        await journal.close()
-        await db.close()
-        log.info("sidecar stopped", journal_depth=journal.depth)
+            await task
 
 
-def _wake(service: RegistryService) -> Callable[[], Awaitable[None]]:
-    async def on_ready() -> None:
-        service.wake_replay()
-
-    return on_ready
+def _dsn(settings: Settings) -> str:
+    assert settings.database_url is not None  # create_app refuses settings without one
+    return settings.database_url.get_secret_value()

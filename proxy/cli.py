@@ -166,13 +166,9 @@ async def serve(
         tokens.replace_with(fresh)
         log.info("SIGHUP: tokens reloaded", tokens=len(fresh))
         if changed:
-            service = app[keys.SERVICE]
-            task = asyncio.ensure_future(service.db.set_tenants(fresh.tenants()))
+            task = asyncio.ensure_future(app[keys.SIDECAR].set_tenants(fresh.tenants()))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
-            sync = app[keys.SYNC]
-            if sync is not None:
-                sync.set_tenants(fresh.tenants())
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
@@ -304,8 +300,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     def stopped(app: web.Application) -> None:
         from proxy.http import keys
 
-        journal = app[keys.SERVICE].journal
-        final["depth"] = journal.depth if journal is not None else 0
+        final["depth"] = app[keys.SIDECAR].journal_depth()
 
     code = 1
     try:

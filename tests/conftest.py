@@ -22,7 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from proxy.app import create_app
+from proxy.app import SYNC, create_app
 from proxy.http import keys
 from proxy.http.server import SidecarRunner
 from proxy.observability.logging import configure
@@ -194,7 +194,7 @@ async def make_api(
         client = await aiohttp_client(SidecarTestServer(app))
         service = app[keys.SERVICE]
         assert await service.db.wait_ready(20), "database did not become ready"
-        sync = app[keys.SYNC]
+        sync = app[SYNC]
         if wait_replica and sync is not None:
             async with asyncio.timeout(20):
                 await sync.synced.wait()

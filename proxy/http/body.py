@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
+from proxy.http import keys
 from proxy.http.problems import ProblemError
 
 M = TypeVar("M", bound=BaseModel)
@@ -63,7 +64,7 @@ async def read_json(
             # The whole body, however many segments it arrives in; aiohttp stops at
             # client_max_size (the app sets it to max_bytes) with a 413.
             raw = await request.read()
-    except RequestPayloadError as exc:
+    except web.RequestPayloadError as exc:
         raise ProblemError(400, f"body cannot be read: {exc}") from None
     except TimeoutError:
         # A client that trickles its body must not hold a handler (and a deadline) open.
@@ -92,4 +93,43 @@ def validate(model: type[M], value: Any) -> M:
     except ValidationError as exc:
         raise ProblemError(
             422, "the request has invalid fields", errors=field_errors(exc)
+        ) from None
+
+
+async def read_model(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:
+    """The request's JSON body as ``model``, within the limits the settings give."""
+    limits = request.app[keys.SETTINGS].request
+    raw = await read_json(
+        request,
+        max_bytes=limits.max_body_bytes,
+        max_depth=limits.max_json_depth,
+        max_items=limits.max_array_items,
+        allow_empty=allow_empty,
+        read_timeout=limits.read_timeout_s,
+    )
+    return validate(model, raw)
+
+
+def read_query(request: web.Request, model: type[M], *, lists: Collection[str] = ()) -> M:
+    """The query string as ``model``: each parameter once, except those named in ``lists``."""
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        if key in lists:
+            # Comma-separated, as the document says; an empty value is an empty list, and an
+            # empty item (`a,,b`, a lone comma) is refused like any capability that is not one.
+            data[key] = [v for raw in values if raw for v in raw.split(",")]
+        elif len(values) > 1:
+            raise ProblemError(
+                422,
+                f"{key} given more than once",
+                errors=[{"field": key, "message": "give it once"}],
+            )
+        else:
+            data[key] = values[0]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProblemError(
+            422, "the query has invalid parameters", errors=field_errors(exc)
         ) from None

@@ -16,12 +16,11 @@ import re
 from collections.abc import Awaitable
 
 from aiohttp import web
-from aiohttp.web_request import BaseRequest
 
 from proxy.http import keys
+from proxy.http.answer import answer_body, answer_headers, json_response
 from proxy.http.direct import DirectResponse, fits
-from proxy.http.middleware import Gate
-from proxy.http.routes import json_response
+from proxy.http.middleware import GATE, Gate
 from proxy.observability.logging import REQUEST_ID
 from proxy.registry.models import ID_PATTERN
 from proxy.service import RegistryService
@@ -35,10 +34,10 @@ _ROUTE = "get_agent"
 class FrontDoor:
     def __init__(self, app: web.Application) -> None:
         self._app = app
-        self._gate: Gate = app[keys.GATE]
+        self._gate: Gate = app[GATE]
         self._service: RegistryService = app[keys.SERVICE]
 
-    def __call__(self, request: BaseRequest) -> Awaitable[web.StreamResponse]:
+    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         # Not a coroutine itself: it hands aiohttp the one that answers, one frame fewer.
         if request.method == "GET":
             # The path as sent: no decoding needed, since an id has no '%' (nor '?', so a query
@@ -48,7 +47,7 @@ class FrontDoor:
                 return self._get_agent(request, path[len(AGENT_PREFIX) :])
         return self._app._handle(request)  # type: ignore[arg-type]
 
-    async def _get_agent(self, base: BaseRequest, agent_id: str) -> web.StreamResponse:
+    async def _get_agent(self, base: web.BaseRequest, agent_id: str) -> web.StreamResponse:
         # `Gate.serve` around the handler, written out: a replica read then runs in this one
         # coroutine without awaiting anything, and its answer is made once, request id and all.
         request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
@@ -65,10 +64,10 @@ class FrontDoor:
             return gate.leave(request, _ROUTE, gate.problem_for(exc, _ROUTE), request_id, started)
         finally:
             REQUEST_ID.reset(token)
-        if not fits(request):
+        body = answer_body(answer)
+        if body is None or not fits(request):
             return gate.leave(request, _ROUTE, json_response(answer), request_id, started)
         gate.account(request, _ROUTE, answer.status, answer.source, request_id, started)
-        fields = {"X-Registry-Source": answer.source, **answer.headers}
-        fields["Content-Type"] = "application/json"
+        fields = answer_headers(answer)
         fields["X-Request-ID"] = request_id
-        return DirectResponse(status=answer.status, fields=fields, body=answer.body)
+        return DirectResponse(status=answer.status, fields=fields, body=body)

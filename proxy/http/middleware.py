@@ -6,6 +6,9 @@ rate limit, deadline.
 (`proxy.http.front`) for the hot read it dispatches itself. Order (outermost first): `serve`
 sees every answer, including the problems `admit` raises, so every request is logged and counted
 exactly once.
+
+The gate is given the role each route needs (`proxy.http.application` hands it the route
+table's), so that this module does not depend on the table and its handlers.
 """
 
 from __future__ import annotations
@@ -13,23 +16,24 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Mapping
 from contextvars import Token
 from dataclasses import dataclass
 from time import perf_counter
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDictProxy
 
 from proxy.http import keys
-from proxy.http.auth import TokenStore
+from proxy.http.auth import Role, TokenStore
 from proxy.http.problems import ProblemError, from_error, problem
 from proxy.http.ratelimit import RateLimiter
-from proxy.http.routes import ROLE_BY_NAME, Handler
 from proxy.observability.logging import REQUEST_ID
 from proxy.observability.metrics import Metrics
 from proxy.registry.errors import RegistryError
-from proxy.resilience.deadline import Deadline
+from proxy.resilience import Deadline
 from proxy.service import RequestContext
 from proxy.settings import Settings
 
@@ -65,6 +69,9 @@ class Gate:
     metrics: Metrics
     limiter: RateLimiter | None
     ids: RequestIds
+    # The role each route name needs; None for a public route. A name not in it (404, 405)
+    # passes untouched, like a public route.
+    roles: Mapping[str, Role | None]
 
     async def serve(self, request: web.Request, route: str, handler: Handler) -> web.StreamResponse:
         """Run ``handler`` as the request ``route``: id, problems, metrics, access line."""
@@ -154,7 +161,7 @@ class Gate:
 
         Gives the request's context (also kept on the request). Routes the router did not
         match (404, 405) and public routes pass untouched, without one."""
-        required = ROLE_BY_NAME.get(route)
+        required = self.roles.get(route)
         if required is None:
             return None
         headers = request.headers
@@ -216,12 +223,15 @@ def _deadline_ms(raw: str, headers: CIMultiDictProxy[str]) -> int:
     return asked
 
 
+GATE = web.AppKey("gate", Gate)
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    return await request.app[keys.GATE].serve(request, route_name(request), handler)
+    return await request.app[GATE].serve(request, route_name(request), handler)
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request.app[keys.GATE].admit(request, route_name(request))
+    request.app[GATE].admit(request, route_name(request))
     return await handler(request)

@@ -1,17 +1,22 @@
 """The OpenAPI 3.1 document, generated from the route table and the pydantic models that validate
-requests, so the document and the behaviour cannot drift apart."""
+requests, so the document and the behaviour cannot drift apart.
+
+The handler that serves it is in the table, so the table cannot import this module:
+`proxy.http.application` hands the handler `encoded` through the app (`keys.API_DOCUMENT`).
+"""
 
 from __future__ import annotations
 
 import functools
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from proxy import __version__
 from proxy.http.middleware import DEADLINE_MAX_MS
-from proxy.http.routes import ROUTES, AuditQuery, Route
+from proxy.http.routes import ROUTES, Route
 from proxy.registry import models
 
 _COMPONENTS = (
@@ -34,8 +39,6 @@ _COMPONENTS = (
 _SUCCESS = {"POST /v1/agents": "201", "DELETE /v1/agents/{agent_id}": "204"}
 # Answers besides the main one: a performance event counted now is a 201 (already counted: 200).
 _ALSO = {"POST /v1/agents/{agent_id}/performance": ("201", "PerformanceAnswer")}
-# The query string's parameters, validated by these models exactly as documented.
-_QUERIES: dict[str, type[BaseModel]] = {"query_agents": models.AgentQuery, "audit": AuditQuery}
 _LIST_DESCRIPTION = (
     "comma-separated, or the parameter repeated; an empty value is an empty list, an empty item "
     "is refused"
@@ -100,7 +103,7 @@ def _problems_of(r: Route) -> list[str]:
         statuses |= {"503", "504"}  # it calls PostgreSQL
     if "{" in r.path:
         statuses |= {"404", "422"}
-    if r.name in _QUERIES or _is_write(r):
+    if r.query is not None or _is_write(r):
         statuses.add("422")
     if r.body is not None:
         statuses |= {"408", "413", "415", "422"}
@@ -161,9 +164,9 @@ def document() -> dict[str, Any]:
                         "schema": {"type": "string", "pattern": models.ID_PATTERN},
                     }
                 )
-        query = _QUERIES.get(r.name)
-        if query is not None:
-            params += _query_parameters(query)
+        if r.query is not None:
+            # The query string's parameters, validated by this model exactly as documented.
+            params += _query_parameters(r.query)
         if r.role is not None:
             op["security"] = [{"bearer": []}]
             params.append(
@@ -249,3 +252,13 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def encoded() -> bytes:
+    """The document as /openapi.json sends it, encoded once."""
+    return _encoded()
+
+
+@functools.cache
+def _encoded() -> bytes:
+    return orjson.dumps(document())

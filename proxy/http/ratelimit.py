@@ -7,7 +7,7 @@ an injectable clock. A dict of (tokens, last refill) per token is all it needs.
 
 from __future__ import annotations
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock
+from proxy.resilience import SYSTEM_CLOCK, Clock
 
 
 class RateLimiter:

@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from toxiproxy.proxy import Proxy
 
+from proxy.app import PROBE
 from proxy.http import keys
 from proxy.store.embedded import EmbeddedPostgres
 from tests.chaos.conftest import (
@@ -201,7 +202,7 @@ async def test_flapping_keeps_the_probe_rate_bounded(
 ) -> None:
     api, work = await _setup(make_api, pg_proxy)
     app = app_of(api)
-    probe = app[keys.PROBE]
+    probe = app[PROBE]
     before = probe.probes_total
 
     async def flap() -> None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from proxy.app import create_app
+from proxy.app import SYNC, create_app
 from proxy.http import keys
 from proxy.http.front import FrontDoor
 from tests.conftest import AppFactory, Tokens, agent_body, make_settings
@@ -63,7 +63,7 @@ async def two_doors(
     app = create_app(make_settings(migrated_dsn, tokens, tmp_path / "plain", read_mode="replica"))
     plain = await aiohttp_client(TestServer(app))
     assert await app[keys.SERVICE].db.wait_ready(20)
-    sync = app[keys.SYNC]
+    sync = app[SYNC]
     assert sync is not None
     async with asyncio.timeout(20):
         await sync.synced.wait()

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from proxy.app import SYNC
 from proxy.http import keys
 from proxy.store.embedded import EmbeddedPostgres
 from tests.conftest import Api, AppFactory, agent_body, app_of, eventually
@@ -243,7 +244,7 @@ async def test_change_made_in_postgres_reaches_replica_within_a_second_and_after
         await conn.close()
 
     # Cut the listener off, change rows while it is away, and let it come back.
-    sync = app[keys.SYNC]
+    sync = app[SYNC]
     assert sync is not None
     catch_ups = sync.catch_ups
     await asyncio.to_thread(own_pg.stop)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from proxy.app import SYNC
 from proxy.http import keys
 from proxy.observability.conditions import POOL_FLOOR
 from proxy.observability.logging import configure
@@ -95,7 +96,7 @@ async def test_a_one_minute_outage_is_a_few_lines_without_tracebacks(
     assert set(answered) <= {200, 202}, answered
 
     await asyncio.to_thread(own_pg.start)
-    sync = app_of(api)[keys.SYNC]
+    sync = app_of(api)[SYNC]
     await eventually(
         lambda: (
             service.journal.depth == 0

@@ -1,0 +1,160 @@
+"""The registry's agents over HTTP: register, read, query, change, report on and unregister an
+agent, and the registry's totals.
+
+Thin handlers: each reads and checks what the request carries (the agent id in the path, the
+Idempotency-Key and If-Match headers, the body or the query string), asks `RegistryService`, and
+sends its answer as it is. Writes carry a fingerprint of what the client sent, so that a retry
+under the same Idempotency-Key can be told from a different request.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from proxy.http import keys
+from proxy.http.answer import json_response
+from proxy.http.body import read_model, read_query
+from proxy.http.problems import ProblemError
+from proxy.registry.models import (
+    ID_PATTERN,
+    IF_MATCH_PATTERN,
+    AgentQuery,
+    HeartbeatRequest,
+    LoadRequest,
+    PatchRequest,
+    PerformanceRequest,
+    RegisterRequest,
+)
+from proxy.registry.requests import request_hash
+
+_ID = re.compile(ID_PATTERN)
+_IF_MATCH = re.compile(IF_MATCH_PATTERN)
+# Query parameters that are lists: comma-separated, or the parameter repeated.
+_LIST_PARAMS = ("languages", "specializations")
+
+
+def _agent_id(request: web.Request) -> str:
+    agent_id = request.match_info["agent_id"]
+    if not _ID.fullmatch(agent_id):
+        raise ProblemError(
+            422,
+            "agent_id is not a valid id",
+            errors=[{"field": "agent_id", "message": f"must match {ID_PATTERN}"}],
+        )
+    return agent_id
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _ID.fullmatch(key):
+        raise ProblemError(
+            422,
+            "Idempotency-Key is not valid",
+            errors=[{"field": "Idempotency-Key", "message": f"must match {ID_PATTERN}"}],
+        )
+    return key
+
+
+def _if_match(request: web.Request) -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if _IF_MATCH.fullmatch(raw) is None:
+        raise ProblemError(400, 'If-Match must be an ETag of this API, like "12"')
+    if raw == "*":
+        return None
+    return int(raw.removeprefix("W/").strip('"'))
+
+
+async def _write(
+    request: web.Request, kind: str, payload: dict[str, Any], target: str | None, client: Any
+) -> web.Response:
+    service = request.app[keys.SERVICE]
+    answer = await service.write(
+        request[keys.CONTEXT],
+        kind,
+        payload,
+        req_hash=request_hash(kind, target, client),
+        idempotency_key=_idempotency_key(request),
+    )
+    if answer.status == 201 and kind == "register":
+        answer.headers.setdefault("Location", f"/v1/agents/{payload['body']['agent_id']}")
+    return json_response(answer)
+
+
+# ---- reads ------------------------------------------------------------------------------------
+
+
+async def get_agent(request: web.Request) -> web.Response:
+    agent_id = _agent_id(request)
+    answer = await request.app[keys.SERVICE].get_agent(request[keys.CONTEXT], agent_id)
+    return json_response(answer)
+
+
+async def query_agents(request: web.Request) -> web.Response:
+    query = read_query(request, AgentQuery, lists=_LIST_PARAMS)
+    answer = await request.app[keys.SERVICE].query(request[keys.CONTEXT], query)
+    return json_response(answer)
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(await request.app[keys.SERVICE].stats(request[keys.CONTEXT]))
+
+
+# ---- writes -----------------------------------------------------------------------------------
+
+
+async def register(request: web.Request) -> web.Response:
+    body = await read_model(request, RegisterRequest)
+    data = body.model_dump(mode="json")
+    return await _write(request, "register", {"body": data}, None, data)
+
+
+async def patch_agent(request: web.Request) -> web.Response:
+    agent_id = _agent_id(request)
+    if_match = _if_match(request)
+    body = await read_model(request, PatchRequest)
+    data = body.model_dump(mode="json", exclude_unset=True)
+    payload = {"agent_id": agent_id, "body": data, "if_match": if_match}
+    return await _write(request, "patch", payload, agent_id, [data, if_match])
+
+
+async def put_load(request: web.Request) -> web.Response:
+    agent_id = _agent_id(request)
+    body = await read_model(request, LoadRequest)
+    data = body.model_dump(mode="json")
+    return await _write(request, "load", {"agent_id": agent_id, "body": data}, agent_id, data)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    agent_id = _agent_id(request)
+    body = await read_model(request, HeartbeatRequest, allow_empty=True)
+    client = body.model_dump(mode="json", exclude_unset=True)
+    observed = body.observed_at or datetime.now(UTC)
+    payload = {"agent_id": agent_id, "observed_at": observed.isoformat()}
+    return await _write(request, "heartbeat", payload, agent_id, client)
+
+
+async def post_performance(request: web.Request) -> web.Response:
+    agent_id = _agent_id(request)
+    body = await read_model(request, PerformanceRequest)
+    client = body.model_dump(mode="json")
+    data = dict(client)
+    if data["event_id"] is None:
+        # Generated before the first attempt, so a retry or a replay counts it once.
+        data["event_id"] = uuid.uuid4().hex
+    payload = {"agent_id": agent_id, "body": data}
+    return await _write(request, "performance", payload, agent_id, client)
+
+
+async def delete_agent(request: web.Request) -> web.Response:
+    agent_id = _agent_id(request)
+    return await _write(request, "unregister", {"agent_id": agent_id}, agent_id, None)
