@@ -15,8 +15,8 @@ from proxy.service.context import (
     journal_id,
 )
 from proxy.service.database_call import DatabaseUnavailable
-from proxy.service.registry import RegistryService
 from proxy.service.replay import REPLAY_ATTEMPTS
+from proxy.service.service import RegistryService
 from proxy.service.status import Gauges, Readiness, Sidecar
 
 __all__ = [
