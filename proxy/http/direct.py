@@ -10,24 +10,45 @@ aiohttp's writer with an answer this small, it does not wait for the transport t
 transport buffers, and aiohttp stops reading a connection whose requests pile up.
 
 It is for HTTP/1.1 requests that keep the connection open, which is what `fits` checks; anything
-else is answered by a plain `web.Response`. Like the server's protocol handler it leans on how
-aiohttp 3 drives a response, which is one more reason aiohttp is pinned below 4; the front door's
-tests compare its answers with the router's, headers included.
+else is answered by a plain `web.Response`. It uses aiohttp's public names only, but leans on how
+aiohttp's request handler drives a response (``prepare``, then ``write_eof``), which is one
+reason aiohttp is pinned to the minor version it was checked against; the front door's tests
+compare its answers with the router's, headers included.
 """
 
 from __future__ import annotations
 
+import time
+from email.utils import formatdate
 from typing import Any
 
-from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
-from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
-from aiohttp.web_request import BaseRequest
+from aiohttp import HttpVersion11, web
+from aiohttp.http import SERVER_SOFTWARE
 
 _TAIL = f"\r\nServer: {SERVER_SOFTWARE}\r\nDate: "
 
 
-def fits(request: BaseRequest) -> bool:
+class _Date:
+    """The Date field's value, formatted once a second, as aiohttp does for its own answers."""
+
+    __slots__ = ("_second", "_text")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._text = formatdate(second, usegmt=True)
+            self._second = second
+        return self._text
+
+
+_DATE = _Date()
+
+
+def fits(request: web.BaseRequest) -> bool:
     """Whether `DirectResponse` can answer: HTTP/1.1 and the connection stays open."""
     return request.version == HttpVersion11 and request.keep_alive
 
@@ -49,7 +70,7 @@ class DirectResponse(web.StreamResponse):
     def keep_alive(self) -> bool:
         return True  # `fits` was checked before this response was made
 
-    async def prepare(self, request: BaseRequest) -> Any:
+    async def prepare(self, request: web.BaseRequest) -> Any:
         if self._sent:
             return None
         self._sent = True
@@ -61,7 +82,7 @@ class DirectResponse(web.StreamResponse):
         lines = [f"HTTP/1.1 {self.status} {self.reason}"]
         for name, value in self.fields.items():
             lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {len(body)}{_TAIL}{rfc822_formatted_time()}\r\n\r\n")
+        lines.append(f"Content-Length: {len(body)}{_TAIL}{_DATE.now()}\r\n\r\n")
         transport.write("\r\n".join(lines).encode("latin-1") + body)
         return None
 

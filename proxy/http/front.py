@@ -8,6 +8,13 @@ metrics and access line), answered with a `DirectResponse` when the connection a
 other request, and every get-by-id path that is not a plain valid id (percent-escapes of a
 slash, say), goes to the application as it would without this door; a test walks such paths
 through both to keep them in step.
+
+Skipping aiohttp's dispatch means doing what it would have done, so the door stands in front of
+an app only when `refusal` finds nothing against it: the app's middlewares are exactly those the
+door does itself (`REPRODUCED`: a middleware added later would otherwise be skipped on the
+hottest route without a word), and the aiohttp internals it reaches are still there (aiohttp is
+pinned to the minor version they were checked against). Otherwise the server keeps aiohttp's
+own dispatch for every request and says why, once, at start-up.
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ import re
 from collections.abc import Awaitable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from proxy.http import keys
 from proxy.http.answer import answer_body, answer_headers, json_response
 from proxy.http.direct import DirectResponse, fits
-from proxy.http.middleware import GATE, Gate
+from proxy.http.middleware import GATE, Gate, guard, observe
 from proxy.observability.logging import REQUEST_ID
 from proxy.registry.models import ID_PATTERN
 from proxy.service import RegistryService
@@ -29,6 +37,27 @@ AGENT_PREFIX = "/v1/agents/"
 # Unanchored, to match from an offset: `^` matches only at the string's real start.
 _ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 _ROUTE = "get_agent"
+# The app's middlewares, outermost first, whose work `FrontDoor._get_agent` does itself through
+# the gate: `observe` is `Gate.enter` and `Gate.leave` around the handler, `guard` is
+# `Gate.admit`. Changing the app's middlewares means changing `_get_agent` and this together.
+REPRODUCED: tuple[Middleware, ...] = (observe, guard)
+# Not aiohttp's public API: the dispatch the door hands every other request to.
+_DISPATCH = "_handle"
+
+
+def refusal(app: web.Application, server: web.Server) -> str | None:
+    """Why the front door must not stand in front of ``app`` on ``server``; None if it may."""
+    if tuple(app.middlewares) != REPRODUCED:
+        names = [getattr(m, "__name__", repr(m)) for m in app.middlewares]
+        return f"the app's middlewares are {names}; the front door runs only observe and guard"
+    missing = []
+    if not callable(getattr(app, _DISPATCH, None)):
+        missing.append(f"Application.{_DISPATCH}")
+    if not hasattr(server, "request_handler"):
+        missing.append("Server.request_handler")
+    if missing:
+        return f"this aiohttp has no {', '.join(missing)}"
+    return None
 
 
 class FrontDoor:
@@ -45,6 +74,7 @@ class FrontDoor:
             path = request.raw_path
             if path.startswith(AGENT_PREFIX) and _ID.fullmatch(path, len(AGENT_PREFIX)):
                 return self._get_agent(request, path[len(AGENT_PREFIX) :])
+        # Looked up per request, not bound once: tests wrap the app's dispatch to watch it.
         return self._app._handle(request)  # type: ignore[arg-type]
 
     async def _get_agent(self, base: web.BaseRequest, agent_id: str) -> web.StreamResponse:

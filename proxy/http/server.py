@@ -19,8 +19,10 @@ The number of open connections is capped too: at the cap, a new connection close
 one (waiting for its next request, or still sending its head) and is served; when every
 connection is busy with a request it is answered 503 and closed at once, so it holds nothing.
 
-This reaches into aiohttp's server classes, which is why aiohttp is pinned below 4; tests send
-such requests and hold such connections to keep it honest.
+This reaches into aiohttp's server classes (`AppRunner._make_server`, the request handler's
+connection state), which is why aiohttp is pinned to the minor version they were checked
+against; tests send such requests and hold such connections to keep it honest. Should a release
+stop calling `_make_server`, none of this is installed, and the runner says so at start-up.
 """
 
 from __future__ import annotations
@@ -34,11 +36,10 @@ from typing import Any, cast
 import orjson
 import structlog
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_request import BaseRequest
+from aiohttp.web import BaseRequest, RequestHandler
 
 from proxy.http import keys
-from proxy.http.front import FrontDoor
+from proxy.http.front import FrontDoor, refusal
 from proxy.http.problems import GENERIC, PROBLEM_TYPE
 from proxy.registry.errors import PROBLEM_BASE
 
@@ -224,8 +225,20 @@ class SidecarRunner(web.AppRunner):
     unparseable requests with problem documents, bound the time to send a request head and are
     capped in number."""
 
+    _made = False
+
+    async def setup(self) -> None:
+        await super().setup()
+        if not self._made:
+            log.warning(
+                "aiohttp did not build its server through AppRunner._make_server: no front "
+                "door, no problem documents for unparseable requests, no head timeout, no "
+                "connection cap"
+            )
+
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()  # the app has started: its service exists
+        self._made = True
         server.__class__ = _ProblemServer
         problem_server = cast(_ProblemServer, server)
         limits = self.app[keys.SETTINGS].request
@@ -236,5 +249,9 @@ class SidecarRunner(web.AppRunner):
                 "connection cap lowered to fit the descriptor limit",
                 max_connections=problem_server.max_connections,
             )
-        server.request_handler = FrontDoor(self.app)
+        reason = refusal(self.app, server)
+        if reason is None:
+            server.request_handler = FrontDoor(self.app)
+        else:
+            log.warning("front door off: every request takes aiohttp's own dispatch", reason=reason)
         return server
