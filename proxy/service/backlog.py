@@ -88,7 +88,7 @@ class Backlog:
                         waiter.set_result(None)
 
     def waiting_agents(self) -> list[AgentKey]:
-        """The agents a write is waiting for, oldest wait first."""
+        """The agents a write is waiting for, in the order they were first waited for."""
         return list(self._waiters)
 
     def waiting(self) -> int:
