@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.resilience.breaker import CircuitBreaker
-from proxy.resilience.bulkhead import Bulkhead
-from proxy.resilience.looplag import LoopLag
+from proxy.resilience import Bulkhead, CircuitBreaker, LoopLag
 from proxy.service.backlog import Backlog
 from proxy.service.context import Answer, RequestContext
 from proxy.service.database_call import DatabaseCall, DatabaseUnavailable

@@ -15,7 +15,7 @@ import asyncpg
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
-from proxy.resilience.errors import ErrorKind, classify
+from proxy.resilience import ErrorKind, classify
 from proxy.service.context import op_id_of
 from proxy.store import repository
 from proxy.store.journal import JournalEntry, OpStatus

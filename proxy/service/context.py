@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from proxy.resilience import retry
-from proxy.resilience.deadline import Deadline
+from proxy.resilience import Deadline, RetryHooks
 
 # Why a read came from the replica (`X-Registry-Fallback`), and why a database call failed.
 UNREACHABLE = "unreachable"
@@ -52,7 +51,7 @@ class ServiceHooks:
     journal_append: Callable[[], None] = lambda: None
     committed: Callable[[str], None] = lambda path: None
     replayed: Callable[[str], None] = lambda outcome: None
-    retry: retry.RetryHooks | None = None
+    retry: RetryHooks | None = None
     shed: Callable[[str], None] = lambda reason: None
     """A request refused for lack of capacity: `loop-lag`, `queue-full`, `queue-timeout`,
     `backlog` (an agent's journaled writes still being applied)."""

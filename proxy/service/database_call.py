@@ -24,14 +24,21 @@ from typing import TypeVar
 import asyncpg
 
 from proxy.registry import errors
-from proxy.resilience import retry
-from proxy.resilience.breaker import BreakerState, CircuitBreaker
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.bulkhead import Bulkhead, Overloaded
-from proxy.resilience.deadline import Deadline
-from proxy.resilience.deadline import DeadlineExceeded as DeadlineExceededError
-from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
-from proxy.resilience.looplag import LoopLag
+from proxy.resilience import (
+    BreakerState,
+    Bulkhead,
+    CircuitBreaker,
+    Deadline,
+    ErrorKind,
+    LoopLag,
+    Overloaded,
+    Rejected,
+    RetryBudget,
+    classify,
+    describe,
+)
+from proxy.resilience import DeadlineExceeded as DeadlineExceededError
+from proxy.resilience import call as call_with_retries
 from proxy.service.context import DEADLINE, OVERLOAD, UNREACHABLE, RequestContext, ServiceHooks
 from proxy.settings import Settings
 from proxy.store.db import Database
@@ -191,7 +198,7 @@ class DatabaseCall:
         clock = self._breaker.clock
         started = clock.monotonic()
         try:
-            result = await retry.call(
+            result = await call_with_retries(
                 attempt,
                 breaker=self._breaker,
                 budget=self._budget,

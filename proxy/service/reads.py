@@ -19,7 +19,7 @@ from typing import Any
 
 from proxy.registry import errors, matching
 from proxy.registry.models import AgentQuery
-from proxy.resilience.errors import ErrorKind
+from proxy.resilience import ErrorKind
 from proxy.service.context import (
     PENDING,
     READ_MODE,

@@ -17,9 +17,7 @@ from typing import Any
 
 import structlog
 
-from proxy.resilience.breaker import CircuitBreaker
-from proxy.resilience.deadline import Deadline
-from proxy.resilience.errors import describe
+from proxy.resilience import CircuitBreaker, Deadline, describe
 from proxy.service.apply_batch import apply_batch, replay_context
 from proxy.service.backlog import AgentKey, Backlog
 from proxy.service.context import ServiceHooks, op_id_of, utc_now

@@ -22,10 +22,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from proxy.resilience.breaker import BreakerState, CircuitBreaker, Transition
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.bulkhead import Bulkhead
-from proxy.resilience.looplag import LoopLag
+from proxy.resilience import (
+    BreakerState,
+    Bulkhead,
+    CircuitBreaker,
+    LoopLag,
+    RetryBudget,
+    Transition,
+)
 from proxy.service.admin import Admin
 from proxy.service.backlog import Backlog
 from proxy.service.context import ServiceHooks

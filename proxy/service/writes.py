@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from proxy.registry import errors
-from proxy.resilience.breaker import CircuitBreaker
+from proxy.resilience import CircuitBreaker
 from proxy.service.backlog import Backlog
 from proxy.service.context import (
     DEADLINE,
