@@ -1,9 +1,7 @@
-"""Error classification: the one place that decides what an exception means for resilience.
+"""Error kinds: what an exception means for resilience, and the refusals of this process.
 
-Treating every error as an outage was a bug of the design this sidecar replaces: a unique
-violation says the database is healthy and answering. So each exception maps to one
-:class:`ErrorKind`, and the kind alone decides whether the breaker counts it and whether a retry
-may follow:
+Each exception maps to one :class:`ErrorKind`, and the kind alone decides whether the breaker
+counts it and whether a retry may follow:
 
 =================  ==================  =========
 kind               counted by breaker  retried
@@ -14,32 +12,23 @@ PERMANENT          no                  no
 REJECTED           no                  no
 =================  ==================  =========
 
-PostgreSQL errors are recognised by their ``sqlstate`` attribute (asyncpg sets it on every server
-error), so this module needs no driver types except for asyncpg's ``InterfaceError``, which has
-no SQLSTATE and means a dead connection only when its message says so.
+:func:`classify` is the generic rule, for what any dependency's client raises: local refusals,
+deadlines and socket errors. A dependency's own errors (a database's error codes, say) are its
+client's to classify: callers pass their own ``classify`` to the primitives, usually one that
+falls back to this.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-import asyncpg
-
 from proxy.resilience.deadline import DeadlineExceeded
 
 __all__ = [
-    "INFRASTRUCTURE_SQLSTATES",
-    "INFRASTRUCTURE_SQLSTATE_CLASSES",
-    "TRANSIENT_SQLSTATES",
-    "BudgetExhausted",
-    "BulkheadFull",
     "ErrorKind",
     "Rejected",
     "classify",
-    "counts_as_failure",
     "describe",
-    "is_retryable",
-    "kind_of_sqlstate",
 ]
 
 
@@ -67,43 +56,8 @@ class Rejected(Exception):
         self.retry_after = max(0.0, retry_after)
 
 
-class BulkheadFull(Rejected):
-    """No capacity left (e.g. every pooled connection busy past the bounded wait)."""
-
-
-class BudgetExhausted(Rejected):
-    """The retry budget refused a retry."""
-
-
-INFRASTRUCTURE_SQLSTATE_CLASSES: frozenset[str] = frozenset({"08", "53", "58"})
-"""08 connection exception, 53 insufficient resources, 58 system error (external to PostgreSQL)."""
-
-INFRASTRUCTURE_SQLSTATES: frozenset[str] = frozenset({"57P01", "57P02", "57P03"})
-"""admin_shutdown, crash_shutdown, cannot_connect_now: the server is going or not yet there.
-
-The rest of class 57 (e.g. 57014 query_canceled) is left out on purpose: it is what a statement
-cancelled by us or by ``statement_timeout`` reports, and the timeout that caused it is already
-counted as the slow call it was.
-"""
-
-TRANSIENT_SQLSTATES: frozenset[str] = frozenset({"40001", "40P01"})
-"""serialization_failure and deadlock_detected: the transaction may succeed when run again."""
-
-_CLOSED_CONNECTION_HINTS = ("connection is closed", "connection was closed", "closed in the middle")
-
-
-def kind_of_sqlstate(sqlstate: str) -> ErrorKind:
-    """The kind of a PostgreSQL error code. Unknown codes are PERMANENT: never assume an outage."""
-    code = sqlstate.upper()
-    if code in INFRASTRUCTURE_SQLSTATES or code[:2] in INFRASTRUCTURE_SQLSTATE_CLASSES:
-        return ErrorKind.INFRASTRUCTURE
-    if code in TRANSIENT_SQLSTATES:
-        return ErrorKind.TRANSIENT
-    return ErrorKind.PERMANENT
-
-
 def classify(exc: BaseException) -> ErrorKind:
-    """Map an exception to its :class:`ErrorKind`.
+    """The generic kind of an exception.
 
     Order matters: local refusals and deadlines are tested before ``OSError`` because
     ``DeadlineExceeded`` is a ``TimeoutError`` and therefore an ``OSError``, and a refusal might
@@ -115,43 +69,20 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, DeadlineExceeded):
         # A deadline that passed before the call started means nothing was sent.
         return ErrorKind.INFRASTRUCTURE if exc.during_call else ErrorKind.REJECTED
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        return kind_of_sqlstate(sqlstate)
-    if isinstance(exc, asyncpg.exceptions.InternalClientError):
-        # The driver found a connection mid-protocol ("another operation is in progress"):
-        # what a server dying under an open connection leaves behind.
-        return ErrorKind.INFRASTRUCTURE
-    if isinstance(exc, asyncpg.exceptions.InterfaceError):
-        message = str(exc).lower()
-        if any(hint in message for hint in _CLOSED_CONNECTION_HINTS):
-            return ErrorKind.INFRASTRUCTURE
-        # "another operation is in progress" and friends are misuse of the driver.
-        return ErrorKind.PERMANENT
     if isinstance(exc, OSError | ConnectionError | TimeoutError):
         return ErrorKind.INFRASTRUCTURE
     return ErrorKind.PERMANENT
 
 
-def counts_as_failure(kind: ErrorKind) -> bool:
-    """Whether the breaker should count an error of this kind against the dependency."""
-    return kind is ErrorKind.INFRASTRUCTURE
-
-
-def is_retryable(kind: ErrorKind) -> bool:
-    """Whether another attempt could succeed where this one failed."""
-    return kind is ErrorKind.INFRASTRUCTURE or kind is ErrorKind.TRANSIENT
-
-
-def describe(exc: BaseException, *, limit: int = 200) -> str:
-    """A short one-line cause for transitions and logs: type, SQLSTATE when known, message.
+def describe(exc: BaseException, *, limit: int = 200, code: str | None = None) -> str:
+    """A short one-line cause for transitions and logs: type, the error's ``code`` when the
+    caller knows one, message.
 
     Bounded because causes are kept in the breaker history and shown on ``/v1/status``.
     """
     name = type(exc).__name__
-    sqlstate = getattr(exc, "sqlstate", None)
-    if isinstance(sqlstate, str) and sqlstate:
-        name = f"{name} [{sqlstate}]"
+    if code:
+        name = f"{name} [{code}]"
     message = " ".join(str(exc).split())
     text = f"{name}: {message}" if message else name
     if len(text) > limit:

@@ -26,7 +26,7 @@ from typing import Any
 
 from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
 from proxy.resilience.clock import Clock, Sleep
-from proxy.resilience.errors import describe
+from proxy.resilience.errors import describe as default_describe
 
 __all__ = ["HealthProbe"]
 
@@ -50,6 +50,7 @@ class HealthProbe:
         sleep: Sleep = asyncio.sleep,
         clock: Clock | None = None,
         on_probe: Callable[[bool, float], None] | None = None,
+        describe: Callable[[BaseException], str] = default_describe,
     ) -> None:
         if interval_s < 0:
             raise ValueError("interval_s must not be negative")
@@ -62,6 +63,7 @@ class HealthProbe:
         self._sleep = sleep
         self._clock = clock if clock is not None else breaker.clock
         self._on_probe = on_probe
+        self._describe = describe
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
@@ -140,7 +142,7 @@ class HealthProbe:
         except Exception as exc:
             duration = self._clock.monotonic() - started
             self.probe_failures += 1
-            self.last_error = describe(exc)
+            self.last_error = self._describe(exc)
             permit.failure(duration, f"probe failed: {self.last_error}")
             self._notify(ok=False, duration=duration)
             return False
@@ -160,7 +162,7 @@ class HealthProbe:
                 await self._check(self.timeout_s)
         except Exception as exc:
             self.probe_failures += 1
-            self.last_error = describe(exc)
+            self.last_error = self._describe(exc)
             self._notify(ok=False, duration=self._clock.monotonic() - started)
             return False
         self.last_error = None

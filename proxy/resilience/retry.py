@@ -43,8 +43,9 @@ from proxy.resilience.breaker import BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
 from proxy.resilience.clock import Clock, Sleep
 from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.errors import ErrorKind, describe
+from proxy.resilience.errors import ErrorKind
 from proxy.resilience.errors import classify as default_classify
+from proxy.resilience.errors import describe as default_describe
 
 __all__ = [
     "OUTCOME_CANCELLED",
@@ -133,6 +134,7 @@ async def call(
     base_s: float = 0.02,
     max_s: float = 0.5,
     classify: Callable[[BaseException], ErrorKind] = default_classify,
+    describe: Callable[[BaseException], str] = default_describe,
     rng: random.Random | None = None,
     sleep: Sleep = asyncio.sleep,
     hooks: RetryHooks | None = None,

@@ -15,10 +15,11 @@ import asyncpg
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
-from proxy.resilience import ErrorKind, classify
+from proxy.resilience import ErrorKind
 from proxy.service.context import op_id_of
 from proxy.store import repository
 from proxy.store.journal import JournalEntry, OpStatus
+from proxy.store.pg_errors import classify
 
 # An entry's outcome: its status, the reason of a rejection, the row of an applied write.
 Applied = tuple[JournalEntry, OpStatus, str | None, AgentRecord | None]

@@ -34,14 +34,13 @@ from proxy.resilience import (
     Overloaded,
     Rejected,
     RetryBudget,
-    classify,
-    describe,
 )
 from proxy.resilience import DeadlineExceeded as DeadlineExceededError
 from proxy.resilience import call as call_with_retries
 from proxy.service.context import DEADLINE, OVERLOAD, UNREACHABLE, RequestContext, ServiceHooks
 from proxy.settings import Settings
 from proxy.store.db import Database
+from proxy.store.pg_errors import classify, describe
 
 T = TypeVar("T")
 
@@ -208,6 +207,7 @@ class DatabaseCall:
                 max_s=r.max_ms / 1000,
                 hooks=hooks.retry,
                 classify=_caller_bound if caller_deadline else classify,
+                describe=describe,
             )
         except Exception as exc:
             kind = classify(exc)

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from proxy.resilience import CircuitBreaker, Deadline, describe
+from proxy.resilience import CircuitBreaker, Deadline
 from proxy.service.apply_batch import apply_batch, replay_context
 from proxy.service.backlog import AgentKey, Backlog
 from proxy.service.context import ServiceHooks, op_id_of, utc_now
@@ -26,6 +26,7 @@ from proxy.settings import Settings
 from proxy.store import repository
 from proxy.store.db import Database
 from proxy.store.journal import Journal, JournalEntry, OpStatus
+from proxy.store.pg_errors import describe
 from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)

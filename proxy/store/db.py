@@ -21,9 +21,9 @@ import structlog
 from proxy.observability.asyncio_noise import quiet_abandoned_connects
 from proxy.observability.conditions import POOL_FLOOR, Condition
 from proxy.registry.errors import RegistryError
-from proxy.resilience.bulkhead import Overloaded
-from proxy.resilience.errors import ErrorKind, classify
+from proxy.resilience import ErrorKind, Overloaded
 from proxy.store.migrate import migrate
+from proxy.store.pg_errors import classify
 
 log = structlog.get_logger(__name__)
 

@@ -490,7 +490,8 @@ def test_sliding_window_over_a_whole_window_of_idle_time() -> None:
 
 
 def test_describe_bounds_and_sqlstate() -> None:
-    from proxy.resilience.errors import describe
+    from proxy.resilience.errors import describe as generic
+    from proxy.store.pg_errors import describe
 
     class WithState(Exception):
         sqlstate = "08006"
@@ -499,6 +500,8 @@ def test_describe_bounds_and_sqlstate() -> None:
         sqlstate = ""
 
     assert describe(WithState("lost")) == "WithState [08006]: lost"
+    assert generic(WithState("lost")) == "WithState: lost"
+    assert generic(WithState("lost"), code="X1") == "WithState [X1]: lost"
     assert describe(EmptyState("x")) == "EmptyState: x"
     assert describe(RuntimeError()) == "RuntimeError"
     assert describe(RuntimeError("a \n  b")) == "RuntimeError: a b"

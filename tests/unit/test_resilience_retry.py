@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,12 @@ from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker
 from proxy.resilience.budget import RetryBudget
 from proxy.resilience.clock import FakeClock
 from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.retry import RetryHooks, backoff_ceiling, call
+from proxy.resilience.retry import RetryHooks, backoff_ceiling
+from proxy.store import pg_errors
+
+# The retry loop takes the dependency's error rules from its caller; these tests speak of
+# PostgreSQL errors, so they pass PostgreSQL's rules as the sidecar does.
+call = functools.partial(retry.call, classify=pg_errors.classify, describe=pg_errors.describe)
 
 
 class PgError(Exception):

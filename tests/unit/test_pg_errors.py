@@ -1,22 +1,23 @@
-"""The classification table: what each error means for the breaker and for retries."""
+"""The classification table: what each error means for the breaker and for retries.
+
+PostgreSQL's rules live in the store; the generic rule of the resilience package is what they
+fall back to, and knows nothing of SQLSTATEs."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from proxy.resilience.breaker import BreakerOpen, BreakerState
-from proxy.resilience.deadline import DeadlineExceeded
-from proxy.resilience.errors import (
-    BudgetExhausted,
-    BulkheadFull,
+import proxy.resilience as resilience
+from proxy.resilience import (
+    BreakerOpen,
+    BreakerState,
+    DeadlineExceeded,
     ErrorKind,
-    classify,
-    counts_as_failure,
-    describe,
-    is_retryable,
-    kind_of_sqlstate,
+    Overloaded,
+    Rejected,
 )
+from proxy.store.pg_errors import classify, describe, kind_of_sqlstate
 
 INFRA = ErrorKind.INFRASTRUCTURE
 TRANSIENT = ErrorKind.TRANSIENT
@@ -121,8 +122,8 @@ def test_asyncpg_exceptions(exc: BaseException, kind: ErrorKind) -> None:
         (DeadlineExceeded("nothing sent", during_call=False), REJECTED),
         (BreakerOpen("db", BreakerState.OPEN, 1.0), REJECTED),
         (BreakerOpen("db", BreakerState.FORCED_OPEN, 1.0), REJECTED),
-        (BulkheadFull("pool saturated"), REJECTED),
-        (BudgetExhausted("no retries left"), REJECTED),
+        (Rejected("refused here"), REJECTED),
+        (Overloaded("queue full", reason="queue-full"), REJECTED),
         (ValueError("bug"), PERMANENT),
         (RuntimeError("bug"), PERMANENT),
         (KeyError("bug"), PERMANENT),
@@ -131,6 +132,15 @@ def test_asyncpg_exceptions(exc: BaseException, kind: ErrorKind) -> None:
 )
 def test_python_exceptions(exc: BaseException, kind: ErrorKind) -> None:
     assert classify(exc) is kind
+    assert resilience.classify(exc) is kind
+
+
+def test_the_generic_rule_knows_no_sqlstate() -> None:
+    assert resilience.classify(FakePgError("08006")) is PERMANENT
+    assert resilience.classify(asyncpg.exceptions.InterfaceError("connection is closed")) is (
+        PERMANENT
+    )
+    assert resilience.describe(FakePgError("08006")) == "FakePgError: server said 08006"
 
 
 def test_empty_or_non_string_sqlstate_is_ignored() -> None:
@@ -138,20 +148,6 @@ def test_empty_or_non_string_sqlstate_is_ignored() -> None:
     assert classify(weird) is PERMANENT
     weird.sqlstate = None  # type: ignore[assignment]
     assert classify(weird) is PERMANENT
-
-
-@pytest.mark.parametrize(
-    ("kind", "counted", "retried"),
-    [
-        (INFRA, True, True),
-        (TRANSIENT, False, True),
-        (PERMANENT, False, False),
-        (REJECTED, False, False),
-    ],
-)
-def test_kind_consequences(kind: ErrorKind, counted: bool, retried: bool) -> None:
-    assert counts_as_failure(kind) is counted
-    assert is_retryable(kind) is retried
 
 
 def test_describe_is_one_bounded_line() -> None:
@@ -164,7 +160,7 @@ def test_describe_is_one_bounded_line() -> None:
 
 
 def test_rejected_retry_after_is_never_negative() -> None:
-    assert BulkheadFull("full", retry_after=-3).retry_after == 0.0
+    assert Rejected("full", retry_after=-3).retry_after == 0.0
     assert BreakerOpen("db", BreakerState.OPEN, 2.5).retry_after == 2.5
 
 
