@@ -83,7 +83,7 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
     from proxy.app import SYNC, create_app
     from proxy.http import keys
     from proxy.http.auth import TokenStore
-    from proxy.resilience.deadline import Deadline
+    from proxy.resilience import Deadline
     from proxy.service import RequestContext
     from proxy.settings import Settings
     from proxy.store.embedded import EmbeddedPostgres

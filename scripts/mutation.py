@@ -43,8 +43,8 @@ UNIT_TESTS = ["tests/unit", "--ignore=tests/unit/test_config_typos.py"]
 
 # The sample that `make test` runs so that this tooling cannot rot unnoticed: the first two
 # mutants of every function of the breaker, checked by the breaker's own tests.
-SAMPLE_FILE = "proxy/resilience/breaker.py"
-SAMPLE_MUTANTS = ["proxy.resilience.breaker.*__mutmut_1", "proxy.resilience.breaker.*__mutmut_2"]
+SAMPLE_FILE = "proxy/resilience/_breaker.py"
+SAMPLE_MUTANTS = ["proxy.resilience._breaker.*__mutmut_1", "proxy.resilience._breaker.*__mutmut_2"]
 SAMPLE_TESTS = ["tests/unit/test_resilience_breaker.py", "tests/unit/test_mutants_breaker.py"]
 SAMPLE_MIN_MUTANTS = 20
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="GLOB",
-        help="mutate only these files (e.g. proxy/resilience/probe.py), to iterate on one module",
+        help="mutate only these files (e.g. proxy/resilience/_probe.py), to iterate on one module",
     )
     args = parser.parse_args(argv)
 

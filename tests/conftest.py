@@ -22,11 +22,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
+import proxy.resilience as resilience
 from proxy.app import SYNC, create_app
 from proxy.http import keys
 from proxy.http.server import SidecarRunner
 from proxy.observability.logging import configure
-from proxy.resilience import retry
 from proxy.settings import Settings
 from proxy.store.embedded import EmbeddedPostgres
 from proxy.store.migrate import migrate
@@ -184,7 +184,7 @@ async def make_api(
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
 ) -> AppFactory:
     """Build a sidecar app with settings overrides and wait until it can serve."""
-    retry.set_testing(False)
+    resilience.set_testing(False)
 
     async def factory(
         dsn: str | None = None, *, wait_replica: bool = True, **overrides: Any

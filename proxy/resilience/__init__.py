@@ -8,15 +8,15 @@ through listeners or hooks rather than logging or metrics of its own.
 This is the public face; the modules behind it are private to the package.
 """
 
-from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks, Overloaded
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock, FakeClock
-from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.errors import ErrorKind, Rejected, classify, describe
-from proxy.resilience.looplag import LoopLag
-from proxy.resilience.probe import HealthProbe
-from proxy.resilience.retry import RetryHooks, call, set_testing
+from proxy.resilience._breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
+from proxy.resilience._budget import RetryBudget
+from proxy.resilience._bulkhead import Bulkhead, BulkheadHooks, Overloaded
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock, FakeClock
+from proxy.resilience._deadline import Deadline, DeadlineExceeded
+from proxy.resilience._errors import ErrorKind, Rejected, classify, describe
+from proxy.resilience._looplag import LoopLag
+from proxy.resilience._probe import HealthProbe
+from proxy.resilience._retry import RetryHooks, call, set_testing
 
 __all__ = [
     "SYSTEM_CLOCK",

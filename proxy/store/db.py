@@ -3,7 +3,7 @@
 The sidecar must start (and report not ready) when PostgreSQL is not there yet, and connect as
 soon as it appears, without a restart; so the pool is created by a background task that retries
 until it succeeds, then applies migrations once. Requests reach it through the service's
-bulkhead (`proxy.resilience.bulkhead`), which admits no more callers than the pool has
+bulkhead (`proxy.resilience.Bulkhead`), which admits no more callers than the pool has
 connections for them; the pool holds a few more (`background`) for the journal replay and
 maintenance, so they get a connection however busy the front door is.
 """

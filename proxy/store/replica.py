@@ -45,7 +45,7 @@ from proxy.registry.matching import matches, sort_key
 from proxy.registry.matching import stats as matching_stats
 from proxy.registry.models import AgentQuery
 from proxy.registry.requests import WriteKind
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock
+from proxy.resilience import SYSTEM_CLOCK, Clock
 
 # Remembered counted event ids per agent; a retry of an older one during an outage may count
 # twice in the overlay (never in PostgreSQL) until the replay applies it.

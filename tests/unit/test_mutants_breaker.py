@@ -10,9 +10,9 @@ from unittest.mock import ANY
 
 import pytest
 
-from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker
-from proxy.resilience.clock import FakeClock
-from proxy.resilience.errors import Rejected
+from proxy.resilience._breaker import BreakerOpen, BreakerState, CircuitBreaker
+from proxy.resilience._clock import FakeClock
+from proxy.resilience._errors import Rejected
 
 WALL0 = 1_700_000_000.0
 

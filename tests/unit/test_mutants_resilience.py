@@ -10,13 +10,13 @@ import math
 
 import pytest
 
-from proxy.resilience.breaker import BreakerState, CircuitBreaker
-from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks, Overloaded
-from proxy.resilience.clock import SYSTEM_CLOCK, FakeClock, SlidingWindow
-from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.errors import ErrorKind, Rejected
-from proxy.resilience.looplag import LoopLag
-from proxy.resilience.probe import HealthProbe
+from proxy.resilience._breaker import BreakerState, CircuitBreaker
+from proxy.resilience._bulkhead import Bulkhead, BulkheadHooks, Overloaded
+from proxy.resilience._clock import SYSTEM_CLOCK, FakeClock, SlidingWindow
+from proxy.resilience._deadline import Deadline, DeadlineExceeded
+from proxy.resilience._errors import ErrorKind, Rejected
+from proxy.resilience._looplag import LoopLag
+from proxy.resilience._probe import HealthProbe
 
 WALL0 = 1_700_000_000.0
 
@@ -408,7 +408,7 @@ def test_loop_lag_stays_behind_while_the_lag_is_above_the_threshold() -> None:
 
 
 def test_retry_budget_defaults_and_validation() -> None:
-    from proxy.resilience.budget import RetryBudget
+    from proxy.resilience._budget import RetryBudget
 
     budget = RetryBudget()
     assert (budget.ratio, budget.min_per_s, budget.window_s) == (0.2, 5.0, 10.0)
@@ -423,7 +423,7 @@ def test_retry_budget_defaults_and_validation() -> None:
 
 
 def test_retry_budget_buckets_follow_the_bucket_size() -> None:
-    from proxy.resilience.budget import RetryBudget
+    from proxy.resilience._budget import RetryBudget
 
     clock = FakeClock()
     budget = RetryBudget(ratio=0.0, min_per_s=0.1, window_s=10.0, bucket_s=1.0, clock=clock)
@@ -437,7 +437,7 @@ def test_retry_budget_buckets_follow_the_bucket_size() -> None:
 
 
 def test_retry_budget_window_shorter_than_a_bucket() -> None:
-    from proxy.resilience.budget import RetryBudget
+    from proxy.resilience._budget import RetryBudget
 
     clock = FakeClock()
     budget = RetryBudget(ratio=0.0, min_per_s=2.0, window_s=0.5, bucket_s=1.0, clock=clock)
@@ -490,7 +490,7 @@ def test_sliding_window_over_a_whole_window_of_idle_time() -> None:
 
 
 def test_describe_bounds_and_sqlstate() -> None:
-    from proxy.resilience.errors import describe as generic
+    from proxy.resilience._errors import describe as generic
     from proxy.store.pg_errors import describe
 
     class WithState(Exception):
@@ -689,7 +689,7 @@ def test_loop_lag_not_standing_while_not_behind_changes_nothing() -> None:
 
 
 def test_classify_reads_only_a_text_sqlstate() -> None:
-    from proxy.resilience.errors import classify
+    from proxy.resilience._errors import classify
 
     class OddState(OSError):
         sqlstate = 8006
@@ -731,7 +731,7 @@ def test_the_breaker_window_has_ten_buckets_by_default() -> None:
 
 
 def test_retry_budget_buckets_are_the_window_over_the_bucket_size() -> None:
-    from proxy.resilience.budget import RetryBudget
+    from proxy.resilience._budget import RetryBudget
 
     clock = FakeClock()
     # 2 s in buckets of 0.5 s: four of them. A retry taken at 0.45 s (bucket 0 to 0.5 s) is
@@ -756,7 +756,7 @@ def test_retry_budget_buckets_are_the_window_over_the_bucket_size() -> None:
 
 
 def test_retry_budget_default_window_has_ten_one_second_buckets() -> None:
-    from proxy.resilience.budget import RetryBudget
+    from proxy.resilience._budget import RetryBudget
 
     clock = FakeClock()
     budget = RetryBudget(ratio=0.0, min_per_s=0.1, clock=clock)  # one retry per 10 s
@@ -769,7 +769,7 @@ def test_retry_budget_default_window_has_ten_one_second_buckets() -> None:
 
 
 def test_retry_budget_window_shorter_than_its_bucket_is_one_bucket() -> None:
-    from proxy.resilience.budget import RetryBudget
+    from proxy.resilience._budget import RetryBudget
 
     clock = FakeClock()
     budget = RetryBudget(ratio=0.0, min_per_s=2.0, window_s=0.5, bucket_s=1.0, clock=clock)

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.resilience import retry
-from proxy.resilience.breaker import BreakerState, CircuitBreaker
-from proxy.resilience.clock import FakeClock
-from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.errors import ErrorKind
-from proxy.resilience.retry import RetryHooks, call
+from proxy.resilience import _retry as retry
+from proxy.resilience._breaker import BreakerState, CircuitBreaker
+from proxy.resilience._clock import FakeClock
+from proxy.resilience._deadline import Deadline, DeadlineExceeded
+from proxy.resilience._errors import ErrorKind
+from proxy.resilience._retry import RetryHooks, call
 
 
 @pytest.fixture(autouse=True)

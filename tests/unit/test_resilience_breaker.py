@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from proxy.resilience.breaker import (
+from proxy.resilience._breaker import (
     BreakerOpen,
     BreakerState,
     CircuitBreaker,
     Permit,
     Transition,
 )
-from proxy.resilience.clock import FakeClock
+from proxy.resilience._clock import FakeClock
 
 CLOSED = BreakerState.CLOSED
 OPEN = BreakerState.OPEN

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.clock import FakeClock
+from proxy.resilience._budget import RetryBudget
+from proxy.resilience._clock import FakeClock
 
 
 def spend_all(budget: RetryBudget) -> int:

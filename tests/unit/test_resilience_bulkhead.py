@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from proxy.resilience.bulkhead import Bulkhead, BulkheadHooks, Overloaded
-from proxy.resilience.clock import FakeClock
-from proxy.resilience.deadline import Deadline
-from proxy.resilience.errors import ErrorKind, classify
-from proxy.resilience.looplag import LoopLag
+from proxy.resilience._bulkhead import Bulkhead, BulkheadHooks, Overloaded
+from proxy.resilience._clock import FakeClock
+from proxy.resilience._deadline import Deadline
+from proxy.resilience._errors import ErrorKind, classify
+from proxy.resilience._looplag import LoopLag
 
 GUARD_S = 2.0  # only bounds a broken test
 

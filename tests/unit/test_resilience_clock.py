@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock, FakeClock, SlidingWindow, SystemClock
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock, FakeClock, SlidingWindow, SystemClock
 
 
 def test_fake_clock_moves_only_when_told() -> None:

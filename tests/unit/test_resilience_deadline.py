@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from proxy.resilience.clock import FakeClock
-from proxy.resilience.deadline import Deadline, DeadlineExceeded
+from proxy.resilience._clock import FakeClock
+from proxy.resilience._deadline import Deadline, DeadlineExceeded
 
 
 def test_remaining_counts_down_and_never_goes_negative() -> None:

@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
-from proxy.resilience.breaker import BreakerState, CircuitBreaker
-from proxy.resilience.clock import FakeClock
-from proxy.resilience.probe import HealthProbe
+from proxy.resilience._breaker import BreakerState, CircuitBreaker
+from proxy.resilience._clock import FakeClock
+from proxy.resilience._probe import HealthProbe
 
 OPEN = BreakerState.OPEN
 HALF_OPEN = BreakerState.HALF_OPEN

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from proxy.resilience import retry
-from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.clock import FakeClock
-from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.retry import RetryHooks, backoff_ceiling
+from proxy.resilience import _retry as retry
+from proxy.resilience._breaker import BreakerOpen, BreakerState, CircuitBreaker
+from proxy.resilience._budget import RetryBudget
+from proxy.resilience._clock import FakeClock
+from proxy.resilience._deadline import Deadline, DeadlineExceeded
+from proxy.resilience._retry import RetryHooks, backoff_ceiling
 from proxy.store import pg_errors
 
 # The retry loop takes the dependency's error rules from its caller; these tests speak of

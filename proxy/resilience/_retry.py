@@ -3,7 +3,7 @@
 :func:`call` runs ``fn(timeout)`` until it succeeds or a rule says stop. One attempt:
 
 1. refuse at once if the deadline has already passed (``DeadlineExceeded``, nothing sent);
-2. ``breaker.acquire()``; :class:`~proxy.resilience.breaker.BreakerOpen` propagates, never retried;
+2. ``breaker.acquire()``; :class:`~proxy.resilience._breaker.BreakerOpen` propagates, never retried;
 3. ``await fn(timeout)`` under ``asyncio.timeout(timeout)``, ``timeout`` being what remains of the
    deadline; running out becomes ``DeadlineExceeded(during_call=True)``, an infrastructure failure;
 4. report the outcome on the permit by its classification: success, failure (INFRASTRUCTURE) or
@@ -22,7 +22,7 @@ The loop is written here rather than driven by tenacity: each of its rules reads
 ours (the breaker's, the deadline's, the budget's), so tenacity's ``stop``, ``wait`` and ``retry``
 would all be closures over it, and building its ``AsyncRetrying`` costs about 17 us per call
 against well under 1 us for this loop, on every database call, nearly all of which succeed at
-once. The budget is the library-less part anyway (see :mod:`proxy.resilience.budget`).
+once. The budget is the library-less part anyway (see :mod:`proxy.resilience._budget`).
 
 Instrumentation attaches through :class:`RetryHooks`; hook exceptions are swallowed so metrics
 cannot change the outcome of a call. :func:`set_testing` turns backoff off (and can cap attempts)
@@ -39,13 +39,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from proxy.resilience.breaker import BreakerState, CircuitBreaker
-from proxy.resilience.budget import RetryBudget
-from proxy.resilience.clock import Clock, Sleep
-from proxy.resilience.deadline import Deadline, DeadlineExceeded
-from proxy.resilience.errors import ErrorKind
-from proxy.resilience.errors import classify as default_classify
-from proxy.resilience.errors import describe as default_describe
+from proxy.resilience._breaker import BreakerState, CircuitBreaker
+from proxy.resilience._budget import RetryBudget
+from proxy.resilience._clock import Clock, Sleep
+from proxy.resilience._deadline import Deadline, DeadlineExceeded
+from proxy.resilience._errors import ErrorKind
+from proxy.resilience._errors import classify as default_classify
+from proxy.resilience._errors import describe as default_describe
 
 __all__ = [
     "OUTCOME_CANCELLED",

@@ -7,7 +7,7 @@ across all calls of a process. Within the sliding window a retry is allowed whil
     retries < ratio * requests + min_per_s * window_s
 
 The floor (``min_per_s``) keeps retries possible when traffic is low, where the ratio alone
-would allow none. Counts live in a :class:`~proxy.resilience.clock.SlidingWindow`, so both
+would allow none. Counts live in a :class:`~proxy.resilience._clock.SlidingWindow`, so both
 recording and checking are O(1) with fixed memory.
 
 No library offers a retry budget (tenacity bounds one call's attempts, not a fleet's retry
@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock, SlidingWindow
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock, SlidingWindow
 
 __all__ = ["RetryBudget"]
 

@@ -24,9 +24,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.resilience.breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
-from proxy.resilience.clock import Clock, Sleep
-from proxy.resilience.errors import describe as default_describe
+from proxy.resilience._breaker import BreakerOpen, BreakerState, CircuitBreaker, Transition
+from proxy.resilience._clock import Clock, Sleep
+from proxy.resilience._errors import describe as default_describe
 
 __all__ = ["HealthProbe"]
 

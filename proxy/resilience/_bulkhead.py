@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock
-from proxy.resilience.deadline import Deadline
-from proxy.resilience.errors import Rejected
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock
+from proxy.resilience._deadline import Deadline
+from proxy.resilience._errors import Rejected
 
 __all__ = ["Bulkhead", "BulkheadHooks", "Overloaded"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
     "Deadline",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from proxy.resilience.deadline import DeadlineExceeded
+from proxy.resilience._deadline import DeadlineExceeded
 
 __all__ = [
     "ErrorKind",

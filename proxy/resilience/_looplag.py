@@ -19,7 +19,7 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["LoopLag"]
 

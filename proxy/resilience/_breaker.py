@@ -12,7 +12,7 @@ States::
 Callers ask :meth:`CircuitBreaker.acquire` for a :class:`Permit` before each call and report the
 outcome on it: ``success(duration)``, ``failure(duration, cause)`` for an infrastructure failure,
 or ``release()`` for an outcome the breaker must not count (a data error proves the database is
-up). Classification is the caller's job (see :mod:`proxy.resilience.errors`); the breaker only
+up). Classification is the caller's job (see :mod:`proxy.resilience._errors`); the breaker only
 counts.
 
 Trip rules while closed, checked after every recorded call:
@@ -56,8 +56,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from proxy.resilience.clock import SYSTEM_CLOCK, Clock, SlidingWindow
-from proxy.resilience.errors import Rejected
+from proxy.resilience._clock import SYSTEM_CLOCK, Clock, SlidingWindow
+from proxy.resilience._errors import Rejected
 
 __all__ = [
     "BreakerOpen",
