@@ -1,16 +1,22 @@
-"""The two baseline servers the sidecar is measured against, in the same run.
+"""The baseline servers the sidecar is measured against, in the same run.
 
 - ``bare``: an aiohttp app answering every registry path with a fixed, pre-encoded document: the
   ceiling of any aiohttp service on this machine (routing, HTTP parsing, one write per answer).
 - ``asyncpg``: a minimal aiohttp app reading and writing the same tables with asyncpg directly:
   what a host app would do without a sidecar (no auth, no breaker, no replica, no journal, no
-  ledger, no audit, no metrics, no logs).
+  ledger, no audit, no metrics, no logs). Its writes are the effect alone: one ``INSERT`` for a
+  registration, the event and the sums for a task outcome.
+- ``asyncpg --writes ledger`` (or ``ledger-1rt``): the same app whose writes also leave the rows
+  the sidecar leaves for them, a ledger row and an audit row (``bench.baselines_ledger``). The
+  ratio against it is what the sidecar itself costs; the ratio against the one-statement writes
+  adds what its guarantees cost.
 
-Both serve the sidecar's paths, so one workload definition drives all targets, and run like the
+All serve the sidecar's paths, so one workload definition drives all targets, and run like the
 sidecar does: uvloop, an ``AppRunner`` without access log, backlog 1024.
 
     python -m bench.baselines bare --port 18001
     python -m bench.baselines asyncpg --port 18002 --dsn postgresql://... --tenant bench
+    python -m bench.baselines asyncpg --port 18003 --dsn postgresql://... --writes ledger
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import asyncio
 import signal
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +35,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-_JSON = "application/json"
+JSON = "application/json"
 
 AGENT_DOCUMENT: dict[str, Any] = {
     "agent_id": "agent-00042",
@@ -77,18 +84,18 @@ def bare_app() -> web.Application:
     )
 
     async def get_agent(request: web.Request) -> web.Response:
-        return web.Response(body=agent, content_type=_JSON)
+        return web.Response(body=agent, content_type=JSON)
 
     async def query_agents(request: web.Request) -> web.Response:
-        return web.Response(body=query, content_type=_JSON)
+        return web.Response(body=query, content_type=JSON)
 
     async def register(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(status=201, body=agent, content_type=_JSON)
+        return web.Response(status=201, body=agent, content_type=JSON)
 
     async def post_performance(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(status=201, body=performance, content_type=_JSON)
+        return web.Response(status=201, body=performance, content_type=JSON)
 
     app = web.Application()
     app.router.add_get("/v1/agents/{agent_id}", get_agent)
@@ -101,7 +108,7 @@ def bare_app() -> web.Application:
 
 # ---- asyncpg -----------------------------------------------------------------------------------
 
-_COLUMNS = (
+COLUMNS = (
     "agent_id, name, model_family, task_types, languages, specializations, max_concurrent_tasks, "
     "active_tasks, queued_tasks, registered_at, last_heartbeat_at, updated_at, version, "
     "task_count, success_count, quality_sum, latency_ms_sum"
@@ -109,7 +116,7 @@ _COLUMNS = (
 _HEARTBEAT_TIMEOUT = timedelta(minutes=5)
 
 
-def _document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+def document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The same agent document a host app would build from the row."""
     n = row["task_count"]
     return {
@@ -143,24 +150,35 @@ def _document(row: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type=_JSON)
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type=JSON)
 
 
 PoolKey = web.AppKey("pool", asyncpg.Pool)
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
+@dataclass(frozen=True)
+class Writes:
+    """The asyncpg app's two write handlers, when they are not its one-statement ones."""
+
+    register: Handler
+    performance: Handler
+
+
+def asyncpg_app(
+    dsn: str, tenant: str, write_tenant: str, writes: Writes | None = None
+) -> web.Application:
     async def get_agent(request: web.Request) -> web.Response:
         row = await request.app[PoolKey].fetchrow(
-            f"SELECT {_COLUMNS} FROM agents "
+            f"SELECT {COLUMNS} FROM agents "
             "WHERE tenant_id = $1 AND agent_id = $2 AND deleted_at IS NULL",
             tenant,
             request.match_info["agent_id"],
         )
         if row is None:
-            return _json({"title": "not found"}, 404)
-        return _json(_document(row, datetime.now(UTC)))
+            return json_response({"title": "not found"}, 404)
+        return json_response(document(row, datetime.now(UTC)))
 
     async def query_agents(request: web.Request) -> web.Response:
         q = request.query
@@ -168,7 +186,7 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
         specs = [v for v in q.get("specializations", "").split(",") if v]
         limit = int(q.get("limit", "10"))
         rows = await request.app[PoolKey].fetch(
-            f"SELECT {_COLUMNS} FROM agents "
+            f"SELECT {COLUMNS} FROM agents "
             "WHERE tenant_id = $1 AND deleted_at IS NULL "
             "AND ($2::text IS NULL OR $2 = ANY(task_types)) "
             "AND languages @> $3::text[] AND specializations @> $4::text[] "
@@ -181,7 +199,7 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
             limit,
         )
         now = datetime.now(UTC)
-        return _json({"results": [{"agent": _document(r, now)} for r in rows]})
+        return json_response({"results": [{"agent": document(r, now)} for r in rows]})
 
     async def register(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -190,7 +208,7 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
             row = await request.app[PoolKey].fetchrow(
                 "INSERT INTO agents (tenant_id, agent_id, name, model_family, task_types, "
                 "languages, specializations, max_concurrent_tasks) "
-                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}",
+                f"VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}",
                 write_tenant,
                 body["agent_id"],
                 body["name"],
@@ -201,9 +219,9 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
                 body.get("max_concurrent_tasks", 10),
             )
         except asyncpg.UniqueViolationError:
-            return _json({"title": "already registered"}, 409)
+            return json_response({"title": "already registered"}, 409)
         assert row is not None
-        return _json(_document(row, datetime.now(UTC)), 201)
+        return json_response(document(row, datetime.now(UTC)), 201)
 
     async def post_performance(request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
@@ -234,9 +252,9 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
                 float(body["latency_ms"]),
             )
         if row is None:
-            return _json({"title": "not found"}, 404)
+            return json_response({"title": "not found"}, 404)
         n = row["task_count"]
-        return _json(
+        return json_response(
             {
                 "agent_id": agent_id,
                 "event_id": event_id,
@@ -252,7 +270,7 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
         )
 
     async def healthz(request: web.Request) -> web.Response:
-        return _json({"status": "ok"})
+        return json_response({"status": "ok"})
 
     async def pool_ctx(app: web.Application) -> Any:
         # The sidecar's defaults: 2 to 10 connections.
@@ -260,11 +278,13 @@ def asyncpg_app(dsn: str, tenant: str, write_tenant: str) -> web.Application:
         yield
         await app[PoolKey].close()
 
+    if writes is None:
+        writes = Writes(register=register, performance=post_performance)
     app = web.Application()
     app.router.add_get("/v1/agents/{agent_id}", get_agent)
     app.router.add_get("/v1/agents", query_agents)
-    app.router.add_post("/v1/agents", register)
-    app.router.add_post("/v1/agents/{agent_id}/performance", post_performance)
+    app.router.add_post("/v1/agents", writes.register)
+    app.router.add_post("/v1/agents/{agent_id}/performance", writes.performance)
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(pool_ctx)
     return app
@@ -296,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-tenant", default="bench-base", help="tenant the asyncpg baseline registers into"
     )
+    parser.add_argument(
+        "--writes",
+        choices=("one", "ledger", "ledger-1rt"),
+        default="one",
+        help="asyncpg writes: the effect alone (one), or the same rows as the sidecar "
+        "in a transaction (ledger) or in one statement (ledger-1rt)",
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         parser.error("baselines listen on loopback only")
@@ -304,7 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.dsn:
             parser.error("asyncpg needs --dsn")
-        app = asyncpg_app(args.dsn, args.tenant, args.write_tenant)
+        writes = None
+        if args.writes != "one":
+            # Imported here: bench.baselines_ledger builds on this module.
+            from bench.baselines_ledger import ledger_writes
+
+            writes = ledger_writes(
+                args.tenant, args.write_tenant, one_round_trip=args.writes == "ledger-1rt"
+            )
+        app = asyncpg_app(args.dsn, args.tenant, args.write_tenant, writes)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
@@ -315,4 +350,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run from the module imported by its name: bench.baselines_ledger imports it so, and its
+    # handlers must find the pool under the same AppKey object as this app stores it under.
+    from bench.baselines import main as imported_main
+
+    sys.exit(imported_main())

@@ -1,4 +1,4 @@
-"""The servers under test, each in a process of its own: the sidecar and the two baselines.
+"""The servers under test, each in a process of its own: the sidecar and the baselines.
 
 A server never shares an event loop (or a process) with the load generator or the harness, so
 what is measured is the server's own cost; its output goes to a log file the harness reads back
@@ -184,9 +184,20 @@ def sidecar(
     return Server(name, cmd, port, workdir / f"{name}.log", env)
 
 
-def baseline(name: str, kind: str, *, workdir: Path, dsn: str | None = None) -> Server:
+def baseline(
+    name: str,
+    kind: str,
+    *,
+    workdir: Path,
+    dsn: str | None = None,
+    writes: str = "one",
+    tenant: str = READ_TENANT,
+) -> Server:
+    """A baseline of `bench.baselines`; for asyncpg, `writes` picks its write handlers (the
+    effect alone, or the sidecar's rows too) and `tenant` the tenant it reads."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baselines", kind, "--port", str(port)]
     if dsn is not None:
-        cmd += ["--dsn", dsn, "--tenant", READ_TENANT, "--write-tenant", BASELINE_WRITE_TENANT]
+        cmd += ["--dsn", dsn, "--tenant", tenant, "--write-tenant", BASELINE_WRITE_TENANT]
+        cmd += ["--writes", writes]
     return Server(name, cmd, port, workdir / f"{name}.log", dict(os.environ))
