@@ -9,7 +9,7 @@ so the generator is kept as cheap as it can be:
 - request bytes are prebuilt where the request does not change (GET paths, performance posts);
 - uvloop when it is installed;
 - for saturation, several generator processes can share the connections, and ``wrk`` (C, from the
-  Debian package) is used instead when it is on PATH.
+  Debian package) is used instead when it is on PATH or beside the interpreter.
 
 Open-loop: request ``i`` is *intended* at ``t0 + i / rate`` whether or not earlier requests have
 finished, and its latency runs from that intended time to the last byte of the answer. A slow
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from typing import Any
 import orjson
 
 from bench.loadgen_loops import closed_loop, open_loop
-from bench.loadgen_wrk import run_wrk
+from bench.loadgen_wrk import find_wrk, on_cpus, run_wrk
 from bench.tally import Tally, summarize
 from bench.workload import Workload, request_builder
 
@@ -62,7 +61,13 @@ def _worker_main(args: argparse.Namespace) -> int:
     spec = orjson.loads(Path(args.spec).read_bytes())
     w = Workload.from_json(spec["workload"])
     host, port = spec["host"], int(spec["port"])
-    build = request_builder(w, f"{host}:{port}", spec["unique"])
+    base_build = request_builder(w, f"{host}:{port}", spec["unique"])
+    # Processes start their walk over the paths at their own share of them (see loadgen_wrk).
+    offset = int(spec.get("offset", 0))
+
+    def build(i: int) -> bytes:
+        return base_build(i + offset)
+
     run = _event_loop_runner()
     if spec["mode"] == "closed":
         tally = run(
@@ -93,15 +98,20 @@ def _worker_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_workers(specs: list[dict[str, Any]], timeout_s: float) -> list[Tally]:
-    """One generator process per spec, all at once; their tallies."""
+def _run_workers(
+    specs: list[dict[str, Any]], timeout_s: float, cpus: set[int] | None = None
+) -> list[Tally]:
+    """One generator process per spec, all at once (on `cpus` if given); their tallies."""
     with tempfile.TemporaryDirectory(prefix="bench-loadgen-") as tmp:
         procs: list[tuple[subprocess.Popen[bytes], Path]] = []
         for n, spec in enumerate(specs):
             spec_path = Path(tmp) / f"spec-{n}.json"
             out_path = Path(tmp) / f"out-{n}.json"
             spec_path.write_bytes(orjson.dumps(spec))
-            cmd = [sys.executable, "-m", "bench.loadgen", "worker", str(spec_path), str(out_path)]
+            cmd = on_cpus(
+                [sys.executable, "-m", "bench.loadgen", "worker", str(spec_path), str(out_path)],
+                cpus,
+            )
             procs.append((subprocess.Popen(cmd), out_path))
         tallies: list[Tally] = []
         deadline = time.monotonic() + timeout_s
@@ -128,11 +138,15 @@ def saturate(
     processes: int = 1,
     use_wrk: bool | None = None,
     unique: str = "u",
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop throughput with `connections` in total: wrk when found, else Python."""
-    wrk = shutil.which("wrk") if use_wrk is not False else None
+    """Closed-loop throughput with `connections` in total: wrk when found, else Python; the
+    generator confined to `cpus` when given."""
+    wrk = find_wrk() if use_wrk is not False else None
     if wrk is not None and duration_s >= 1:
-        return run_wrk(wrk, w, host, port, connections, warmup_s, duration_s, processes, unique)
+        return run_wrk(
+            wrk, w, host, port, connections, warmup_s, duration_s, processes, unique, cpus
+        )
     processes = max(1, min(processes, connections))
     start_at = time.time() + 0.4 + 0.15 * processes
     specs = []
@@ -145,13 +159,14 @@ def saturate(
                 "host": host,
                 "port": port,
                 "unique": f"{unique}p{n}",
+                "offset": n * (len(w.paths) // processes),
                 "connections": share,
                 "warmup_s": warmup_s,
                 "duration_s": duration_s,
                 "start_at": start_at if processes > 1 else None,
             }
         )
-    tallies = _run_workers(specs, timeout_s=warmup_s + duration_s + 60)
+    tallies = _run_workers(specs, timeout_s=warmup_s + duration_s + 60, cpus=cpus)
     out = summarize(tallies, w.expect, "closed")
     out["connections"] = connections
     out["processes"] = processes

@@ -1,14 +1,17 @@
-"""Saturation with wrk (C) instead of the Python generator, when it is on PATH.
+"""Saturation with wrk (C) instead of the Python generator, when it is installed.
 
 On two shared cores the generator's own CPU time is taken from the server under test; wrk needs
 far less of it per request. Its Lua script is written from the same workload definition as the
-Python generator's requests, and its text output is read back into the same result shape.
+Python generator's requests, and its text output is read back into the same result shape. A
+generator confined to some cores (the server-bound configuration) is started under taskset.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,37 @@ from typing import Any
 from bench.workload import PERFORMANCE_BODY, Workload, register_body
 
 
+def find_wrk() -> str | None:
+    """wrk on PATH, else beside the interpreter: ``scripts/get-debian-tool.sh wrk wrk .venv/bin``
+    installs it there without a system package."""
+    found = shutil.which("wrk")
+    if found is not None:
+        return found
+    beside = Path(sys.executable).parent / "wrk"
+    return str(beside) if beside.exists() else None
+
+
+def on_cpus(cmd: list[str], cpus: set[int] | None) -> list[str]:
+    """`cmd` confined to `cpus` from its first instruction, so every thread it starts inherits
+    the affinity (pinning after the start would race the threads it creates)."""
+    if not cpus:
+        return cmd
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise RuntimeError("pinning the load generator needs taskset (util-linux)")
+    return [taskset, "-c", ",".join(str(c) for c in sorted(cpus)), *cmd]
+
+
 def _lua_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _wrk_script(w: Workload, unique: str) -> str:
+def _wrk_script(w: Workload, unique: str, threads: int = 1) -> str:
     paths = ", ".join(_lua_string(p) for p in w.paths)
+    # Each thread starts its walk over the paths at its own share of them: walking in step, the
+    # threads would post outcomes for the same agent at the same moment, and a target would be
+    # measured waiting on that row's lock, which real traffic spread over agents rarely makes.
+    stride = len(w.paths) // max(1, threads)
     headers = []
     if w.token:
         headers.append(f'["Authorization"] = {_lua_string("Bearer " + w.token)}')
@@ -53,9 +81,11 @@ def _wrk_script(w: Workload, unique: str) -> str:
         body = "nil" if w.body is None else _lua_string(PERFORMANCE_BODY.decode())
         lines += [
             f"local body = {body}",
+            f"local stride = {stride}",
             "function request()",
             "  n = n + 1",
-            "  return wrk.format(method, paths[(n % #paths) + 1], headers, body)",
+            "  return wrk.format(method, paths[((n + (tid - 1) * stride) % #paths) + 1], headers,"
+            " body)",
             "end",
         ]
     return "\n".join(lines) + "\n"
@@ -114,28 +144,32 @@ def run_wrk(
     duration_s: float,
     threads: int,
     unique: str,
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     threads = max(1, min(threads, connections))
     url = f"http://{host}:{port}"
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
         script = Path(tmp) / "script.lua"
-        script.write_text(_wrk_script(w, unique))
+        script.write_text(_wrk_script(w, unique, threads))
 
         def run(seconds: int, tag: str) -> str:
             # A fresh id prefix per run, so registrations never collide with earlier ones.
-            script.write_text(_wrk_script(w, f"{unique}{tag}"))
-            cmd = [
-                wrk,
-                f"-t{threads}",
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--latency",
-                "--timeout",
-                "10s",
-                "-s",
-                str(script),
-                url,
-            ]
+            script.write_text(_wrk_script(w, f"{unique}{tag}", threads))
+            cmd = on_cpus(
+                [
+                    wrk,
+                    f"-t{threads}",
+                    f"-c{connections}",
+                    f"-d{seconds}s",
+                    "--latency",
+                    "--timeout",
+                    "10s",
+                    "-s",
+                    str(script),
+                    url,
+                ],
+                cpus,
+            )
             done = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=seconds + 60, check=False
             )

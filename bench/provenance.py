@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench.loadgen_wrk import find_wrk
+
 
 def _git(*args: str) -> str | None:
     """A read-only git query about the checkout being measured (never touches the index)."""
@@ -42,7 +44,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    wrk = shutil.which("wrk")
+    wrk = find_wrk()
     wrk_version = None
     if wrk:
         done = subprocess.run([wrk, "--version"], capture_output=True, text=True, check=False)
