@@ -130,14 +130,17 @@ def python_for_children() -> tuple[list[str], dict[str, str]]:
     for candidate in dict.fromkeys(candidates):
         if not Path(candidate).is_file():
             continue
-        probe = subprocess.run(  # noqa: S603 - an interpreter path, fixed arguments
-            [candidate, "-S", "-c", "import patroni, psycopg"],
-            user=user,
-            env=env,
-            cwd="/",
-            capture_output=True,
-            check=False,
-        )
+        try:
+            probe = subprocess.run(  # noqa: S603 - an interpreter path, fixed arguments
+                [candidate, "-S", "-c", "import patroni, psycopg"],
+                user=user,
+                env=env,
+                cwd="/",
+                capture_output=True,
+                check=False,
+            )
+        except PermissionError:
+            continue
         if probe.returncode == 0:
             return [candidate, "-S"], env
     unavailable(
@@ -161,6 +164,11 @@ class Child:
     ) -> None:
         self.name = name
         self.log = log
+        if run_as():
+            # The unprivileged user must reach the program (e.g. .venv/tools/etcd-server/...).
+            exe = Path(argv[0])
+            _open_up(exe.parent)
+            _open_up(exe.resolve().parent)
         # Appended to: a node that is started again keeps its earlier story in the same file.
         out: IO[bytes] = log.open("ab")
         try:
@@ -216,7 +224,18 @@ def kill_tree(pid: int) -> None:
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(family, timeout=10)
+    # A zombie is dead enough (no sockets, no files): orphans wait for the machine's init to
+    # reap them, which in a container can take a second.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(proc) for proc in family):
+        time.sleep(0.01)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return bool(proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 async def wait_until(
