@@ -1,20 +1,24 @@
-"""``python -m bench``: the sidecar against two baselines, measured in one run on this machine.
+"""``python -m bench``: the sidecar against its baselines, measured in one run on this machine.
 
 Starts an embedded PostgreSQL, two sidecars (``read_mode=database`` and ``read_mode=replica``)
-and the two baselines (``bench.baselines``: bare aiohttp, direct asyncpg), each in its own
-process, seeds 1,000 agents, then drives every target on loopback with the load generator
-(``bench.loadgen``, or wrk for saturation when it is installed):
+and the baselines (``bench.baselines``: bare aiohttp, direct asyncpg, and for writes direct
+asyncpg leaving the sidecar's rows too), each in its own process, seeds 1,000 agents (and 10,000
+more in a second tenant, for capability queries), then drives every target on loopback with the
+load generator (``bench.loadgen``, or wrk for saturation when it is installed):
 
-- ``get``: get by id, cycling over the seeded agents;
-- ``query``: capability queries over the 1,000 agents (five query shapes, cycled);
+- ``get``: get by id, cycling over the seeded agents; the replica-mode sidecar and the bare app
+  also server-bound (each alone on one core, one generator on the other);
+- ``query``: capability queries over the 1,000 agents (five query shapes, cycled), and in replica
+  mode over the 10,000 agents against asyncpg on that tenant;
 - ``register``: a new agent per request;
 - ``performance``: one task outcome per request, cycling over the seeded agents;
 - ``down``: get by id on both sidecars after PostgreSQL was stopped and the breaker opened.
 
-For each (workload, target): throughput at saturation (closed loop) and latency percentiles at a
-fixed open-loop rate (1,000 req/s; capability queries also at 200 req/s). The machine is shared
-and has two cores, so the figures that matter are the ratios against the baselines measured in the
-same run. The result is one JSON file under ``bench/results/``.
+For each (workload, target): throughput at saturation (closed loop), server CPU per request, and
+latency percentiles at a fixed open-loop rate (1,000 req/s; capability queries also at 200
+req/s). The machine is shared and has two cores, so the figures that matter are the ratios
+against the baselines measured in the same run. The result is one JSON file under
+``bench/results/``.
 """
 
 from __future__ import annotations
@@ -30,15 +34,24 @@ from pathlib import Path
 from typing import Any
 
 from bench.benchmark_profile import profile_sidecar
-from bench.benchmark_steps import ALL_WORKLOADS, Bench, Plan, Targets
-from bench.benchmark_verdict import acceptance, ratios, report
+from bench.benchmark_steps import (
+    ALL_WORKLOADS,
+    SAME_WORK,
+    SAME_WORK_1RT,
+    Bench,
+    BenchTokens,
+    Plan,
+    core_split,
+)
+from bench.benchmark_verdict import acceptance, ratios, report, write_summary
 from bench.client import http
-from bench.dataset import QUERIES, READ_TENANT, seed
+from bench.dataset import LARGE_TENANT, QUERIES, READ_TENANT, seed, seed_with_copy
+from bench.loadgen_wrk import find_wrk
 from bench.outages import recover, trip_breakers
 from bench.replica_memory import replica_memory_in_child
 from bench.reporting import logger, opening, publish, result_path
-from bench.servers import Server, Tokens, baseline, sidecar
-from bench.status import breaker_summary, status_of
+from bench.servers import Server, baseline, sidecar
+from bench.status import breaker_summary, status_of, wait_replica
 
 _log = logger("bench")
 
@@ -49,8 +62,10 @@ async def run(plan: Plan) -> dict[str, Any]:
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-bench-"))
     pg = EmbeddedPostgres(root=workdir / "pg")
-    tokens = Tokens.new()
+    tokens = BenchTokens.new()
     servers: list[Server] = []
+    writes = bool({"register", "performance"} & set(plan.workloads))
+    large = plan.large_agents if "query" in plan.workloads else 0
     doc: dict[str, Any] = {
         **opening("registry-proxy benchmark", "bench", quote=True),
         "plan": {
@@ -63,7 +78,9 @@ async def run(plan: Plan) -> dict[str, Any]:
             "generator_processes": plan.processes,
             "rounds": plan.rounds,
             "agents": plan.agents,
-            "saturation_tool": "wrk" if plan.use_wrk and shutil.which("wrk") else "python",
+            "large_agents": large,
+            "server_bound_connections": plan.pinned_connections,
+            "saturation_tool": "wrk" if plan.use_wrk and find_wrk() else "python",
             "open_loop_tool": "python",
             "workloads": list(plan.workloads),
         },
@@ -77,42 +94,72 @@ async def run(plan: Plan) -> dict[str, Any]:
         )
         bare = baseline("bare", "bare", workdir=workdir)
         apg = baseline("asyncpg", "asyncpg", workdir=workdir, dsn=pg.dsn)
-        servers = [db, rep, bare, apg]
+        # Direct asyncpg writing the sidecar's rows, as a transaction and in one statement.
+        same_work = [
+            baseline(name, "asyncpg", workdir=workdir, dsn=pg.dsn, writes=kind)
+            for name, kind in ((SAME_WORK, "ledger"), (SAME_WORK_1RT, "ledger-1rt"))
+            if writes
+        ]
+        # Direct asyncpg reading the large tenant, for its capability queries.
+        apg_large = baseline(
+            "asyncpg-large", "asyncpg", workdir=workdir, dsn=pg.dsn, tenant=LARGE_TENANT
+        )
+        baselines = [bare, apg, *same_work, *([apg_large] if large else [])]
+        servers = [db, rep, *baselines]
         db.start()
         await db.wait_until("/readyz", 60)  # the schema is migrated once it is ready
-        for s in (rep, bare, apg):
+        for s in (rep, *baselines):
             s.start()
         await rep.wait_until("/readyz", 60)
-        await bare.wait_until("/healthz", 30)
-        await apg.wait_until("/healthz", 30)
+        for s in baselines:
+            await s.wait_until("/healthz", 30)
         _log(f"seeding {plan.agents} agents")
         ids = await seed(db.url, tokens.read_tenant, plan.agents)
         for s in (db, rep):
-            end = time.monotonic() + 60
-            while (await status_of(s, tokens.read_tenant))["replica"]["agents"] < plan.agents:
-                if time.monotonic() > end:
-                    raise RuntimeError(f"{s.name}: replica did not load the seeded agents")
-                await asyncio.sleep(0.2)
-        matches = {}
-        for q in QUERIES:
-            _, body = await http(
-                db.url + q.replace("limit=10", "limit=100"), token=tokens.read_tenant
-            )
-            matches[q] = len(body["results"]) if isinstance(body, dict) else None
+            await wait_replica(s, tokens.read_tenant, plan.agents, 60)
         doc["data"] = {
             "tenant": READ_TENANT,
             "agents": len(ids),
-            "query_results_at_limit_100": matches,
+            "query_results_at_limit_100": await _matches(db, tokens.read_tenant),
         }
-        b = Bench(plan, tokens, Targets(bare, apg, db, rep), ids, pg.pid())
+        if large:
+            _log(f"seeding {large} agents in tenant {LARGE_TENANT} with COPY")
+            seeded = time.monotonic()
+            await seed_with_copy(pg.dsn, LARGE_TENANT, large)
+            copied_s = time.monotonic() - seeded
+            for s in (db, rep):
+                await wait_replica(s, tokens.large_tenant, large, 120)
+            doc["data"]["large"] = {
+                "tenant": LARGE_TENANT,
+                "agents": large,
+                "copy_s": round(copied_s, 2),
+                "in_both_replicas_s": round(time.monotonic() - seeded, 2),
+                "query_results_at_limit_100": await _matches(db, tokens.large_tenant),
+            }
+        by_name = {"bare": bare, "asyncpg": apg, "sidecar-database": db, "sidecar-replica": rep}
+        by_name.update({s.name: s for s in same_work})
+        b = Bench(plan, tokens, by_name, ids, pg.pid())
         results: dict[str, Any] = {}
         all_targets = ["bare", "asyncpg", "sidecar-database", "sidecar-replica"]
-        write_targets = ["bare", "asyncpg", "sidecar-database"]
+        write_targets = ["bare", "asyncpg", SAME_WORK, SAME_WORK_1RT, "sidecar-database"]
         if "get" in plan.workloads:
             results["get"] = await b.measure("get", all_targets, [plan.rate], plan.rounds)
+            cores = core_split()
+            if cores is not None:
+                results["get-server-bound"] = await b.measure(
+                    "get", ["bare", "sidecar-replica"], [], plan.rounds, cores=cores
+                )
         if "query" in plan.workloads:
             rates = [plan.rate] if plan.query_rate == plan.rate else [plan.query_rate, plan.rate]
             results["query"] = await b.measure("query", all_targets, rates, 1)
+            if large:
+                results["query-large"] = await b.measure(
+                    "query-large",
+                    ["asyncpg", "sidecar-replica"],
+                    rates,
+                    1,
+                    servers={"asyncpg": apg_large},
+                )
         if plan.profile_dir is not None:
             doc["profile"] = {
                 "tool": "py-spy record --rate 200 --nonblocking (collapsed stacks)",
@@ -147,17 +194,20 @@ async def run(plan: Plan) -> dict[str, Any]:
                 doc.setdefault("profile", {})[
                     "sidecar-replica-postgres-down"
                 ] = await profile_sidecar(b, rep, "sidecar-replica-postgres-down", plan.profile_dir)
-            if {"register", "performance"} & set(plan.workloads):
+            if writes:
                 _log("PostgreSQL starting again")
                 await asyncio.to_thread(pg.start)
                 b.pg_pid = pg.pid()
                 await recover([db, rep], apg, tokens.read_tenant, ids[0], 60)
+                for s in same_work:
+                    await recover([], s, tokens.read_tenant, ids[0], 60)
         if "register" in plan.workloads:
             results["register"] = await b.measure("register", write_targets, [plan.rate], 1)
         if "performance" in plan.workloads:
             results["performance"] = await b.measure("performance", write_targets, [plan.rate], 1)
         doc["results"] = results
         doc["ratios"] = ratios(results, plan)
+        doc["writes"] = write_summary(results, plan)
         doc["acceptance"] = acceptance(results, plan)
         _log("replica memory per 10,000 agents")
         doc["replica_memory"] = await asyncio.to_thread(replica_memory_in_child, 10_000)
@@ -176,6 +226,15 @@ async def run(plan: Plan) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     return doc
+
+
+async def _matches(server: Server, token: str) -> dict[str, int | None]:
+    """How many agents each benchmark query matches (at limit 100): what the queries rank."""
+    out = {}
+    for q in QUERIES:
+        _, body = await http(server.url + q.replace("limit=10", "limit=100"), token=token)
+        out[q] = len(body["results"]) if isinstance(body, dict) else None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         help="generator processes (or wrk threads) for saturation",
     )
     parser.add_argument(
-        "--rounds", type=int, default=2, help="saturation rounds of 'get' and 'down' (best kept)"
+        "--rounds",
+        type=int,
+        default=2,
+        help="saturation rounds of 'get' (both configurations) and 'down' (best kept)",
     )
     parser.add_argument(
         "--workloads",
@@ -215,6 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}",
     )
     parser.add_argument("--agents", type=int, default=1000, help="agents seeded")
+    parser.add_argument(
+        "--large-agents",
+        type=int,
+        default=10_000,
+        help="agents of the second tenant, for capability queries (0: none)",
+    )
+    parser.add_argument(
+        "--server-bound-connections",
+        type=int,
+        default=16,
+        help="connections of the server-bound get by id (one generator thread)",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="never use wrk")
     parser.add_argument("--out", type=Path, help="result file (default bench/results/bench-*.json)")
     parser.add_argument(
@@ -250,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         profile_s=args.profile_seconds,
         settle_s=args.settle,
         keep=args.keep,
+        large_agents=max(0, args.large_agents),
+        pinned_connections=max(1, args.server_bound_connections),
     )
     doc = asyncio.run(run(plan))
     publish(out, doc, report)

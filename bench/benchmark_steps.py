@@ -3,20 +3,29 @@
 A step measures every target the same way in the same minutes (saturation rounds interleaved,
 then the open-loop rates), so the ratios between the sidecar and the baselines do not depend on
 how busy the shared machine was.
+
+A step can also be server-bound: the target alone on one core and a single generator (wrk -t1,
+or one Python process) on the other. Unpinned, the server, the generator and PostgreSQL share
+both cores, so a server that needs less CPU per answer also leaves more of it to the generator;
+pinned, each answer's cost is all that sets the throughput, and the ratio compares only that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bench import loadgen
-from bench.cpu import cpu_delta, cpu_snapshot, process_tree
-from bench.dataset import QUERIES
+from bench.cpu import cpu_delta, cpu_snapshot, pin, process_tree
+from bench.dataset import LARGE_TENANT, QUERIES
 from bench.metrics import diff_counts, request_counts
 from bench.reporting import logger
 from bench.servers import Server, Tokens
@@ -28,10 +37,15 @@ ALL_WORKLOADS = ("get", "query", "register", "performance", "down")
 ROUTE = {
     "get": "get_agent",
     "query": "query_agents",
+    "query-large": "query_agents",
     "register": "register",
     "performance": "post_performance",
     "down": "get_agent",
 }
+# Write baselines: the effect alone (one statement), and the sidecar's rows as a plain app writes
+# them (one transaction) or in one round trip (one statement of CTEs).
+SAME_WORK = "asyncpg-ledger"
+SAME_WORK_1RT = "asyncpg-ledger-1rt"
 
 
 @dataclass(frozen=True)
@@ -51,22 +65,34 @@ class Plan:
     profile_s: float
     settle_s: float
     keep: bool = False
+    large_agents: int = 10_000
+    # The server-bound configuration of get by id: its connections (one generator thread).
+    pinned_connections: int = 16
 
 
-@dataclass
-class Targets:
-    bare: Server
-    asyncpg: Server
-    db: Server
-    replica: Server
+@dataclass(frozen=True)
+class BenchTokens(Tokens):
+    """The bench's writer tokens, and one for the large tenant of the capability queries."""
 
-    def by_name(self) -> dict[str, Server]:
-        return {
-            "bare": self.bare,
-            "asyncpg": self.asyncpg,
-            "sidecar-database": self.db,
-            "sidecar-replica": self.replica,
-        }
+    large_tenant: str = ""
+
+    @classmethod
+    def new(cls) -> BenchTokens:
+        base = Tokens.new()
+        return cls(base.read_tenant, base.write_tenant, "bench-l-" + secrets.token_hex(16))
+
+    def spec(self) -> str:
+        tokens = orjson.loads(super().spec())
+        tokens.append(
+            {"token": self.large_tenant, "tenant": LARGE_TENANT, "role": "writer", "id": "bench-l"}
+        )
+        return orjson.dumps(tokens).decode()
+
+
+def core_split() -> tuple[int, int] | None:
+    """(generator's core, server's core) for a server-bound run; None with fewer than two."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
 _log = logger("bench")
@@ -74,11 +100,16 @@ _log = logger("bench")
 
 class Bench:
     def __init__(
-        self, plan: Plan, tokens: Tokens, targets: Targets, ids: list[str], pg_pid: int | None
+        self,
+        plan: Plan,
+        tokens: BenchTokens,
+        servers: dict[str, Server],
+        ids: list[str],
+        pg_pid: int | None,
     ) -> None:
         self.plan = plan
         self.tokens = tokens
-        self.t = targets
+        self.servers = servers
         self.ids = ids
         self.pg_pid = pg_pid
         self.run_tag = datetime.now(UTC).strftime("%H%M%S")
@@ -89,6 +120,8 @@ class Bench:
             return Workload(name, "GET", [f"/v1/agents/{a}" for a in self.ids], token=token)
         if name == "query":
             return Workload(name, "GET", list(QUERIES), token=token)
+        if name == "query-large":
+            return Workload(name, "GET", list(QUERIES), token=self.tokens.large_tenant)
         if name == "register":
             return Workload(
                 name,
@@ -110,20 +143,44 @@ class Bench:
             )
         raise ValueError(name)
 
-    async def _saturate(self, w: Workload, server: Server, unique: str) -> dict[str, Any]:
+    async def _saturate(
+        self, w: Workload, server: Server, unique: str, cores: tuple[int, int] | None
+    ) -> dict[str, Any]:
         p = self.plan
-        return await asyncio.to_thread(
-            loadgen.saturate,
-            w,
-            "127.0.0.1",
-            server.port,
-            connections=p.connections,
-            warmup_s=p.warmup_s,
-            duration_s=p.duration_s,
-            processes=p.processes,
-            use_wrk=None if p.use_wrk else False,
-            unique=unique,
-        )
+        if cores is None:
+            return await asyncio.to_thread(
+                loadgen.saturate,
+                w,
+                "127.0.0.1",
+                server.port,
+                connections=p.connections,
+                warmup_s=p.warmup_s,
+                duration_s=p.duration_s,
+                processes=p.processes,
+                use_wrk=None if p.use_wrk else False,
+                unique=unique,
+            )
+        generator_core, server_core = cores
+        everywhere = os.sched_getaffinity(0)
+        pin(server.pid, {server_core})
+        try:
+            res = await asyncio.to_thread(
+                loadgen.saturate,
+                w,
+                "127.0.0.1",
+                server.port,
+                connections=p.pinned_connections,
+                warmup_s=p.warmup_s,
+                duration_s=p.duration_s,
+                processes=1,
+                use_wrk=None if p.use_wrk else False,
+                unique=unique,
+                cpus={generator_core},
+            )
+        finally:
+            pin(server.pid, everywhere)
+        res["cores"] = {"generator": generator_core, "server": server_core}
+        return res
 
     async def _open(self, w: Workload, server: Server, rate: float, unique: str) -> dict[str, Any]:
         p = self.plan
@@ -147,30 +204,39 @@ class Bench:
         except OSError:
             return {}
 
+    def _pg_pids(self) -> list[int]:
+        return process_tree(self.pg_pid) if self.pg_pid else []
+
     async def measure(
-        self, name: str, targets: list[str], rates: list[float], rounds: int
+        self,
+        name: str,
+        targets: list[str],
+        rates: list[float],
+        rounds: int,
+        *,
+        servers: dict[str, Server] | None = None,
+        cores: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """Saturation (best of `rounds`, targets interleaved), then one open-loop run per rate."""
-        servers = self.t.by_name()
+        """Saturation (best of `rounds`, targets interleaved), then one open-loop run per rate.
+
+        `servers` stands in for some targets in this step (the large tenant's own asyncpg
+        baseline); `cores` makes the saturation server-bound (generator core, server core)."""
+        by_name = {**self.servers, **(servers or {})}
         out: dict[str, Any] = {t: {"saturation_rounds": [], "open": {}} for t in targets}
         step_start = time.time()
+        label = f"{name} (server-bound)" if cores else name
         for r in range(rounds):
             for t in targets:
-                server = servers[t]
+                server = by_name[t]
                 before = await self._counts(server, ROUTE[name])
-                _log(f"{name}: saturation {t} (round {r + 1}/{rounds})")
-                pg_pids = process_tree(self.pg_pid) if self.pg_pid else []
-                cpu0, pg0, wall0 = cpu_snapshot([server.pid]), cpu_snapshot(pg_pids), time.time()
-                res = await self._saturate(self.workload(name, t), server, f"s{r}")
-                wall = time.time() - wall0
-                cpu = cpu_delta(cpu0, cpu_snapshot([server.pid]))
-                pg_cpu = cpu_delta(
-                    pg0, cpu_snapshot(process_tree(self.pg_pid) if self.pg_pid else [])
+                _log(f"{label}: saturation {t} (round {r + 1}/{rounds})")
+                cpu0, pg0, wall0 = (
+                    cpu_snapshot([server.pid]),
+                    cpu_snapshot(self._pg_pids()),
+                    time.time(),
                 )
-                n = res.get("answered_total") or 0
-                res["server_cpu_us_per_request"] = round(cpu / n * 1e6, 1) if n else None
-                res["postgres_cpu_us_per_request"] = round(pg_cpu / n * 1e6, 1) if n else None
-                res["server_cpu_share_of_one_core"] = round(cpu / wall, 3) if wall else None
+                res = await self._saturate(self.workload(name, t), server, f"s{r}", cores)
+                _cpu_figures(res, server, cpu0, pg0, wall0, self._pg_pids())
                 after = await self._counts(server, ROUTE[name])
                 if before or after:
                     res["sidecar_answers"] = answers = diff_counts(before, after)
@@ -185,10 +251,17 @@ class Bench:
             out[t]["saturation"] = max(rounds_done, key=lambda x: x["throughput_rps"])
         for rate in rates:
             for t in targets:
-                server = servers[t]
+                server = by_name[t]
                 before = await self._counts(server, ROUTE[name])
                 _log(f"{name}: open loop {rate:g} req/s {t}")
+                cpu0, pg0, wall0 = (
+                    cpu_snapshot([server.pid]),
+                    cpu_snapshot(self._pg_pids()),
+                    time.time(),
+                )
                 res = await self._open(self.workload(name, t), server, rate, f"o{rate:g}")
+                # How much of a core the target needed at this rate: near 1, it is saturated.
+                _cpu_figures(res, server, cpu0, pg0, wall0, self._pg_pids())
                 after = await self._counts(server, ROUTE[name])
                 if before or after:
                     res["sidecar_answers"] = diff_counts(before, after)
@@ -199,6 +272,25 @@ class Bench:
             # answers from the replica or the journal in a healthy step.
             for t in targets:
                 if t.startswith("sidecar"):
-                    doc = await status_of(servers[t], self.tokens.read_tenant)
+                    doc = await status_of(by_name[t], self.tokens.read_tenant)
                     out[t]["breaker_transitions"] = transitions_since(doc, step_start)
         return out
+
+
+def _cpu_figures(
+    res: dict[str, Any],
+    server: Server,
+    cpu0: dict[int, float],
+    pg0: dict[int, float],
+    wall0: float,
+    pg_pids: list[int],
+) -> None:
+    """CPU of the target and of PostgreSQL per answer (warm-up included), and the target's
+    share of one core over the run, into `res`."""
+    wall = time.time() - wall0
+    cpu = cpu_delta(cpu0, cpu_snapshot([server.pid]))
+    pg_cpu = cpu_delta(pg0, cpu_snapshot(pg_pids))
+    n = res.get("answered_total") or 0
+    res["server_cpu_us_per_request"] = round(cpu / n * 1e6, 1) if n else None
+    res["postgres_cpu_us_per_request"] = round(pg_cpu / n * 1e6, 1) if n else None
+    res["server_cpu_share_of_one_core"] = round(cpu / wall, 3) if wall else None

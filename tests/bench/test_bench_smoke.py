@@ -1,11 +1,14 @@
 """The benchmark harness, end to end for a few seconds, so it keeps working.
 
 It measures nothing worth reading: every step lasts a fraction of a second. It runs the portable
-path (Python load generator, no wrk) and checks the shape of the result file.
+path (Python load generator, no wrk) and checks the shape of the result file, with every
+baseline (the same-work write baselines too), the server-bound get by id and the large tenant's
+capability queries.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +35,7 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         "--processes=1",
         "--rounds=1",
         "--agents=30",
+        "--large-agents=300",
         "--rate=200",
         "--query-rate=200",
         "--no-wrk",
@@ -48,15 +52,22 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         assert key in doc, key
     assert {"nproc", "cpu_model", "python"} <= set(doc["machine"])
     assert doc["data"]["agents"] == 30
-    assert set(doc["results"]) == set(WORKLOADS)
+    assert doc["data"]["large"]["agents"] == 300
+    server_bound = len(os.sched_getaffinity(0)) >= 2
+    steps = {*WORKLOADS, "query-large"} | ({"get-server-bound"} if server_bound else set())
+    assert set(doc["results"]) == steps
 
+    writes = {"bare", "asyncpg", "asyncpg-ledger", "asyncpg-ledger-1rt", "sidecar-database"}
     targets = {
         "get": {"bare", "asyncpg", "sidecar-database", "sidecar-replica"},
         "query": {"bare", "asyncpg", "sidecar-database", "sidecar-replica"},
-        "register": {"bare", "asyncpg", "sidecar-database"},
-        "performance": {"bare", "asyncpg", "sidecar-database"},
+        "query-large": {"asyncpg", "sidecar-replica"},
+        "register": writes,
+        "performance": writes,
         "down": {"sidecar-database", "sidecar-replica"},
     }
+    if server_bound:
+        targets["get-server-bound"] = {"bare", "sidecar-replica"}
     for workload, expected in targets.items():
         runs = doc["results"][workload]
         assert set(runs) == expected, workload
@@ -64,11 +75,18 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
             sat = r["saturation"]
             assert sat["throughput_rps"] > 0, (workload, target, sat)
             assert sat["errors"] == 0, (workload, target, sat)
+            assert sat["unexpected_status"] == 0, (workload, target, sat)
+            assert sat["server_cpu_us_per_request"] > 0, (workload, target, sat)
+            if target.startswith("sidecar"):
+                assert sat["sidecar_answers"], (workload, target)
+            if workload == "get-server-bound":
+                assert sat["processes"] == 1 and sat["connections"] == 16, sat
+                assert sat["cores"]["generator"] != sat["cores"]["server"], sat
+                assert r["open"] == {}
+                continue
             lat = r["open"]["200"]["latency_ms"]
             assert {"p50", "p90", "p99"} <= set(lat), (workload, target)
             assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"], (workload, target, lat)
-            if target.startswith("sidecar"):
-                assert sat["sidecar_answers"], (workload, target)
 
     # With PostgreSQL down every read came from the replica.
     for target in ("sidecar-database", "sidecar-replica"):
@@ -79,8 +97,28 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
     assert {"throughput_vs_bare", "throughput_vs_asyncpg"} <= set(
         doc["ratios"]["get"]["sidecar-replica"]
     )
-    assert any(k.startswith("1_get_replica_throughput_vs_bare") for k in doc["acceptance"])
-    assert any(k.startswith("4b_down_sidecar-replica_p99") for k in doc["acceptance"])
+    assert {"throughput_vs_asyncpg-ledger", "throughput_vs_asyncpg-ledger-1rt"} <= set(
+        doc["ratios"]["register"]["sidecar-database"]
+    )
+    for write in ("register", "performance"):
+        summary = doc["writes"][write]
+        assert summary["vs_one_statement"] and summary["vs_same_work"], summary
+        assert set(summary["server_cpu_us_per_request"]) == writes
+        assert summary["sidecar_at_rate"]["p99_ms"] > 0
+        assert isinstance(summary["sidecar_at_rate"]["saturated_at_rate"], bool)
+    expected_checks = {
+        "1_get_replica_throughput_vs_bare",
+        "2a_get_database_throughput_vs_asyncpg",
+        "4b_down_sidecar-replica_p99_ms_at_200",
+        "7a_register_throughput_vs_one_insert",
+        "7b_register_throughput_vs_same_work",
+        "7c_register_p99_ms_at_200",
+        "8a_performance_throughput_vs_asyncpg",
+        "8c_performance_p99_ms_at_200",
+        "9a_query_replica_throughput_vs_asyncpg_30_agents",
+        "9b_query_replica_cpu_us_per_query_300_agents",
+    } | ({"1b_get_replica_throughput_vs_bare_server_bound"} if server_bound else set())
+    assert expected_checks <= set(doc["acceptance"]), set(doc["acceptance"])
     for check in doc["acceptance"].values():
         assert {"value", "target", "pass"} <= set(check)
     assert doc["replica_memory"]["agents"] == 10_000
