@@ -37,6 +37,7 @@ from proxy.resilience import (
 )
 from proxy.service import RegistryService, ServiceHooks, Sidecar
 from proxy.settings import Settings
+from proxy.store import pg_errors
 from proxy.store.db import Database
 from proxy.store.journal import Journal
 from proxy.store.replica import Replica, snapshot_rows
@@ -145,7 +146,10 @@ def _on_transition(
 
 def _service_hooks(metrics: Metrics) -> ServiceHooks:
     def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
-        metrics.retries.labels(type(exc).__name__).inc()
+        metrics.retries.labels(pg_errors.classify(exc).value).inc()
+
+    def attempted(outcome: str, duration_s: float) -> None:
+        metrics.db_attempts.inc(outcome)
 
     def journaled() -> None:
         metrics.journal_appends.inc()
@@ -161,6 +165,7 @@ def _service_hooks(metrics: Metrics) -> ServiceHooks:
         retry=RetryHooks(
             on_retry=on_retry,
             on_budget_exhausted=metrics.retry_budget_exhausted.inc,
+            on_call=attempted,
         ),
     )
 
@@ -324,11 +329,14 @@ async def _probe(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(asyncio.run, probe_query(timeout))
 
     b = settings.breaker
+    probes = app[keys.METRICS].probes
     probe = HealthProbe(
         app[BREAKER],
         check,
         interval_s=b.probe_interval_ms / 1000,
         timeout_s=b.probe_timeout_ms / 1000,
+        on_probe=lambda ok, _duration_s: probes.labels("ok" if ok else "failed").inc(),
+        describe=pg_errors.describe,
     )
     app[PROBE] = probe
     probe.start()

@@ -45,7 +45,11 @@ UNIT_TESTS = ["tests/unit", "--ignore=tests/unit/test_config_typos.py"]
 # mutants of every function of the breaker, checked by the breaker's own tests.
 SAMPLE_FILE = "proxy/resilience/_breaker.py"
 SAMPLE_MUTANTS = ["proxy.resilience._breaker.*__mutmut_1", "proxy.resilience._breaker.*__mutmut_2"]
-SAMPLE_TESTS = ["tests/unit/test_resilience_breaker.py", "tests/unit/test_mutants_breaker.py"]
+SAMPLE_TESTS = [
+    "tests/unit/test_resilience_breaker.py",
+    "tests/unit/test_mutants_breaker.py",
+    "tests/unit/test_breaker_refuses_now.py",
+]
 SAMPLE_MIN_MUTANTS = 20
 
 KILLED = {"killed", "timeout", "caught by type check"}

@@ -84,6 +84,9 @@ class DatabaseCall:
         self._settings = settings
         self._db = database
         self._breaker = breaker
+        self.breaker_refuses = breaker.refuses_now
+        """The breaker refuses every call now (forced open, or open with time left): asked by
+        reads that would rather take the replica at once than build a call to be refused."""
         self._budget = budget
         self._hooks = hooks
         self._bulkhead = bulkhead
@@ -103,7 +106,7 @@ class DatabaseCall:
         A request first takes its turn in the bulkhead (background work has connections of its
         own and skips it). Raises `DatabaseUnavailable` with the reason when there is no answer.
         """
-        if self.breaker_refuses():
+        if self._breaker.refuses_now():
             # Fail fast without building a call, a permit and an exception chain: during an
             # outage this is every write (reads the replica can serve never get here).
             breaker = self._breaker
@@ -126,14 +129,6 @@ class DatabaseCall:
         """`run` under the request's deadline, counted against PostgreSQL unless the caller
         chose it."""
         return await self.run(ctx.deadline, operation, fn, caller_deadline=ctx.client_deadline)
-
-    def breaker_refuses(self) -> bool:
-        """The breaker is open and no probe is due: a database call would be refused."""
-        breaker = self._breaker
-        state = breaker.state
-        if state is BreakerState.FORCED_OPEN:
-            return True
-        return state is BreakerState.OPEN and breaker.retry_after() > 0
 
     def unavailable(self, exc: DatabaseUnavailable | None, what: str) -> errors.Unavailable:
         """The problem for PostgreSQL being away when nothing else can do ``what`` instead."""

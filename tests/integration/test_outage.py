@@ -176,6 +176,29 @@ async def test_outage_reads_from_replica_journals_writes_and_switches_back(
     status, body, headers = await api.call("GET", f"/v1/agents/{new_agents[-1]}")
     assert status == 200 and headers["X-Registry-Source"] == "database"
 
+    # The outage as the metrics tell it: attempts that failed on the lost connection, refusals
+    # while open, failed probes and then one that found PostgreSQL back.
+    seen = _samples(await (await api.client.get("/metrics")).text())
+    assert seen[("registry_proxy_db_attempts_total", "infrastructure")] > 0
+    assert seen[("registry_proxy_db_attempts_total", "rejected")] > 0
+    assert seen[("registry_proxy_db_attempts_total", "success")] > 0
+    assert seen[("registry_proxy_probes_total", "failed")] > 0
+    assert seen[("registry_proxy_probes_total", "ok")] > 0
+    retried = {kind for name, kind in seen if name == "registry_proxy_retries_total"}
+    assert retried == {"infrastructure", "transient"}, retried
+
+
+def _samples(text: str) -> dict[tuple[str, str], float]:
+    """Counter samples with one label, by (name, label value)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total") and len(sample.labels) == 1:
+                out[(sample.name, next(iter(sample.labels.values())))] = sample.value
+    return out
+
 
 async def test_write_fallback_reject_answers_503_with_retry_after(
     own_pg: EmbeddedPostgres, make_api: AppFactory
