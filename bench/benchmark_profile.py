@@ -38,7 +38,6 @@ LAYERS: tuple[tuple[str, str], ...] = (
     ("asyncpg/", "asyncpg driver (query, pool, reset)"),
     ("structlog/", "structlog access log line"),
     ("prometheus_client/", "prometheus metrics"),
-    ("tenacity/", "tenacity retry loop"),
     ("asyncio/timeouts.py", "asyncio.timeout"),
     ("random.py", "random.Random() seeded per call"),
     ("uuid.py", "uuid4"),

@@ -10,7 +10,7 @@ The floor (``min_per_s``) keeps retries possible when traffic is low, where the 
 would allow none. Counts live in a :class:`~proxy.resilience._clock.SlidingWindow`, so both
 recording and checking are O(1) with fixed memory.
 
-No library offers a retry budget (tenacity bounds one call's attempts, not a fleet's retry
+No library offers a retry budget (a retry library bounds one call's attempts, not a fleet's retry
 rate), so this small sliding-window counter is ours.
 """
 

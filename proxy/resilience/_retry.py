@@ -152,8 +152,8 @@ async def call(
     hooks = hooks or RetryHooks()
     timer = clock if clock is not None else breaker.clock
     jitter = rng if rng is not None else _JITTER
-    # Kind of the last attempt's error, set by the attempt so tenacity's callables need not
-    # classify again; None when the attempt never reached fn (nothing to retry).
+    # Kind of the last attempt's error, set by the attempt so the loop need not classify
+    # again; None when the attempt never reached fn (nothing to retry).
     last_kind: ErrorKind | None = None
 
     if budget is not None:
