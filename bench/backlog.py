@@ -83,11 +83,11 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
     from proxy.app import SYNC, create_app
     from proxy.http import keys
     from proxy.http.auth import TokenStore
+    from proxy.registry.requests import request_hash
     from proxy.resilience import Deadline
     from proxy.service import RequestContext
     from proxy.settings import Settings
     from proxy.store.embedded import EmbeddedPostgres
-    from proxy.store.repository import request_hash
 
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="backlog-") as tmp, EmbeddedPostgres() as pg:

@@ -30,7 +30,7 @@ from proxy.registry.models import (
     PerformanceRequest,
     RegisterRequest,
 )
-from proxy.registry.requests import request_hash
+from proxy.registry.requests import WriteKind, request_hash
 
 _ID = re.compile(ID_PATTERN)
 _IF_MATCH = re.compile(IF_MATCH_PATTERN)
@@ -75,7 +75,7 @@ def _if_match(request: web.Request) -> int | None:
 
 
 async def _write(
-    request: web.Request, kind: str, payload: dict[str, Any], target: str | None, client: Any
+    request: web.Request, kind: WriteKind, payload: dict[str, Any], target: str | None, client: Any
 ) -> web.Response:
     service = request.app[keys.SERVICE]
     answer = await service.write(
@@ -85,7 +85,7 @@ async def _write(
         req_hash=request_hash(kind, target, client),
         idempotency_key=_idempotency_key(request),
     )
-    if answer.status == 201 and kind == "register":
+    if answer.status == 201 and kind is WriteKind.REGISTER:
         answer.headers.setdefault("Location", f"/v1/agents/{payload['body']['agent_id']}")
     return json_response(answer)
 
@@ -115,7 +115,7 @@ async def stats(request: web.Request) -> web.Response:
 async def register(request: web.Request) -> web.Response:
     body = await read_model(request, RegisterRequest)
     data = body.model_dump(mode="json")
-    return await _write(request, "register", {"body": data}, None, data)
+    return await _write(request, WriteKind.REGISTER, {"body": data}, None, data)
 
 
 async def patch_agent(request: web.Request) -> web.Response:
@@ -124,14 +124,16 @@ async def patch_agent(request: web.Request) -> web.Response:
     body = await read_model(request, PatchRequest)
     data = body.model_dump(mode="json", exclude_unset=True)
     payload = {"agent_id": agent_id, "body": data, "if_match": if_match}
-    return await _write(request, "patch", payload, agent_id, [data, if_match])
+    return await _write(request, WriteKind.PATCH, payload, agent_id, [data, if_match])
 
 
 async def put_load(request: web.Request) -> web.Response:
     agent_id = _agent_id(request)
     body = await read_model(request, LoadRequest)
     data = body.model_dump(mode="json")
-    return await _write(request, "load", {"agent_id": agent_id, "body": data}, agent_id, data)
+    return await _write(
+        request, WriteKind.LOAD, {"agent_id": agent_id, "body": data}, agent_id, data
+    )
 
 
 async def heartbeat(request: web.Request) -> web.Response:
@@ -140,7 +142,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     client = body.model_dump(mode="json", exclude_unset=True)
     observed = body.observed_at or datetime.now(UTC)
     payload = {"agent_id": agent_id, "observed_at": observed.isoformat()}
-    return await _write(request, "heartbeat", payload, agent_id, client)
+    return await _write(request, WriteKind.HEARTBEAT, payload, agent_id, client)
 
 
 async def post_performance(request: web.Request) -> web.Response:
@@ -152,9 +154,9 @@ async def post_performance(request: web.Request) -> web.Response:
         # Generated before the first attempt, so a retry or a replay counts it once.
         data["event_id"] = uuid.uuid4().hex
     payload = {"agent_id": agent_id, "body": data}
-    return await _write(request, "performance", payload, agent_id, client)
+    return await _write(request, WriteKind.PERFORMANCE, payload, agent_id, client)
 
 
 async def delete_agent(request: web.Request) -> web.Response:
     agent_id = _agent_id(request)
-    return await _write(request, "unregister", {"agent_id": agent_id}, agent_id, None)
+    return await _write(request, WriteKind.UNREGISTER, {"agent_id": agent_id}, agent_id, None)

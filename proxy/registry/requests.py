@@ -15,15 +15,6 @@ from typing import Any
 
 import orjson
 
-from proxy.registry.models import (
-    HeartbeatRequest,
-    LoadRequest,
-    PatchRequest,
-    PerformanceRequest,
-    RegisterRequest,
-    Strict,
-)
-
 
 class WriteKind(StrEnum):
     """The kinds of write. Each value is the string stored for it, and a member equals (and
@@ -38,20 +29,6 @@ class WriteKind(StrEnum):
     ADMIN = "admin"
     """An operator's action: it changes no agent, it is written for its audit row."""
 
-    @property
-    def body_model(self) -> type[Strict] | None:
-        """The model a client's request body of this kind is validated with; None when the
-        request has no body (an unregistration) or is not a client's (an admin record)."""
-        return _BODY_MODELS.get(self)
-
-
-_BODY_MODELS: dict[WriteKind, type[Strict]] = {
-    WriteKind.REGISTER: RegisterRequest,
-    WriteKind.PATCH: PatchRequest,
-    WriteKind.LOAD: LoadRequest,
-    WriteKind.HEARTBEAT: HeartbeatRequest,
-    WriteKind.PERFORMANCE: PerformanceRequest,
-}
 
 # The kinds that change an agent: those the replica shows over its rows while they wait.
 REGISTRY_KINDS = frozenset(WriteKind) - {WriteKind.ADMIN}

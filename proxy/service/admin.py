@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.registry.requests import WriteKind, request_hash
 from proxy.resilience import Bulkhead, CircuitBreaker, LoopLag
 from proxy.service.backlog import Backlog
 from proxy.service.context import Answer, RequestContext
@@ -48,9 +49,9 @@ class Admin:
         payload = {"action": action, "target": target}
         return await self._writes.write(
             ctx,
-            "admin",
+            WriteKind.ADMIN,
             payload,
-            req_hash=repository.request_hash("admin", target, payload),
+            req_hash=request_hash(WriteKind.ADMIN, target, payload),
             always_journal=True,
         )
 

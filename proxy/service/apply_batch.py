@@ -15,6 +15,7 @@ import asyncpg
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
+from proxy.registry.requests import REGISTRY_KINDS
 from proxy.resilience import ErrorKind
 from proxy.service.context import op_id_of
 from proxy.store import repository
@@ -77,7 +78,7 @@ async def apply_batch(
                 results.append((entry, OpStatus.REJECTED, outcome.reason, None))
         agents: dict[str, list[str]] = {}
         for entry, *_ in results:
-            if entry.kind in repository.REGISTRY_KINDS:
+            if entry.kind in REGISTRY_KINDS:
                 agents.setdefault(entry.tenant, []).append(entry.key)
         records = [
             rec

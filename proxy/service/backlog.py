@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+from proxy.registry.requests import REGISTRY_KINDS
 from proxy.service.context import op_id_of
-from proxy.store import repository
 from proxy.store.journal import JournalEntry
 from proxy.store.replica import PendingWrite, Replica
 
@@ -34,7 +34,7 @@ class Backlog:
 
     def show(self, entry: JournalEntry) -> None:
         """Let the replica's reads see a journaled write of the registry until it is applied."""
-        if self._replica is None or entry.kind not in repository.REGISTRY_KINDS:
+        if self._replica is None or entry.kind not in REGISTRY_KINDS:
             return
         self._replica.add_pending(
             entry.tenant,

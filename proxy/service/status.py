@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from proxy.registry.requests import REGISTRY_KINDS
 from proxy.resilience import Bulkhead, CircuitBreaker, HealthProbe, LoopLag, RetryBudget
 from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.journal import Journal
 from proxy.store.replica import Replica
 from proxy.store.replica_sync import ReplicaSync
-from proxy.store.repository import REGISTRY_KINDS
 
 # Parts of the status document about the sidecar and PostgreSQL as a whole, which every role
 # sees; anything else reaches a non-admin token only as `_tenant_status` rebuilds it.

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 
 from proxy.registry import errors
+from proxy.registry.requests import WriteKind
 from proxy.resilience import CircuitBreaker
 from proxy.service.backlog import Backlog
 from proxy.service.context import (
@@ -67,7 +68,7 @@ class Writes:
     async def write(
         self,
         ctx: RequestContext,
-        kind: str,
+        kind: WriteKind,
         payload: dict[str, Any],
         *,
         req_hash: str,
@@ -98,7 +99,7 @@ class Writes:
     async def _write(
         self,
         ctx: RequestContext,
-        kind: str,
+        kind: WriteKind,
         payload: dict[str, Any],
         op_id: str,
         req_hash: str,
@@ -221,7 +222,7 @@ class Writes:
     async def _journal_write(
         self,
         ctx: RequestContext,
-        kind: str,
+        kind: WriteKind,
         payload: dict[str, Any],
         op_id: str,
         target: str,

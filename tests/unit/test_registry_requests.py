@@ -6,7 +6,6 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from proxy.registry import models
 from proxy.registry.requests import REGISTRY_KINDS, WriteKind, request_hash
 from proxy.store.repository.writes import WRITES
 
@@ -31,22 +30,6 @@ def test_a_stored_string_finds_its_kind_in_a_set_or_a_mapping() -> None:
 
 def test_admin_records_change_no_agent() -> None:
     assert set(WriteKind) - REGISTRY_KINDS == {WriteKind.ADMIN}
-
-
-@pytest.mark.parametrize(
-    ("kind", "model"),
-    [
-        (WriteKind.REGISTER, models.RegisterRequest),
-        (WriteKind.PATCH, models.PatchRequest),
-        (WriteKind.LOAD, models.LoadRequest),
-        (WriteKind.HEARTBEAT, models.HeartbeatRequest),
-        (WriteKind.PERFORMANCE, models.PerformanceRequest),
-        (WriteKind.UNREGISTER, None),
-        (WriteKind.ADMIN, None),
-    ],
-)
-def test_body_model_of_each_kind(kind: WriteKind, model: type[models.Strict] | None) -> None:
-    assert kind.body_model is model
 
 
 def test_the_repository_has_a_write_for_every_kind() -> None:
