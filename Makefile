@@ -36,9 +36,13 @@ tools: $(STAMP) $(BIN)/helm $(BIN)/promtool $(BIN)/pgbouncer $(BIN)/etcd
 run: $(STAMP)
 	$(BIN)/registry-proxy dev
 
+# Style, then the design: the layer contracts in .importlinter, and no dead code (vulture,
+# configured in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check proxy chaos tests bench
 	$(BIN)/ruff format --check proxy chaos
+	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 typecheck: $(STAMP)
 	$(BIN)/mypy proxy chaos

@@ -142,8 +142,6 @@ class _ProblemRequestHandler(RequestHandler):
         transport = self.transport
         if transport is None or not self.idle:
             return  # closed meanwhile, or a request is being answered
-        server = cast(_ProblemServer, self._manager)
-        server.head_timeouts += 1
         transport.write(_HEAD_LATE)
         self.force_close()
 
@@ -199,7 +197,6 @@ class _ProblemServer(web.Server):
     # Set by SidecarRunner once the server is made (the class is swapped in, not constructed).
     header_timeout: float = 10.0
     max_connections: int = 4096
-    head_timeouts: int = 0
     refused: int = 0
     evicted: int = 0
 
