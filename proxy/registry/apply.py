@@ -1,7 +1,7 @@
 """The effect of one write on an agent, computed without a database.
 
 The replica uses this to show a journaled write to the host app before PostgreSQL has it
-(read-your-writes during an outage). The rules mirror `proxy.store.repository.writes`;
+(read-your-writes during an outage). The rules mirror `registry_write` (migration 0004);
 PostgreSQL stays the judge: when the journal is replayed, its answer replaces this provisional
 one.
 

@@ -5,9 +5,10 @@ Callers import from here; the modules split it by concept:
 
 - `rows`: the agents table's columns and the record built from a row;
 - `reads`: agents, statistics and the capability query with its scoring SQL;
-- `writes`: the effect of each kind of write;
-- `ledger`: a write run with its ledger entry and audit row, exactly once per op id, and the
-  ledger's and audit log's own reads.
+- `writes`: each kind of write as its call of `registry_write` (migration 0004), the SQL
+  function that has the effect and writes the ledger and audit rows in one statement;
+- `ledger`: a write sent and its outcome read, exactly once per op id, and the ledger's and
+  audit log's own reads.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Exactly once per op id: the ledger of operations and the audit log, written with each write.
 
-`execute_write` runs one write in a transaction with its ledger entry and its audit row, so the
-effect, the record that it happened and the trace of who asked commit together or not at all.
+`execute_write` sends one write as one statement, `registry_write` (migration 0004), that checks
+the ledger, has the effect and writes the ledger row and the audit row: the effect, the record
+that it happened and the trace of who asked commit together or not at all, in one round trip.
 An op id (or Idempotency-Key) seen before gets the stored answer instead of a second effect.
 The ledger's and the audit log's reads and the ledger's retention are here too.
 """
@@ -14,18 +15,18 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
-from proxy.registry.requests import WriteKind
+from proxy.store.repository.rows import record_from_row
 from proxy.store.repository.writes import WRITES, WriteContext, target_of
 
 
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     status: int
-    body: Any
+    body: bytes | None
+    """The answer's document, encoded JSON as PostgreSQL rendered it; None when it has none."""
     record: AgentRecord | None
     applied: bool
     reason: str | None = None
@@ -33,56 +34,34 @@ class WriteOutcome:
     from_ledger: bool = False
 
 
-class _Rejected(Exception):
-    def __init__(self, problem: errors.RegistryError) -> None:
-        self.problem = problem
-
-
-_RECORD_SQL = (
-    "WITH ledger AS ("
-    " INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, reason,"
-    " response_status, response_body) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)) "
-    "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, op_id, at) "
-    "VALUES ($1, $9, $13, $10, $11, $12, $2, coalesce($14, now()))"
-)
-
-
-async def _record(
-    conn: asyncpg.Connection,
-    ctx: WriteContext,
-    *,
-    op_id: str,
-    kind: str,
-    target: str,
-    req_hash: str,
-    status: int,
-    body: Any,
-    problem: errors.RegistryError | None,
-    action: str,
-) -> str | None:
-    reason = None if problem is None else f"{problem.slug}: {problem.detail}"
-    await conn.execute(
-        _RECORD_SQL,
-        ctx.tenant,
-        op_id,
-        kind,
-        req_hash,
-        "applied" if problem is None else "rejected",
-        reason,
-        status,
-        orjson.dumps(body).decode() if body is not None else None,
-        ctx.actor,
-        target,
-        "applied" if problem is None else f"rejected:{problem.slug}",
-        ctx.request_id,
-        action,
-        ctx.at,
+# The refusals `registry_write` answers with, by slug.
+_PROBLEMS: dict[str, type[errors.RegistryError]] = {
+    cls.slug: cls
+    for cls in (
+        errors.NotFound,
+        errors.DuplicateAgent,
+        errors.RegistryFull,
+        errors.PreconditionFailed,
     )
-    return reason
+}
 
 
 def _is_ledger_conflict(exc: asyncpg.UniqueViolationError) -> bool:
     return getattr(exc, "constraint_name", None) == "operations_pkey"
+
+
+async def _send(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...]) -> asyncpg.Record:
+    if not conn.is_in_transaction():
+        # Autocommit: the statement is its own transaction, so it is the write's only round
+        # trip.
+        row = await conn.fetchrow(sql, *args)
+    else:
+        # Inside the caller's transaction (a journal replay's batch): in a savepoint, so that a
+        # write that fails leaves the caller's transaction usable for the writes after it.
+        async with conn.transaction():
+            row = await conn.fetchrow(sql, *args)
+    assert row is not None
+    return row
 
 
 async def execute_write(
@@ -91,75 +70,83 @@ async def execute_write(
     *,
     kind: str,
     payload: dict[str, Any],
-    render: Callable[[AgentRecord], Any],
+    render: Callable[[AgentRecord], Any] | None = None,
     op_id: str,
     req_hash: str,
 ) -> WriteOutcome:
     """Run one write exactly once per `op_id`, with its ledger entry and audit row.
 
-    The ledger row is inserted last, in the same transaction as the effect: if the operation was
-    already carried out (a retry after a lost commit acknowledgement, a journal replay, a reused
-    Idempotency-Key), the primary key conflict rolls the whole attempt back and the stored answer
-    is returned instead. A domain rejection (duplicate, full, not found, stale If-Match) is an
-    outcome too: it is recorded with its reason, so a rejected replay leaves a readable trace.
+    One statement: the ledger is looked up first, and an operation already carried out (a
+    retry after a lost commit acknowledgement, a journal replay, a reused Idempotency-Key) gets
+    its stored answer; a different request under the same op id is an `IdempotencyMismatch`.
+    A domain rejection (duplicate, full, not found, stale If-Match) is an outcome too: it is
+    recorded with its reason, so a rejected replay leaves a readable trace.
+
+    The answer's body is the document PostgreSQL rendered and stored in the ledger (the agent
+    as `AgentRecord.to_public` gives it, or the write's own answer, or the problem), encoded,
+    so a retry gets back the document the first attempt got. `render` is not called: it is
+    accepted so that callers written for the answer rendered here keep working.
     `kind` is a `WriteKind` or its value, as a journal record gives it back.
     """
-    write = WRITES[WriteKind(kind)]
-    target = target_of(kind, payload)
-    action = f"admin:{payload['action']}" if kind == WriteKind.ADMIN else kind
+    write = WRITES.get(kind)
+    if write is None:
+        raise ValueError(f"unknown write kind {kind!r}")
+    args = (
+        ctx.tenant,
+        op_id,
+        req_hash,
+        ctx.actor,
+        ctx.request_id,
+        ctx.at,
+        target_of(kind, payload),
+        *write.args(ctx, payload),
+    )
     try:
-        async with conn.transaction():
-            try:
-                status, body, rec = await write(conn, ctx, payload)
-            except errors.RegistryError as exc:
-                raise _Rejected(exc) from exc
-            if body is None and rec is not None and status != 204:
-                body = render(rec)
-            await _record(
-                conn,
-                ctx,
-                op_id=op_id,
-                kind=kind,
-                target=target,
-                req_hash=req_hash,
-                status=status,
-                body=body,
-                problem=None,
-                action=action,
-            )
-        return WriteOutcome(status=status, body=body, record=rec, applied=True)
+        row = await _send(conn, write.sql, args)
     except asyncpg.UniqueViolationError as exc:
+        # The same op id, new, sent twice at once: this one waited for the other, failed on its
+        # ledger row and was undone whole; sent again it finds the other's answer.
         if not _is_ledger_conflict(exc):
             raise
-        return await _from_ledger(conn, ctx.tenant, op_id, req_hash)
-    except _Rejected as rejected:
-        problem = rejected.problem
-    body = problem_body(problem)
-    try:
-        async with conn.transaction():
-            reason = await _record(
-                conn,
-                ctx,
-                op_id=op_id,
-                kind=kind,
-                target=target,
-                req_hash=req_hash,
-                status=problem.status,
-                body=body,
-                problem=problem,
-                action=action,
+        row = await _send(conn, write.sql, args)
+    except asyncpg.SerializationError:
+        # The tenant was filled by concurrent registrations while this one ran: undone; sent
+        # again it finds the tenant as they left it.
+        row = await _send(conn, write.sql, args)
+    return _outcome(row)
+
+
+def _outcome(row: asyncpg.Record) -> WriteOutcome:
+    body = row["w_body"]
+    encoded = body.encode() if body is not None else None
+    if row["w_seen"]:
+        if not row["w_same"]:
+            raise errors.IdempotencyMismatch(
+                "this Idempotency-Key was used before with a different request"
             )
-    except asyncpg.UniqueViolationError as exc:
-        if not _is_ledger_conflict(exc):
-            raise
-        return await _from_ledger(conn, ctx.tenant, op_id, req_hash)
+        return WriteOutcome(
+            status=row["w_status"],
+            body=encoded,
+            record=None,
+            applied=row["w_state"] == "applied",
+            reason=row["w_reason"],
+            from_ledger=True,
+        )
+    slug = row["w_slug"]
+    if slug is not None:
+        return WriteOutcome(
+            status=row["w_status"],
+            body=encoded,
+            record=None,
+            applied=False,
+            reason=row["w_reason"],
+            problem=_PROBLEMS[slug](row["w_detail"]),
+        )
     return WriteOutcome(
-        status=problem.status,
-        body=body,
-        record=None,
-        applied=False,
-        reason=reason,
-        problem=problem,
+        status=row["w_status"],
+        body=encoded,
+        record=record_from_row(row) if row["agent_id"] is not None else None,
+        applied=True,
     )
 
 
@@ -173,58 +160,23 @@ async def record_rejection(
     reason: str,
 ) -> None:
     """A journaled write given up on: its ledger row and audit row say why (first one wins)."""
-    async with conn.transaction():
-        inserted = await conn.fetchval(
-            "INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, reason, "
-            "response_status) VALUES ($1, $2, $3, $4, 'rejected', $5, 500) "
-            "ON CONFLICT (tenant_id, op_id) DO NOTHING RETURNING 1",
-            ctx.tenant,
-            op_id,
-            kind,
-            req_hash,
-            reason,
-        )
-        if inserted:
-            await conn.execute(
-                "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, "
-                "op_id, at) VALUES ($1, $2, $3, NULL, 'rejected:internal-error', $4, $5, "
-                "coalesce($6, now()))",
-                ctx.tenant,
-                ctx.actor,
-                kind,
-                ctx.request_id,
-                op_id,
-                ctx.at,
-            )
-
-
-async def _from_ledger(
-    conn: asyncpg.Connection, tenant: str, op_id: str, req_hash: str | None
-) -> WriteOutcome:
-    row = await conn.fetchrow(
-        "SELECT request_hash, status, reason, response_status, response_body "
-        "FROM operations WHERE tenant_id = $1 AND op_id = $2",
-        tenant,
+    await conn.execute(
+        "WITH ledger AS ("
+        " INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, reason,"
+        " response_status) VALUES ($1, $2, $3, $4, 'rejected', $5, 500)"
+        " ON CONFLICT (tenant_id, op_id) DO NOTHING RETURNING 1) "
+        "INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, op_id, at) "
+        "SELECT $1, $6, $3, NULL, 'rejected:internal-error', $7, $2, coalesce($8, now()) "
+        "FROM ledger",
+        ctx.tenant,
         op_id,
+        kind,
+        req_hash,
+        reason,
+        ctx.actor,
+        ctx.request_id,
+        ctx.at,
     )
-    assert row is not None
-    if req_hash is not None and row["request_hash"] != req_hash:
-        raise errors.IdempotencyMismatch(
-            "this Idempotency-Key was used before with a different request"
-        )
-    body = orjson.loads(row["response_body"]) if row["response_body"] is not None else None
-    return WriteOutcome(
-        status=row["response_status"],
-        body=body,
-        record=None,
-        applied=row["status"] == "applied",
-        reason=row["reason"],
-        from_ledger=True,
-    )
-
-
-def problem_body(exc: errors.RegistryError) -> dict[str, Any]:
-    return {"type": exc.type, "title": exc.title, "status": exc.status, "detail": exc.detail}
 
 
 async def fetch_audit(

@@ -11,12 +11,30 @@ from typing import Any
 
 from proxy.registry.agent import AgentRecord
 
-COLUMNS = (
-    "tenant_id, agent_id, name, model_family, task_types, languages, specializations, "
-    "max_concurrent_tasks, active_tasks, queued_tasks, load_observed_at, registered_at, "
-    "last_heartbeat_at, updated_at, version, deleted_at, task_count, success_count, "
-    "quality_sum, latency_ms_sum, revision"
+COLUMN_NAMES = (
+    "tenant_id",
+    "agent_id",
+    "name",
+    "model_family",
+    "task_types",
+    "languages",
+    "specializations",
+    "max_concurrent_tasks",
+    "active_tasks",
+    "queued_tasks",
+    "load_observed_at",
+    "registered_at",
+    "last_heartbeat_at",
+    "updated_at",
+    "version",
+    "deleted_at",
+    "task_count",
+    "success_count",
+    "quality_sum",
+    "latency_ms_sum",
+    "revision",
 )
+COLUMNS = ", ".join(COLUMN_NAMES)
 
 
 def record_from_row(row: Mapping[str, Any]) -> AgentRecord:
