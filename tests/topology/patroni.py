@@ -485,14 +485,3 @@ class PatroniCluster:
         if node.child is not None and node.child.running():
             raise RuntimeError(f"{name} is running")
         self._start_node(node)
-
-    async def primary_port(self) -> int:
-        """The port of the PostgreSQL that takes writes, asked of PostgreSQL itself."""
-        conn = await asyncpg.connect(self.dsn, timeout=10)
-        try:
-            in_recovery = await conn.fetchval("SELECT pg_is_in_recovery()")
-            port = await conn.fetchval("SELECT current_setting('port')::int")
-        finally:
-            await conn.close()
-        assert in_recovery is False
-        return int(port)
