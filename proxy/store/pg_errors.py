@@ -5,14 +5,8 @@ of a dependency's errors to whoever knows the dependency. This is that knowledge
 and asyncpg. Treating every error as an outage would be wrong: a unique violation says the
 database is healthy and answering.
 
-=================  ==================  =========
-kind               counted by breaker  retried
-=================  ==================  =========
-INFRASTRUCTURE     yes                 yes
-TRANSIENT          no                  yes
-PERMANENT          no                  no
-REJECTED           no                  no
-=================  ==================  =========
+Each error maps to one `proxy.resilience.ErrorKind`, whose table says what the breaker and
+the retries make of it.
 
 PostgreSQL errors are recognised by their ``sqlstate`` attribute (asyncpg sets it on every server
 error); of the driver's own errors only ``InterfaceError`` and ``InternalClientError`` need a
