@@ -91,7 +91,8 @@ fi
 # binary is dated now, or every make run would install it again.
 touch "$exe"
 
-missing_libs() { ldd "$exe" | awk '/=> not found/ { print $1 }'; }
+# The libraries the dynamic loader cannot find; ldd fails on a static binary, which needs none.
+missing_libs() { { ldd "$exe" 2>/dev/null || true; } | awk '/=> not found/ { print $1 }'; }
 missing="$(missing_libs)"
 
 if [[ -n "$missing" ]]; then
@@ -120,7 +121,7 @@ if [[ -n "$missing" ]]; then
         # -L: the soname is a link to the versioned file; keep the file under the soname.
         cp -L "$found" "$tools_dir/shlibs/$lib"
     done
-    still="$(LD_LIBRARY_PATH="$tools_dir/shlibs" ldd "$exe" | awk '/=> not found/ { print $1 }')"
+    still="$(LD_LIBRARY_PATH="$tools_dir/shlibs" missing_libs)"
     if [[ -n "$still" ]]; then
         echo "get-debian-tool: still missing: $still" >&2
         exit 1
