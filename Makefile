@@ -70,8 +70,9 @@ chaos: tools
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# 20 minutes by default; SOAK_MINUTES=3 or SOAK_HOURS=2 for another length.
 soak: $(STAMP)
-	$(BIN)/python -m bench.soak
+	$(BIN)/python -m bench.soak $(if $(SOAK_HOURS),--hours $(SOAK_HOURS))
 
 # 200 paced clients, PostgreSQL cut off for 10 s behind Toxiproxy, then healed under load.
 pressure: $(STAMP)

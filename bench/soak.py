@@ -43,7 +43,7 @@ from bench.outages import stop_start
 from bench.replica_memory import replica_memory, replica_memory_lines
 from bench.reporting import acceptance_lines, logger, machine_line, opening, publish, result_path
 from bench.servers import Server, Tokens, sidecar
-from bench.soak_samples import sample, sampler
+from bench.soak_samples import sample, sampler, slope_per_hour
 from bench.soak_traffic import Traffic
 from bench.soak_verify import verify
 from bench.status import wait_drained
@@ -100,6 +100,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
         await server.wait_until("/readyz", 60)
         _log(f"seeding {plan.agents} agents")
         ids = await seed(server.url, tokens.read_tenant, plan.agents)
+        journal_dir = workdir / "sidecar-journal"
         proc = psutil.Process(server.pid)
         proc.cpu_percent(None)
         start = time.monotonic()
@@ -117,7 +118,15 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
                 until=until - 20,
                 log=_log,
             ),
-            sampler(server, tokens.read_tenant, proc, start, plan.sample_every_s, until),
+            sampler(
+                server,
+                tokens.read_tenant,
+                proc,
+                start,
+                plan.sample_every_s,
+                until,
+                journal_dir,
+            ),
         )
         outage_events, samples = results[1], results[2]
         if not pg.running():
@@ -127,7 +136,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
         await asyncio.sleep(2.0)
         final = []
         for _ in range(3):
-            final.append(await sample(server, tokens.read_tenant, proc, start))
+            final.append(await sample(server, tokens.read_tenant, proc, start, journal_dir))
             await asyncio.sleep(1.0)
         checks = await verify(pg.dsn, traffic.acks)
         doc["sidecar_errors"] = server.error_lines()
@@ -167,7 +176,15 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
             "fds_at_warmup_end": fds_base,
             "fds_peak_after_warmup": max((s["fds"] for s in after_warmup), default=None),
             "fds_final_idle": final[-1]["fds"],
-            "journal_bytes_final": final[-1].get("journal_bytes"),
+            "journal_bytes_final": final[-1].get("journal_disk_bytes"),
+            "journal_bytes_peak": max(
+                (s.get("journal_disk_bytes") or 0 for s in samples), default=None
+            ),
+            # Trends over the run after the warm-up, per hour (least squares over every sample).
+            "rss_mib_slope_per_hour": slope_per_hour(after_warmup, "rss_mib"),
+            "fds_slope_per_hour": slope_per_hour(after_warmup, "fds"),
+            "threads_slope_per_hour": slope_per_hour(after_warmup, "threads"),
+            "journal_bytes_slope_per_hour": slope_per_hour(after_warmup, "journal_disk_bytes"),
             "replica_agents_final": final[-1].get("replica_agents"),
         },
     )
@@ -201,6 +218,9 @@ def report(doc: dict[str, Any]) -> str:
         f"outages: {len(doc['outages'])}, samples: {len(doc['samples'])}",
         f"RSS: {mem['rss_mib_at_warmup_end']} MiB after warm-up -> {mem['rss_mib_final']} MiB "
         f"at the end ({mem['rss_growth']:+.1%}), peak {mem['rss_mib_peak_after_warmup']} MiB",
+        f"trend after warm-up, per hour: RSS {mem.get('rss_mib_slope_per_hour')} MiB, "
+        f"fds {mem.get('fds_slope_per_hour')}, threads {mem.get('threads_slope_per_hour')}, "
+        f"journal {mem.get('journal_bytes_slope_per_hour')} bytes",
         f"fds: {mem['fds_at_warmup_end']} after warm-up, peak {mem['fds_peak_after_warmup']}, "
         f"{mem['fds_final_idle']} idle at the end; journal "
         f"{mem['journal_bytes_final']} bytes; replica {mem['replica_agents_final']} agents",
@@ -228,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         default=float(os.environ.get("SOAK_MINUTES", "20")),
         help="length of the run (default: $SOAK_MINUTES or 20)",
     )
+    parser.add_argument(
+        "--hours", type=float, help="length of the run in hours (instead of --minutes)"
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--sample-every", type=float, default=5.0, help="seconds")
     parser.add_argument("--outage-every", type=float, default=60.0, help="seconds")
@@ -245,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.replica_memory is not None:
         sys.stdout.write(orjson.dumps(replica_memory(args.replica_memory)).decode() + "\n")
         return 0
+    if args.hours is not None:
+        args.minutes = args.hours * 60
     if args.minutes <= 0 or args.rate <= 0 or args.sample_every <= 0:
         parser.error("minutes, rate and sample-every must be positive")
     total = args.minutes * 60

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 from bench.reporting import logger
@@ -18,7 +19,22 @@ _MIB = 1024 * 1024
 _log = logger("soak")
 
 
-async def sample(server: Server, token: str, proc: Any, start: float) -> dict[str, Any]:
+def folder_bytes(path: Path | None) -> int | None:
+    """Bytes of the files in a folder, as the disk holds them now; None when it is not there."""
+    if path is None or not path.is_dir():
+        return None
+    total = 0
+    for child in path.iterdir():
+        try:
+            total += child.stat().st_size
+        except FileNotFoundError:
+            continue  # compaction replaced it meanwhile
+    return total
+
+
+async def sample(
+    server: Server, token: str, proc: Any, start: float, journal_dir: Path | None = None
+) -> dict[str, Any]:
     mem = proc.memory_info()
     row: dict[str, Any] = {
         "t_s": round(time.monotonic() - start, 1),
@@ -26,6 +42,8 @@ async def sample(server: Server, token: str, proc: Any, start: float) -> dict[st
         "fds": proc.num_fds(),
         "threads": proc.num_threads(),
         "cpu_percent": proc.cpu_percent(None),
+        # From the disk, not the status document: a tenant's token does not see the file size.
+        "journal_disk_bytes": folder_bytes(journal_dir),
     }
     try:
         doc = await status_of(server, token)
@@ -45,13 +63,19 @@ async def sample(server: Server, token: str, proc: Any, start: float) -> dict[st
 
 
 async def sampler(
-    server: Server, token: str, proc: Any, start: float, every_s: float, until: float
+    server: Server,
+    token: str,
+    proc: Any,
+    start: float,
+    every_s: float,
+    until: float,
+    journal_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     next_at = time.monotonic()
     while next_at < until:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        row = await sample(server, token, proc, start)
+        row = await sample(server, token, proc, start, journal_dir)
         rows.append(row)
         if len(rows) % max(1, round(30 / every_s)) == 0:
             _log(
@@ -60,3 +84,19 @@ async def sampler(
             )
         next_at += every_s
     return rows
+
+
+def slope_per_hour(rows: list[dict[str, Any]], key: str) -> float | None:
+    """The least-squares slope of `key` over time, per hour: a leak is a trend, which two end
+    points can miss or invent."""
+    points = [(r["t_s"], r[key]) for r in rows if r.get(key) is not None]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in points)
+    if var_t == 0:
+        return None
+    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
+    return round(cov / var_t * 3600, 4)
