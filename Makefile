@@ -49,8 +49,10 @@ typecheck: $(STAMP)
 
 # Line and branch coverage of proxy/ and chaos/, child processes included; the floor and the
 # exclusions are in pyproject.toml ([tool.coverage.*]).
+# REGISTRY_PROXY_TEST_REQUIRE_HA: a PgBouncer, etcd or Patroni missing fails the topology tests
+# here instead of skipping them.
 pytest: tools
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --cov --cov-report=term:skip-covered
+	REGISTRY_PROXY_TEST_REQUIRE_HA=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
 test: lint typecheck pytest mutation-sample
 
