@@ -221,8 +221,8 @@ async def test_inside_a_transaction_a_write_takes_its_savepoint_round_trips(
 
 async def test_postgresql_renders_the_agent_as_the_sidecar_does(db: asyncpg.Connection) -> None:
     tenant = _tenant()
-    # Whole floats (written 1.0), thirds, sums that are not exact, a value past 10^15, no
-    # outcome yet (null), full utilization, timestamps with and without a fraction and with
+    # Whole floats (written 1.0), thirds, sums that are not exact, values past 10^15 and below
+    # 10^-4 (written with an exponent by one side only), no outcome yet (null), full utilization, timestamps with and without a fraction and with
     # trailing zeros, an agent silent for ten minutes.
     rows = [
         ("plain", 0, 10, 0, 0, 0.0, 0.0, "2025-01-01T00:00:00+00:00"),
@@ -231,6 +231,7 @@ async def test_postgresql_renders_the_agent_as_the_sidecar_does(db: asyncpg.Conn
         ("inexact", 3, 7, 2, 1, 0.1 + 0.2, 0.7, "2025-01-01T00:00:00.000001+00:00"),
         ("huge", 2, 10, 1, 1, 0.5, 4e15, "2025-01-01T12:00:00.5+00:00"),
         ("over", 12, 10, 10, 0, 9.999999, 123456.789, "2025-01-01T12:00:00+00:00"),
+        ("tiny", 0, 10, 1, 1, 1e-7, 3e17, "2025-01-01T12:00:00.000010+00:00"),
     ]
     for agent_id, active, max_tasks, count, ok, quality, latency, at in rows:
         await db.execute(

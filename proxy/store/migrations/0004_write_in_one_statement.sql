@@ -20,14 +20,14 @@ LANGUAGE sql STABLE AS $$
         ELSE to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"') END
 $$;
 
--- A float as orjson writes it: 1.0, not 1, so a client reads a float whichever side answered.
--- A whole value is written from bigint (exact below 10^15, where a double's integers all are);
--- any other through float8out, which gives the shortest text that reads back the same double.
--- STABLE, like to_json, so that it is inlined: an IMMUTABLE function calling a STABLE one is not.
+-- A float as a client reads it from the sidecar: a float even when its value is whole (1.0,
+-- not 1), and the same double. float8out gives the shortest text that reads back the same
+-- double (whenever extra_float_digits > 0, as by default); as numeric it is exact, and adding 0.0
+-- gives a whole value its fraction digit. STABLE, like to_json, so that it is inlined: an
+-- IMMUTABLE function calling a STABLE one is not.
 CREATE OR REPLACE FUNCTION registry_json_number(x double precision) RETURNS json
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN x = trunc(x) AND abs(x) < 1e15
-        THEN to_json(x::bigint + 0.0) ELSE to_json(x) END
+    SELECT to_json(x::text::numeric + 0.0)
 $$;
 
 -- `AgentRecord.performance()`.
