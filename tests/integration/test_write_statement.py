@@ -222,8 +222,9 @@ async def test_inside_a_transaction_a_write_takes_its_savepoint_round_trips(
 async def test_postgresql_renders_the_agent_as_the_sidecar_does(db: asyncpg.Connection) -> None:
     tenant = _tenant()
     # Whole floats (written 1.0), thirds, sums that are not exact, values past 10^15 and below
-    # 10^-4 (written with an exponent by one side only), no outcome yet (null), full utilization, timestamps with and without a fraction and with
-    # trailing zeros, an agent silent for ten minutes.
+    # 10^-4 (written with an exponent by one side only), no outcome yet (null), full
+    # utilization, timestamps with and without a fraction and with trailing zeros, an agent
+    # silent for ten minutes.
     rows = [
         ("plain", 0, 10, 0, 0, 0.0, 0.0, "2025-01-01T00:00:00+00:00"),
         ("whole", 10, 10, 2, 2, 2.0, 3000.0, "2025-01-01T00:00:00.123400+00:00"),
