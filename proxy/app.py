@@ -6,7 +6,8 @@ loop-lag monitor, service and its replay, health probe, replica snapshots, ledge
 the order they start; they stop in the reverse order, so the service stops before the storage it
 writes to closes. A context leaves its resource on the app under a key below for the contexts
 after it. Instrumentation is attached here, in one place: the app's one listener on the
-breaker (metrics, log, a snapshot on open), and the retry, bulkhead and service hooks.
+breaker (metrics, log, a snapshot on open), the retry, bulkhead and service hooks, and tracing
+(the gate's server spans and the service's, when the environment turns it on).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -23,6 +24,8 @@ from aiohttp import web
 from proxy.http import keys
 from proxy.http.application import web_application
 from proxy.http.auth import TokenStore
+from proxy.http.routes import ROUTES
+from proxy.observability import spans
 from proxy.observability.asyncio_noise import quiet_abandoned_connects
 from proxy.observability.metrics import Metrics
 from proxy.resilience import (
@@ -45,6 +48,9 @@ from proxy.store.replica_sync import ReplicaSync
 from proxy.store.repository import prune_ledger
 from proxy.store.snapshot import read_snapshot, write_snapshot
 
+if TYPE_CHECKING:  # imported only when tracing is on (proxy.observability.spans.load)
+    from proxy.observability.tracing import Tracing
+
 log = structlog.get_logger(__name__)
 
 JOURNAL_OUTCOMES = 1_000
@@ -57,6 +63,7 @@ DATABASE = web.AppKey("database", Database)
 SYNC: web.AppKey[ReplicaSync | None] = web.AppKey("replica_sync")
 LAG = web.AppKey("loop_lag", LoopLag)
 PROBE = web.AppKey("probe", HealthProbe)
+TRACING: web.AppKey[Tracing | None] = web.AppKey("tracing")
 
 
 class ConfigurationError(RuntimeError):
@@ -68,16 +75,29 @@ def create_app(
     *,
     tokens: TokenStore | None = None,
     metrics: Metrics | None = None,
+    span_exporter: object | None = None,
 ) -> web.Application:
+    """The sidecar; ``span_exporter`` (an OpenTelemetry `SpanExporter`) turns tracing on with
+    it, whatever the environment says of exporters."""
     if settings.database_url is None:
         raise ConfigurationError(
             "no database: set REGISTRY_PROXY_DATABASE_URL or REGISTRY_PROXY_DATABASE_URL_FILE"
         )
+    tracing = spans.load(
+        routes={r.name: r.path for r in ROUTES},
+        classify=lambda exc: pg_errors.classify(exc).value,
+        describe=pg_errors.describe,
+        exporter=span_exporter,
+    )
     app = web_application(
         settings,
         tokens=tokens if tokens is not None else TokenStore.from_json(settings.tokens_json()),
         metrics=metrics or Metrics(),
+        spans=tracing,
     )
+    app[TRACING] = tracing
+    if tracing is not None:
+        app.on_cleanup.append(lambda _: tracing.close())
     app[BREAKER] = _breaker(settings)
     snapshots = _Snapshots(settings)
     app[BREAKER].add_listener(_on_transition(app[keys.METRICS], app[BREAKER], snapshots))
@@ -144,9 +164,11 @@ def _on_transition(
     return on_transition
 
 
-def _service_hooks(metrics: Metrics) -> ServiceHooks:
+def _service_hooks(metrics: Metrics, tracing: Tracing | None) -> ServiceHooks:
     def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
         metrics.retries.labels(pg_errors.classify(exc).value).inc()
+        if tracing is not None:
+            tracing.retried(attempt, exc, delay)
 
     def attempted(outcome: str, duration_s: float) -> None:
         metrics.db_attempts.inc(outcome)
@@ -162,6 +184,7 @@ def _service_hooks(metrics: Metrics) -> ServiceHooks:
         committed=lambda path: metrics.writes_committed.labels(path).inc(),
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),
         shed=lambda reason: metrics.shed.labels(reason).inc(),
+        spans=tracing,
         retry=RetryHooks(
             on_retry=on_retry,
             on_budget_exhausted=metrics.retry_budget_exhausted.inc,
@@ -283,7 +306,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
         ),
         replica=app[REPLICA],
         journal=app[JOURNAL],
-        hooks=_service_hooks(metrics),
+        hooks=_service_hooks(metrics, app[TRACING]),
         bulkhead=Bulkhead(
             limit=settings.database.pool_max_size,
             max_queue=settings.database.queue_max,

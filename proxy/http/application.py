@@ -16,10 +16,17 @@ from proxy.http.middleware import GATE, Gate, RequestIds, guard, observe
 from proxy.http.ratelimit import RateLimiter
 from proxy.http.routes import ROLE_BY_NAME, add_routes
 from proxy.observability.metrics import Metrics
+from proxy.observability.spans import ServerSpans
 from proxy.settings import Settings
 
 
-def web_application(settings: Settings, *, tokens: TokenStore, metrics: Metrics) -> web.Application:
+def web_application(
+    settings: Settings,
+    *,
+    tokens: TokenStore,
+    metrics: Metrics,
+    spans: ServerSpans | None = None,
+) -> web.Application:
     app = web.Application(
         middlewares=[observe, guard],
         client_max_size=settings.request.max_body_bytes,
@@ -40,6 +47,7 @@ def web_application(settings: Settings, *, tokens: TokenStore, metrics: Metrics)
         limiter=RateLimiter(rate_per_s=rl.rate_per_s, burst=rl.burst) if rl.enabled else None,
         ids=RequestIds(),
         roles=ROLE_BY_NAME,
+        spans=spans,
     )
     add_routes(app)
     return app

@@ -4,10 +4,10 @@ Get-by-id is most of a registry consumer's traffic, and on the replica it costs 
 aiohttp's own dispatch around it (route resolution, match info, the middleware chain, the
 response's preparation), so that one route is recognised here and served directly: through the
 same `Gate` the middlewares use (the same authentication, rate limit, deadline, problems,
-metrics and access line), answered with a `DirectResponse` when the connection allows. Every
-other request, and every get-by-id path that is not a plain valid id (percent-escapes of a
-slash, say), goes to the application as it would without this door; a test walks such paths
-through both to keep them in step.
+metrics, access line and, when tracing is on, server span), answered with a `DirectResponse`
+when the connection allows. Every other request, and every get-by-id path that is not a plain
+valid id (percent-escapes of a slash, say), goes to the application as it would without this
+door; a test walks such paths through both to keep them in step.
 
 Skipping aiohttp's dispatch means doing what it would have done, so the door stands in front of
 an app only when `refusal` finds nothing against it: the app's middlewares are exactly those the
@@ -82,7 +82,7 @@ class FrontDoor:
         # coroutine without awaiting anything, and its answer is made once, request id and all.
         request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
         gate = self._gate
-        request_id, token, started = gate.enter(request)
+        request_id, token, started = gate.enter(request, _ROUTE)
         try:
             ctx = gate.admit(request, _ROUTE)
             assert ctx is not None  # get_agent needs a reader

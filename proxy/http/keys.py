@@ -14,6 +14,7 @@ from aiohttp import web
 
 from proxy.http.auth import Principal, TokenStore
 from proxy.observability.metrics import Metrics
+from proxy.observability.spans import ServerSpan
 from proxy.service import RegistryService, RequestContext, Sidecar
 from proxy.settings import Settings
 
@@ -29,3 +30,5 @@ API_DOCUMENT: web.AppKey[Callable[[], bytes]] = web.AppKey("api_document")
 PRINCIPAL = web.RequestKey("principal", Principal)
 CONTEXT = web.RequestKey("context", RequestContext)
 REQUEST_ID = web.RequestKey("request_id", str)
+SPAN: web.RequestKey[ServerSpan] = web.RequestKey("span")
+"""The request's span; set only while tracing is on."""

@@ -5,7 +5,8 @@ rate limit, deadline.
 (`observe`, then `guard`) for routes the router resolves, and the front door
 (`proxy.http.front`) for the hot read it dispatches itself. Order (outermost first): `serve`
 sees every answer, including the problems `admit` raises, so every request is logged and counted
-exactly once.
+exactly once, and traced once when tracing is on (its span opens in `enter` and ends in
+`account`, on both entry points).
 
 The gate is given the role each route needs (`proxy.http.application` hands it the route
 table's), so that this module does not depend on the table and its handlers.
@@ -32,6 +33,7 @@ from proxy.http.problems import ProblemError, from_error, problem
 from proxy.http.ratelimit import RateLimiter
 from proxy.observability.logging import REQUEST_ID
 from proxy.observability.metrics import Metrics
+from proxy.observability.spans import ServerSpans
 from proxy.registry.errors import RegistryError
 from proxy.resilience import Deadline
 from proxy.service import RequestContext
@@ -72,10 +74,12 @@ class Gate:
     # The role each route name needs; None for a public route. A name not in it (404, 405)
     # passes untouched, like a public route.
     roles: Mapping[str, Role | None]
+    # None unless tracing is on: then every request has a span, from `enter` to `account`.
+    spans: ServerSpans | None = None
 
     async def serve(self, request: web.Request, route: str, handler: Handler) -> web.StreamResponse:
         """Run ``handler`` as the request ``route``: id, problems, metrics, access line."""
-        request_id, token, started = self.enter(request)
+        request_id, token, started = self.enter(request, route)
         try:
             response = await handler(request)
         except Exception as exc:
@@ -84,17 +88,22 @@ class Gate:
             REQUEST_ID.reset(token)
         return self.leave(request, route, response, request_id, started)
 
-    def enter(self, request: web.Request) -> tuple[str, Token[str | None], float]:
-        """The first half of `serve`: the request's id, in the log context from here on.
+    def enter(self, request: web.Request, route: str) -> tuple[str, Token[str | None], float]:
+        """The first half of `serve`: the request's id, in the log context from here on, and
+        its span when tracing is on.
 
         The caller resets the context with the token once the answer is made (whatever
         happened), then calls `leave` with the id and the start time."""
-        presented = request.headers.get("X-Request-ID")
+        headers = request.headers
+        presented = headers.get("X-Request-ID")
         if presented is not None and _REQUEST_ID.fullmatch(presented):
             request_id = presented
         else:
             request_id = self.ids.next()
         request[keys.REQUEST_ID] = request_id
+        spans = self.spans
+        if spans is not None:
+            request[keys.SPAN] = spans.start(request.method, route, request_id, headers)
         return request_id, REQUEST_ID.set(request_id), perf_counter()
 
     def leave(
@@ -121,15 +130,17 @@ class Gate:
         request_id: str,
         started: float,
     ) -> None:
-        """Metrics and the access line of an answer; `leave` without touching the response,
-        for an answer that carries its request id already."""
+        """Metrics, the access line and the end of the span of an answer; `leave` without
+        touching the response, for an answer that carries its request id already."""
         elapsed = perf_counter() - started
         self.metrics.requests.observe(route, request.method, status, source, elapsed)
+        span = request[keys.SPAN] if self.spans is not None else None
         if (status >= 400 or self.settings.log.access) and route not in _QUIET_ROUTES:
             principal = request.get(keys.PRINCIPAL)
             log.info(
                 "request",
                 request_id=request_id,
+                **({"trace_id": span.trace_id} if span is not None else {}),
                 tenant=principal.tenant if principal else None,
                 token_id=principal.token_id if principal else None,
                 method=request.method,
@@ -138,6 +149,8 @@ class Gate:
                 duration_ms=round(elapsed * 1000, 3),
                 source=source,
             )
+        if span is not None:
+            span.end(status, source)
 
     @staticmethod
     def problem_for(exc: Exception, route: str) -> web.StreamResponse:

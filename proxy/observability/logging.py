@@ -1,9 +1,10 @@
 """structlog setup: JSON lines for machines, a console renderer when a person watches a TTY.
 
 Every line written by the task handling a request carries its request id (set by the HTTP
-middleware). Lines of background work carry none, even from a task created while a request ran:
-they name their task instead, when it has a name. The standard library's loggers (asyncpg,
-aiohttp) are routed through the same renderer, so the log stays one JSON object per line.
+middleware), and its trace id beside it when tracing is on (set with the request's span). Lines
+of background work carry none, even from a task created while a request ran: they name their
+task instead, when it has a name. The standard library's loggers (asyncpg, aiohttp) are routed
+through the same renderer, so the log stays one JSON object per line.
 Conditions that repeat are logged on entry, summarised at a bounded rate and logged on exit
 (`proxy.observability.conditions`). Secrets never reach a log line: settings are logged masked,
 tokens only by id, and aiohttp's reports of requests its HTTP parser refused are reduced to the
@@ -75,6 +76,8 @@ class RequestIdVar:
 
 
 REQUEST_ID = RequestIdVar("request_id")
+TRACE_ID = RequestIdVar("trace_id")
+"""The trace id of the request's span, in hex; set only while tracing is on."""
 
 
 def _add_request_id(
@@ -83,6 +86,9 @@ def _add_request_id(
     request_id = REQUEST_ID.get()
     if request_id is not None:
         event.setdefault("request_id", request_id)
+        trace_id = TRACE_ID.get()
+        if trace_id is not None:
+            event.setdefault("trace_id", trace_id)
         return event
     task = _current_task()
     if task is not None:

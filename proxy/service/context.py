@@ -8,10 +8,11 @@ them without importing the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from proxy.resilience import Deadline, RetryHooks
 
@@ -42,6 +43,29 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class Spans(Protocol):
+    """Where tracing attaches (the app wires `proxy.observability.tracing` here). The service says
+    what happened and around what; how it is recorded, and whether, is not its business."""
+
+    def event(self, name: str, attributes: Mapping[str, str | int | float | bool]) -> None:
+        """Something the current request's span should show: `breaker refused`, `fallback`
+        (with its `reason`, an `X-Registry-Fallback` value), `journaled` (with its `op_id`)."""
+        ...
+
+    def attempt(self, operation: str, number: int) -> AbstractContextManager[object]:
+        """Around one attempt at a database call: a span of its own, with its outcome."""
+        ...
+
+    def context(self) -> str | None:
+        """The current span's context as a W3C traceparent, kept with a journaled write."""
+        ...
+
+    def replay(self, journaled: Sequence[tuple[str, str]]) -> AbstractContextManager[object]:
+        """Around the replay of a batch, linked to the spans its writes were journaled in:
+        (op id, traceparent) of each write that has one."""
+        ...
+
+
 @dataclass(slots=True)
 class ServiceHooks:
     """Instrumentation points; the app wires metrics and logs here, tests may leave them."""
@@ -55,6 +79,8 @@ class ServiceHooks:
     shed: Callable[[str], None] = lambda reason: None
     """A request refused for lack of capacity: `loop-lag`, `queue-full`, `queue-timeout`,
     `backlog` (an agent's journaled writes still being applied)."""
+    spans: Spans | None = None
+    """None unless tracing is on: the hot paths then pay the check of this attribute, no more."""
 
 
 def journal_id(tenant: str, op_id: str) -> str:

@@ -25,6 +25,7 @@ import asyncpg
 
 from proxy.registry import errors
 from proxy.resilience import (
+    BreakerOpen,
     BreakerState,
     Bulkhead,
     CircuitBreaker,
@@ -37,7 +38,14 @@ from proxy.resilience import (
 )
 from proxy.resilience import DeadlineExceeded as DeadlineExceededError
 from proxy.resilience import call as call_with_retries
-from proxy.service.context import DEADLINE, OVERLOAD, UNREACHABLE, RequestContext, ServiceHooks
+from proxy.service.context import (
+    DEADLINE,
+    OVERLOAD,
+    UNREACHABLE,
+    RequestContext,
+    ServiceHooks,
+    Spans,
+)
 from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.pg_errors import classify, describe
@@ -111,6 +119,8 @@ class DatabaseCall:
             # outage this is every write (reads the replica can serve never get here).
             breaker = self._breaker
             self._hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
+            if self._hooks.spans is not None:
+                self.refused(operation)
             raise DatabaseUnavailable(
                 f"circuit breaker is {breaker.state.value}", max(breaker.retry_after(), 1.0)
             )
@@ -129,6 +139,16 @@ class DatabaseCall:
         """`run` under the request's deadline, counted against PostgreSQL unless the caller
         chose it."""
         return await self.run(ctx.deadline, operation, fn, caller_deadline=ctx.client_deadline)
+
+    def refused(self, operation: str) -> None:
+        """Tell the request's trace that the breaker refused ``operation`` without a call.
+
+        Callers on a hot path check that tracing is on first, which spares them this call."""
+        spans = self._hooks.spans
+        if spans is not None:
+            spans.event(
+                "breaker refused", {"operation": operation, "state": self._breaker.state.value}
+            )
 
     def unavailable(self, exc: DatabaseUnavailable | None, what: str) -> errors.Unavailable:
         """The problem for PostgreSQL being away when nothing else can do ``what`` instead."""
@@ -193,7 +213,7 @@ class DatabaseCall:
         started = clock.monotonic()
         try:
             result = await call_with_retries(
-                attempt,
+                attempt if hooks.spans is None else _traced(attempt, hooks.spans, operation),
                 breaker=self._breaker,
                 budget=self._budget,
                 deadline=deadline,
@@ -207,6 +227,8 @@ class DatabaseCall:
         except Exception as exc:
             kind = classify(exc)
             elapsed = clock.monotonic() - started
+            if isinstance(exc, BreakerOpen):
+                self.refused(operation)
             if caller_deadline and isinstance(exc, DeadlineExceededError):
                 hooks.db_call(operation, DEADLINE, elapsed)
                 raise DatabaseUnavailable(describe(exc), 1.0, reason=DEADLINE) from exc
@@ -227,3 +249,18 @@ class DatabaseCall:
             raise
         hooks.db_call(operation, "success", clock.monotonic() - started)
         return result
+
+
+def _traced(
+    attempt: Callable[[float], Awaitable[T]], spans: Spans, operation: str
+) -> Callable[[float], Awaitable[T]]:
+    """``attempt`` with a span around each run of it, numbered (only when tracing is on)."""
+    number = 0
+
+    async def traced(timeout: float) -> T:
+        nonlocal number
+        number += 1
+        with spans.attempt(operation, number):
+            return await attempt(timeout)
+
+    return traced

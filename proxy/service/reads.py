@@ -50,6 +50,7 @@ class Reads:
         self._replica = replica
         self._journal = journal
         self._hooks = hooks
+        self._spans = hooks.spans  # None unless tracing is on; asked on every replica read
         self._call = call
         self._breaker_refuses = call.breaker_refuses  # asked on every read PostgreSQL serves
         # Read per request on the hot path; the settings of a running service do not change.
@@ -219,6 +220,8 @@ class Reads:
         if not self._breaker_refuses():
             return None
         self._hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
+        if self._spans is not None:
+            self._call.refused(operation)
         return self._replica_for(ctx, None)
 
     def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
@@ -227,8 +230,11 @@ class Reads:
             raise self._call.no_answer(exc, "the local replica has no copy of this tenant")
         return rep
 
-    @staticmethod
-    def _replica_headers(rep: Replica, reason: str) -> dict[str, str]:
+    def _replica_headers(self, rep: Replica, reason: str) -> dict[str, str]:
+        """The headers of an answer from the replica; the request's trace learns why too."""
+        spans = self._spans
+        if spans is not None:
+            spans.event("fallback", {"reason": reason})
         age = rep.age()
         return {
             "Age": str(math.ceil(age)) if age is not None else "0",

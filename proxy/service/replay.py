@@ -174,12 +174,13 @@ class Replay:
         )
         now = utc_now()
         try:
-            applied = await self._call.run(
-                deadline,
-                "replay",
-                lambda c: apply_batch(c, batch, self._settings.max_agents, now),
-                background=True,
-            )
+            with self._span(batch):
+                applied = await self._call.run(
+                    deadline,
+                    "replay",
+                    lambda c: apply_batch(c, batch, self._settings.max_agents, now),
+                    background=True,
+                )
         except DatabaseUnavailable as exc:
             if rep is not None:
                 if exc.sent:
@@ -243,6 +244,13 @@ class Replay:
             return finished, False
         bad_entry, error = broken
         return finished + await self._unexpected(bad_entry, error, deadline), True
+
+    def _span(self, batch: list[JournalEntry]) -> contextlib.AbstractContextManager[object]:
+        """The batch's span when tracing is on, linked to the requests its writes came from."""
+        spans = self._hooks.spans
+        if spans is None:
+            return contextlib.nullcontext()
+        return spans.replay([(op_id_of(e.op_id), e.trace) for e in batch if e.trace is not None])
 
     async def _unexpected(self, entry: JournalEntry, exc: BaseException, deadline: Deadline) -> int:
         """An entry that failed in a way that is neither an outage nor a rejection.

@@ -238,6 +238,7 @@ class Writes:
             raise self._call.unavailable(exc, "write_fallback is 'reject'")
         jid = journal_id(ctx.tenant, op_id)
         received = utc_now()
+        spans = self._hooks.spans
         try:
             entry = await journal.append(
                 op_id=jid,
@@ -252,6 +253,8 @@ class Writes:
                     "received_at": received.isoformat(),
                     **({"uncertain": True} if uncertain else {}),
                 },
+                # The replay's span links to this request's, across the outage and restarts.
+                trace=spans.context() if spans is not None else None,
             )
         except JournalFull as jexc:
             log.error("journal append refused: disk full", error=str(jexc))
@@ -287,6 +290,8 @@ class Writes:
             return Answer(202, {"op_id": op_id, "status": "pending"}, "journal", headers)
         self._backlog.show(entry)
         self._hooks.journal_append()
+        if spans is not None:
+            spans.event("journaled", {"op_id": op_id, "uncertain": uncertain})
         if self._breaker.state not in OPEN_STATES:
             self._backlog.wake()
         if entry.payload.get("uncertain"):

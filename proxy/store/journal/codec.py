@@ -6,11 +6,12 @@ On-disk format, version 2 (`journal.log`, big-endian): a sequence of records, ea
 header `magic b"RJ" | format version u8 | record type u8 | body length u32 | CRC-32 u32` followed
 by the body. The CRC covers version, type, length and body. Types: `M` meta (orjson: `next_seq`,
 so sequence numbers keep rising after compaction empties the file), `E` entry (orjson, a
-`JournalEntry`), `O` outcome (orjson, an `Outcome`; its reason is cut to 256 encoded bytes) and
-`C` commit (binary: `batch start offset u64 | records in the batch u32 | CRC-32 of the batch's
-bytes u32`). Every write is one batch: its records, then one commit record, in one write and one
-fsync. A record counts, was acknowledged, only once a commit record closes its batch. An outcome
-after its entry means the operation has left the journal.
+`JournalEntry`; its optional `trace`, about 65 bytes, is left out when absent, so entries written
+before it existed read back unchanged), `O` outcome (orjson, an `Outcome`; its reason is cut to
+256 encoded bytes) and `C` commit (binary: `batch start offset u64 | records in the batch u32 |
+CRC-32 of the batch's bytes u32`). Every write is one batch: its records, then one commit
+record, in one write and one fsync. A record counts, was acknowledged, only once a commit record
+closes its batch. An outcome after its entry means the operation has left the journal.
 
 `journal.seal` is `b"RJSL" | state u8 ("C" closed, "O" in use) | size u64 | CRC-32 u32`: the
 journal's size at a clean close, set back to "in use" before the journal changes again.
@@ -168,7 +169,7 @@ def outcome_bound(op_id: str) -> int:
 
 
 def entry_to_obj(entry: JournalEntry) -> dict[str, Any]:
-    return {
+    obj: dict[str, Any] = {
         "seq": entry.seq,
         "op_id": entry.op_id,
         "kind": entry.kind,
@@ -177,6 +178,9 @@ def entry_to_obj(entry: JournalEntry) -> dict[str, Any]:
         "payload": entry.payload,
         "created_at": entry.created_at,
     }
+    if entry.trace is not None:
+        obj["trace"] = entry.trace
+    return obj
 
 
 def outcome_to_obj(outcome: Outcome) -> dict[str, Any]:
@@ -203,6 +207,7 @@ def entry_from_obj(obj: Any) -> JournalEntry:
         and isinstance(key, str)
     ):
         raise ValueError("entry record has a non-string op_id, kind, tenant or key")
+    trace = obj.get("trace")
     return JournalEntry(
         seq=seq,
         op_id=op_id,
@@ -211,6 +216,9 @@ def entry_from_obj(obj: Any) -> JournalEntry:
         key=key,
         payload=payload,
         created_at=float(created_at),
+        # Only a link between two traces depends on it: a trace that does not read is dropped,
+        # never a reason to call an acknowledged write damaged.
+        trace=trace if isinstance(trace, str) else None,
     )
 
 

@@ -178,12 +178,20 @@ class Journal:
     # ----------------------------------------------------------------------- writing
 
     async def append(
-        self, *, op_id: str, kind: str, tenant: str, key: str, payload: dict[str, Any]
+        self,
+        *,
+        op_id: str,
+        kind: str,
+        tenant: str,
+        key: str,
+        payload: dict[str, Any],
+        trace: str | None = None,
     ) -> JournalEntry:
         """Durably record an operation; returns once it is fsynced (when fsync is enabled).
 
-        An op_id already pending, in flight or recently finished returns the existing entry and
-        writes nothing. Raises JournalFull when the disk has no room for it (with its outcome),
+        ``trace`` is the span context of the request it came from, when tracing is on. An op_id
+        already pending, in flight or recently finished returns the existing entry and writes
+        nothing. Raises JournalFull when the disk has no room for it (with its outcome),
         JournalError when the record did not reach the disk (the entry is then not pending),
         TypeError when the payload is not JSON-serialisable, ValueError for an empty op_id or an
         oversized record.
@@ -211,6 +219,8 @@ class Journal:
             "payload": payload,
             "created_at": time.time(),
         }
+        if trace is not None:
+            record["trace"] = trace
         body = orjson.dumps(record)
         if len(body) > MAX_RECORD_BYTES:
             raise ValueError(f"journal record of {len(body)} bytes exceeds {MAX_RECORD_BYTES}")

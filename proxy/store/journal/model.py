@@ -24,6 +24,9 @@ class JournalEntry:
     key: str
     payload: dict[str, Any]
     created_at: float
+    trace: str | None = None
+    """The span context (a W3C traceparent) of the request that journaled it, when tracing was
+    on: the replay's span links to it. Records written without it read back as None."""
 
 
 @dataclass(frozen=True, slots=True)
