@@ -103,7 +103,8 @@ class Gate:
         request[keys.REQUEST_ID] = request_id
         spans = self.spans
         if spans is not None:
-            request[keys.SPAN] = spans.start(request.method, route, request_id, headers)
+            span = request[keys.SPAN] = spans.start(request.method, route, request_id, headers)
+            return request_id, REQUEST_ID.set(request_id, span.trace_id), perf_counter()
         return request_id, REQUEST_ID.set(request_id), perf_counter()
 
     def leave(
@@ -140,7 +141,7 @@ class Gate:
             log.info(
                 "request",
                 request_id=request_id,
-                **({"trace_id": span.trace_id} if span is not None else {}),
+                **({"trace_id": f"{span.trace_id:032x}"} if span is not None else {}),
                 tenant=principal.tenant if principal else None,
                 token_id=principal.token_id if principal else None,
                 method=request.method,

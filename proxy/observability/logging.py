@@ -1,7 +1,7 @@
 """structlog setup: JSON lines for machines, a console renderer when a person watches a TTY.
 
 Every line written by the task handling a request carries its request id (set by the HTTP
-middleware), and its trace id beside it when tracing is on (set with the request's span). Lines
+middleware), and its trace id beside it when tracing is on (set with the request id). Lines
 of background work carry none, even from a task created while a request ran: they name their
 task instead, when it has a name. The standard library's loggers (asyncpg, aiohttp) are routed
 through the same renderer, so the log stays one JSON object per line.
@@ -42,6 +42,10 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
+# The value, the task that set it, the trace id.
+_Held = tuple[str, asyncio.Task[Any] | None, int | None]
+
+
 class RequestIdVar:
     """The id of the request the current task is handling: a ContextVar's `set`/`get`/`reset`.
 
@@ -52,21 +56,22 @@ class RequestIdVar:
     request's context with the id in it, but it is not the request's work and mostly outlives
     it: its lines must not carry an unrelated request's id. This holds for tasks created by any
     code, ours or a library's, without each creator having to start them from a clean context.
+
+    With tracing on, the request's trace id is held with its id, as a number: one variable set
+    per request either way, and the hex is written only for a line that is logged.
     """
 
     __slots__ = ("_var",)
 
     def __init__(self, name: str) -> None:
-        self._var: ContextVar[tuple[str, asyncio.Task[Any] | None] | None] = ContextVar(
-            name, default=None
-        )
+        self._var: ContextVar[_Held | None] = ContextVar(name, default=None)
 
-    def set(self, value: str | None) -> Token[str | None]:
-        held = None if value is None else (value, _current_task())
+    def set(self, value: str | None, trace_id: int | None = None) -> Token[str | None]:
+        held = None if value is None else (value, _current_task(), trace_id)
         return cast("Token[str | None]", self._var.set(held))
 
     def reset(self, token: Token[str | None]) -> None:
-        self._var.reset(cast("Token[tuple[str, asyncio.Task[Any] | None] | None]", token))
+        self._var.reset(cast("Token[_Held | None]", token))
 
     def get(self) -> str | None:
         held = self._var.get()
@@ -74,10 +79,15 @@ class RequestIdVar:
             return None
         return held[0]
 
+    def trace_id(self) -> str | None:
+        """The trace id set with the value, in hex; None for this task as for `get`."""
+        held = self._var.get()
+        if held is None or held[1] is not _current_task() or held[2] is None:
+            return None
+        return f"{held[2]:032x}"
+
 
 REQUEST_ID = RequestIdVar("request_id")
-TRACE_ID = RequestIdVar("trace_id")
-"""The trace id of the request's span, in hex; set only while tracing is on."""
 
 
 def _add_request_id(
@@ -86,7 +96,7 @@ def _add_request_id(
     request_id = REQUEST_ID.get()
     if request_id is not None:
         event.setdefault("request_id", request_id)
-        trace_id = TRACE_ID.get()
+        trace_id = REQUEST_ID.trace_id()
         if trace_id is not None:
             event.setdefault("trace_id", trace_id)
         return event

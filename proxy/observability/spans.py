@@ -29,8 +29,8 @@ class ServerSpan(Protocol):
     """A request's span, from the gate's `enter` to its `account`."""
 
     @property
-    def trace_id(self) -> str:
-        """In hex, for the access line."""
+    def trace_id(self) -> int:
+        """For the log lines of the request (sampled or not)."""
         ...
 
     def end(self, status: int, source: str) -> None:
@@ -43,7 +43,7 @@ class ServerSpans(Protocol):
         self, method: str, route: str, request_id: str, headers: Mapping[str, str]
     ) -> ServerSpan:
         """The span of a request to ``route`` (a route's name), continuing the caller's trace
-        when ``headers`` carry a `traceparent`; current until it ends."""
+        when ``headers`` carry a `traceparent`; current until it ends, if it records."""
         ...
 
 

@@ -25,7 +25,6 @@ import asyncio
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from contextvars import Token
 from importlib import metadata
 
 from opentelemetry import context as otel_context
@@ -41,8 +40,6 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-from proxy.observability.logging import TRACE_ID
 
 SERVICE_NAME = "registry-proxy"
 # A context with no span in it: what a request without `traceparent`, or a replay, starts from
@@ -94,26 +91,31 @@ def _version() -> str:
 
 
 class _ServerSpan:
-    """A request's span, current (with its trace id in the log context) until it ends."""
+    """A request's span; current, when it records, until it ends. One that does not record (not
+    sampled) is not made current: what would look for it there records nothing either."""
 
-    __slots__ = ("_log_token", "_span", "_token", "trace_id")
+    __slots__ = ("_span", "_token", "trace_id")
 
     def __init__(self, span: trace.Span, parent: Context) -> None:
         self._span = span
-        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
-        self.trace_id = format(span.get_span_context().trace_id, "032x")
-        self._log_token = TRACE_ID.set(self.trace_id)
+        self.trace_id = span.get_span_context().trace_id
+        self._token = (
+            otel_context.attach(trace.set_span_in_context(span, parent))
+            if span.is_recording()
+            else None
+        )
 
     def end(self, status: int, source: str) -> None:
+        token = self._token
+        if token is None:
+            return  # a span that does not record has nothing to end
         span = self._span
-        if span.is_recording():
-            span.set_attribute("http.response.status_code", status)
-            span.set_attribute("registry_proxy.source", source)
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+        span.set_attribute("http.response.status_code", status)
+        span.set_attribute("registry_proxy.source", source)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
         span.end()
-        TRACE_ID.reset(self._log_token)
-        otel_context.detach(self._token)
+        otel_context.detach(token)
 
 
 class Tracing:
@@ -140,18 +142,14 @@ class Tracing:
     ) -> _ServerSpan:
         parent = _PROPAGATOR.extract(headers, _ROOT) if "traceparent" in headers else _ROOT
         path = self._routes.get(route)
-        attributes: dict[str, str] = {
-            "http.request.method": method,
-            "registry_proxy.request_id": request_id,
-        }
-        if path is not None:
-            attributes["http.route"] = path
         span = self._tracer.start_span(
-            f"{method} {path}" if path is not None else method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
+            f"{method} {path}" if path is not None else method, context=parent, kind=SpanKind.SERVER
         )
+        if span.is_recording():  # the attributes of the other 99% would be thrown away
+            span.set_attribute("http.request.method", method)
+            span.set_attribute("registry_proxy.request_id", request_id)
+            if path is not None:
+                span.set_attribute("http.route", path)
         return _ServerSpan(span, parent)
 
     # -- the service ---------------------------------------------------------------------------
@@ -224,7 +222,7 @@ class Tracing:
                 links.append(Link(linked, {"registry_proxy.op_id": op_id}))
         # A trace of its own: the requests it applies ended long ago, in traces of their own.
         span = self._tracer.start_span("journal replay", context=_ROOT, links=links)
-        token: Token[Context] = otel_context.attach(trace.set_span_in_context(span, _ROOT))
+        token = otel_context.attach(trace.set_span_in_context(span, _ROOT))
         try:
             yield
         except Exception as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from proxy.observability.logging import REQUEST_ID, TRACE_ID, configure
+from proxy.observability.logging import REQUEST_ID, configure
 from proxy.store.journal import JOURNAL_FILE, Journal, codec
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -66,12 +66,12 @@ def test_log_lines_of_a_request_carry_its_trace_id_beside_its_request_id() -> No
     configure(level="info", fmt="json", stream=stream)
     log = structlog.get_logger("test")
     try:
-        request = REQUEST_ID.set("req-1")
+        untraced = REQUEST_ID.set("req-1")
         log.info("untraced")
-        trace = TRACE_ID.set("4bf92f3577b34da6a3ce929d0e0e4736")
+        REQUEST_ID.reset(untraced)
+        traced = REQUEST_ID.set("req-2", 0x4BF92F3577B34DA6A3CE929D0E0E4736)
         log.info("traced")
-        TRACE_ID.reset(trace)
-        REQUEST_ID.reset(request)
+        REQUEST_ID.reset(traced)
         log.info("outside")
     finally:
         configure(level="warning", fmt="json")
@@ -79,6 +79,6 @@ def test_log_lines_of_a_request_carry_its_trace_id_beside_its_request_id() -> No
     by_event = {line["event"]: line for line in lines}
     assert by_event["untraced"]["request_id"] == "req-1"
     assert "trace_id" not in by_event["untraced"]
-    assert by_event["traced"]["request_id"] == "req-1"
+    assert by_event["traced"]["request_id"] == "req-2"
     assert by_event["traced"]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert "request_id" not in by_event["outside"] and "trace_id" not in by_event["outside"]
