@@ -502,6 +502,7 @@ def test_describe_bounds_and_sqlstate() -> None:
     assert describe(WithState("lost")) == "WithState [08006]: lost"
     assert generic(WithState("lost")) == "WithState: lost"
     assert generic(WithState("lost"), code="X1") == "WithState [X1]: lost"
+    assert len(generic(RuntimeError("x" * 500))) == 200
     assert describe(EmptyState("x")) == "EmptyState: x"
     assert describe(RuntimeError()) == "RuntimeError"
     assert describe(RuntimeError("a \n  b")) == "RuntimeError: a b"
