@@ -31,6 +31,10 @@ $(BIN)/etcd: $(STAMP) scripts/get-debian-tool.sh
 	bash scripts/get-debian-tool.sh etcd-client etcdctl $(BIN)
 	bash scripts/get-debian-tool.sh etcd-server etcd $(BIN)
 
+# The bench saturates with wrk when it has it (the server-bound configuration needs it).
+$(BIN)/wrk: $(STAMP) scripts/get-debian-tool.sh
+	bash scripts/get-debian-tool.sh wrk wrk $(BIN)
+
 tools: $(STAMP) $(BIN)/helm $(BIN)/promtool $(BIN)/pgbouncer $(BIN)/etcd
 
 run: $(STAMP)
@@ -69,7 +73,7 @@ mutation-sample: $(STAMP)
 chaos: tools
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m chaos
 
-bench: $(STAMP)
+bench: $(STAMP) $(BIN)/wrk
 	$(BIN)/python -m bench
 
 # 20 minutes by default; SOAK_MINUTES=3 or SOAK_HOURS=2 for another length.
