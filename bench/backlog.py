@@ -83,7 +83,7 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
     from proxy.app import SYNC, create_app
     from proxy.http import keys
     from proxy.http.auth import TokenStore
-    from proxy.registry.requests import request_hash
+    from proxy.registry.requests import WriteKind, request_hash
     from proxy.resilience import Deadline
     from proxy.service import RequestContext
     from proxy.settings import Settings
@@ -112,7 +112,7 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
             def ctx_for() -> RequestContext:
                 return RequestContext(TENANT, "bench", "r", Deadline.after(30.0))
 
-            async def write(kind: str, payload: dict[str, Any], target: str | None) -> int:
+            async def write(kind: WriteKind, payload: dict[str, Any], target: str | None) -> int:
                 answer = await service.write(
                     ctx_for(), kind, payload, req_hash=request_hash(kind, target, payload)
                 )
@@ -123,7 +123,7 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
             for i in range(agents):
                 body = _agent(i, rng)
                 ids.append(body["agent_id"])
-                assert await write("register", {"body": body}, None) == 201
+                assert await write(WriteKind.REGISTER, {"body": body}, None) == 201
             assert service.replica is not None
             async with asyncio.timeout(30):
                 while service.replica.size < agents:
@@ -148,16 +148,18 @@ async def run(agents: int, pending: int, rounds: int) -> dict[str, Any]:
                             "latency_ms": 10,
                         },
                     }
-                    return await write("performance", payload, agent)
+                    return await write(WriteKind.PERFORMANCE, payload, agent)
                 if n % 3 == 1:
                     seen = datetime.now(UTC).isoformat()
-                    return await write("heartbeat", {"agent_id": agent, "observed_at": seen}, agent)
+                    return await write(
+                        WriteKind.HEARTBEAT, {"agent_id": agent, "observed_at": seen}, agent
+                    )
                 body = {
                     "active_tasks": n % 7,
                     "queued_tasks": 0,
                     "observed_at": datetime.now(UTC).isoformat(),
                 }
-                return await write("load", {"agent_id": agent, "body": body}, agent)
+                return await write(WriteKind.LOAD, {"agent_id": agent, "body": body}, agent)
 
             statuses: dict[int, int] = {}
             for chunk in range(0, pending, 500):

@@ -99,4 +99,4 @@ def slope_per_hour(rows: list[dict[str, Any]], key: str) -> float | None:
     if var_t == 0:
         return None
     cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
-    return round(cov / var_t * 3600, 4)
+    return round(float(cov / var_t) * 3600, 4)
