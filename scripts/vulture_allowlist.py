@@ -53,3 +53,5 @@ _.connection_count
 _.wait_ready
 # The journal file's size, read by recovery and shown in status.
 _.size_bytes
+# One agent's reasons for one query, as `rank` lists them: the tests pin the wording through it.
+_.reasons

@@ -6,11 +6,15 @@ derived by the same code whichever source served it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+
+# An agent's score and the reasons that depend on it alone (`proxy.registry.matching`).
+MatchFacts = tuple[float, tuple[str, ...]]
 
 # An agent that has not sent a heartbeat for this long is reported as unresponsive.
 HEARTBEAT_TIMEOUT = timedelta(minutes=5)
@@ -47,6 +51,9 @@ class AgentRecord:
     # (a new version is a new record) and only its status depends on the clock, so a record
     # read again and again, as the replica's are, is encoded once per status.
     _encoded: tuple[str, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+    # What capability matching derives from this record alone (`proxy.registry.matching`):
+    # computed on the first query that ranks it, then reused by every later one.
+    _match: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def utilization(self) -> float:
@@ -77,6 +84,15 @@ class AgentRecord:
         encoded = orjson.dumps(self._public(status))
         object.__setattr__(self, "_encoded", (status, encoded))  # a cache, not a change
         return encoded
+
+    def match_facts(self, compute: Callable[[AgentRecord], MatchFacts]) -> MatchFacts:
+        """`compute(self)`, once per record: a record never changes, and matching asks again for
+        every query that ranks it. Only one computation may use this (matching's)."""
+        facts = self._match
+        if facts is None:
+            facts = compute(self)
+            object.__setattr__(self, "_match", facts)  # a cache, not a change
+        return facts  # type: ignore[no-any-return]
 
     def to_public(self, now: datetime) -> dict[str, Any]:
         """The agent document of the API (see `proxy.registry.models.Agent`)."""

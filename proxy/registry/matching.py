@@ -32,7 +32,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from proxy.registry.agent import AgentRecord
+import orjson
+
+from proxy.registry.agent import AgentRecord, MatchFacts
 from proxy.registry.models import AgentQuery
 
 PRIOR = 0.5
@@ -69,10 +71,15 @@ def score(rec: AgentRecord) -> float:
 
 
 def sort_key(rec: AgentRecord) -> tuple[float, str]:
-    return (-round(score(rec), 9), rec.agent_id)
+    return (-round(rec.match_facts(_facts)[0], 9), rec.agent_id)
 
 
 def reasons(rec: AgentRecord, q: AgentQuery) -> list[str]:
+    return [*_query_reasons(q), *rec.match_facts(_facts)[1]]
+
+
+def _query_reasons(q: AgentQuery) -> list[str]:
+    """The reasons every result of the query shares: what was asked for."""
     out: list[str] = []
     if q.task_type is not None:
         out.append(f"handles task type {q.task_type}")
@@ -80,6 +87,13 @@ def reasons(rec: AgentRecord, q: AgentQuery) -> list[str]:
         out.append("speaks " + ", ".join(q.languages))
     if q.specializations:
         out.append("specializes in " + ", ".join(q.specializations))
+    return out
+
+
+def _facts(rec: AgentRecord) -> MatchFacts:
+    """The score and the reasons that depend on the agent alone; kept with the record, which
+    never changes, so a replica that ranks the same agents query after query computes them once."""
+    out: list[str] = []
     rate = rec.success_rate
     if rate is None:
         out.append("no task history yet (neutral prior)")
@@ -87,20 +101,31 @@ def reasons(rec: AgentRecord, q: AgentQuery) -> list[str]:
         out.append(f"success rate {rate:.0%} over {rec.task_count} tasks")
         out.append(f"average quality {rec.quality_sum / rec.task_count:.2f}")
     out.append(f"utilization {rec.utilization:.0%} ({rec.active_tasks}/{rec.max_concurrent_tasks})")
+    return score(rec), tuple(out)
+
+
+def rank(
+    records: Iterable[AgentRecord], q: AgentQuery, now: datetime, *, ordered: bool = False
+) -> list[dict[str, Any]]:
+    """Best match first, at most ``q.limit`` results, each with its score and reasons.
+
+    ``ordered``: the records already come best first (the replica keeps them so), and only the
+    first ``q.limit`` are taken. Each agent's document is its encoded JSON (an orjson fragment,
+    encoded once per record and status), so answers must be encoded with orjson.
+    """
+    best = list(records)[: q.limit] if ordered else sorted(records, key=sort_key)[: q.limit]
+    asked = _query_reasons(q)
+    out = []
+    for rec in best:
+        value, tail = rec.match_facts(_facts)
+        out.append(
+            {
+                "agent": orjson.Fragment(rec.public_json(now)),
+                "match_score": round(value, 6),
+                "match_reasons": [*asked, *tail],
+            }
+        )
     return out
-
-
-def rank(records: Iterable[AgentRecord], q: AgentQuery, now: datetime) -> list[dict[str, Any]]:
-    """Best match first, at most ``q.limit`` results, each with its score and reasons."""
-    ordered = sorted(records, key=sort_key)[: q.limit]
-    return [
-        {
-            "agent": rec.to_public(now),
-            "match_score": round(score(rec), 6),
-            "match_reasons": reasons(rec, q),
-        }
-        for rec in ordered
-    ]
 
 
 def stats(records: Iterable[AgentRecord], now: datetime) -> dict[str, Any]:

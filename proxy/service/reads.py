@@ -136,7 +136,8 @@ class Reads:
         headers = self._replica_headers(rep, reason)
         if rep.partial:
             headers["X-Registry-Partial"] = "true"
-        return Answer(200, {"results": matching.rank(rows, q, utc_now())}, "replica", headers)
+        results = matching.rank(rows, q, utc_now(), ordered=True)
+        return Answer(200, {"results": results}, "replica", headers)
 
     async def stats(self, ctx: RequestContext) -> Answer:
         reason = self._replica_first(ctx.tenant)

@@ -217,10 +217,32 @@ def test_order_is_score_then_id() -> None:
     idle_b = agent("b", active_tasks=0)
     idle_c = agent("c", active_tasks=0)
     assert matching.sort_key(idle_b) < matching.sort_key(idle_c) < matching.sort_key(busy)
-    ranked = matching.rank([busy, idle_c, idle_b], query(limit=2), NOW)
+    ranked = orjson.loads(orjson.dumps(matching.rank([busy, idle_c, idle_b], query(limit=2), NOW)))
     assert [r["agent"]["agent_id"] for r in ranked] == ["b", "c"]
     assert ranked[0]["match_score"] == round(matching.score(idle_b), 6)
-    assert ranked[0]["agent"] == idle_b.to_public(NOW)
+    assert ranked[0]["agent"] == orjson.loads(orjson.dumps(idle_b.to_public(NOW)))
+
+
+def test_ordered_records_are_taken_as_they_come() -> None:
+    # The replica hands them over best first: rank keeps that order and stops at the limit.
+    first, second, third = agent("c"), agent("b", active_tasks=4), agent("a")
+    ranked = matching.rank([first, second, third], query(limit=2), NOW, ordered=True)
+    assert [orjson.dumps(r["agent"]) for r in ranked] == [
+        first.public_json(NOW),
+        second.public_json(NOW),
+    ]
+
+
+def test_what_matching_derives_from_a_record_is_kept_with_it() -> None:
+    rec = agent(task_count=4, success_count=3, quality_sum=2.0)
+    q = query(task_type="code")
+    first = matching.reasons(rec, q)
+    assert matching.reasons(rec, q) == first
+    assert matching.reasons(rec, query(task_type="docs"))[1:] == first[1:]
+    # A new version of the agent is a new record: nothing carried over from the old one.
+    busier = rec.evolve(active_tasks=rec.max_concurrent_tasks)
+    assert matching.reasons(busier, q)[-1] != first[-1]
+    assert matching.sort_key(busier) > matching.sort_key(rec)
 
 
 def test_scores_equal_to_nine_decimals_tie_on_the_id() -> None:
