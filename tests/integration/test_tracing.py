@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import structlog
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
@@ -314,3 +314,37 @@ async def test_the_front_door_in_replica_mode_continues_the_callers_trace(
     assert dict(span.attributes or {})["registry_proxy.source"] == "replica"
     assert children(exporter, span) == []
     assert app[TRACING] is not None
+
+
+async def test_the_otlp_exporter_of_the_environment_reaches_the_collector(
+    tmp_path: Path,
+    tokens: Tokens,
+    monkeypatch: pytest.MonkeyPatch,
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+) -> None:
+    """The production path: exporter, endpoint and service name from OTEL_*, spans batched and
+    posted over OTLP/HTTP, the last batch flushed when the app stops."""
+    received: list[tuple[str, str, bytes]] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        received.append((request.path, request.content_type, await request.read()))
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    collector = web.Application()
+    collector.router.add_post("/v1/traces", traces)
+    server = await aiohttp_server(collector)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", str(server.make_url("")).rstrip("/"))
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "sidecar-under-test")
+    app = create_app(make_settings("postgresql://nobody@127.0.0.1:1/none", tokens, tmp_path))
+    assert app[TRACING] is not None
+    client = await aiohttp_client(SidecarTestServer(app))
+    assert (await client.get("/v1/agents/a-1", headers=traceparent())).status == 401
+    assert received == []  # batched, not posted per span
+    await client.close()  # the app stops: the batch goes out
+    [(path, content_type, body)] = received
+    assert (path, content_type) == ("/v1/traces", "application/x-protobuf")
+    assert b"sidecar-under-test" in body
+    assert b"GET /v1/agents/{agent_id}" in body
+    assert CALLER_TRACE.to_bytes(16, "big") in body
