@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest chaos bench soak pressure backlog schemathesis clean tools mutation mutation-sample
+.PHONY: run test lint typecheck pytest chaos bench soak pressure backlog fleet schemathesis clean tools mutation mutation-sample
 
 $(STAMP): pyproject.toml chaos/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "need Python 3.11 or newer (set PYTHON=...)"; exit 2; }
@@ -86,6 +86,12 @@ pressure: $(STAMP)
 
 backlog: $(STAMP)
 	$(BIN)/python -m bench.backlog
+
+# 8 sidecars on one PostgreSQL, their pools through PgBouncer in transaction pooling: backends and
+# queries at idle, propagation between sidecars, recovery from a 30 s outage (about 6 minutes);
+# FLEET_ARGS go to bench.fleet (e.g. FLEET_ARGS="--sidecars 4 --direct").
+fleet: $(STAMP) $(BIN)/pgbouncer
+	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
 
 # A live sidecar on an embedded PostgreSQL, and schemathesis (every check) against its
 # /openapi.json; ST_ARGS go to `st run` (e.g. ST_ARGS="--max-examples 1000 --seed 1").

@@ -5,6 +5,8 @@
 - ``python -m bench.pressure``: paced clients through a cut and a heal (``pressure``,
   ``pressure_*``);
 - ``python -m bench.backlog``: what a deep journal costs reads, and its replay;
+- ``python -m bench.fleet``: N sidecars on one PostgreSQL, through PgBouncer or not: backends,
+  queries at idle, propagation between sidecars, an outage's recovery (``fleet``, ``fleet_*``);
 - ``python -m bench.loadgen``: the load generator (``loadgen``, ``loadgen_*``, ``workload``,
   ``tally``);
 - ``python -m bench.baselines``: the baseline servers (``baselines``, and ``baselines_ledger``
