@@ -15,12 +15,17 @@ breaker listener sets on every transition, so there is no polling. After the bre
 first probe comes one interval later, not at once: the failure that tripped it was just seen, and
 probing in the same instant would mostly repeat it. ``forced_open`` is not probed: an operator
 chose it and only :meth:`CircuitBreaker.automatic` leaves it.
+
+``jitter`` spreads the intervals: each is ``interval_s`` times a uniform factor in ``[1 - jitter,
+1 + jitter]``. A fleet whose breakers opened on the same outage would otherwise probe in step,
+every one of its members at the same instant, for as long as the outage lasts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -51,13 +56,19 @@ class HealthProbe:
         clock: Clock | None = None,
         on_probe: Callable[[bool, float], None] | None = None,
         describe: Callable[[BaseException], str] = default_describe,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         if interval_s < 0:
             raise ValueError("interval_s must not be negative")
         if not timeout_s > 0:
             raise ValueError("timeout_s must be positive")
+        if not 0 <= jitter < 1:
+            raise ValueError("jitter must be at least 0 and below 1")
         self.breaker = breaker
         self.interval_s = interval_s
+        self.jitter = jitter
+        self._rng = rng if rng is not None else random.Random()
         self.timeout_s = timeout_s
         self._check = check
         self._sleep = sleep
@@ -117,12 +128,17 @@ class HealthProbe:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            await self._sleep(self.interval_s)
+            await self._sleep(self._next_interval())
             state = self.breaker.state
             if state is BreakerState.OPEN:
                 await self.probe_once()
             elif state is BreakerState.HALF_OPEN:
                 await self.trial_once()
+
+    def _next_interval(self) -> float:
+        if not self.jitter:
+            return self.interval_s
+        return self.interval_s * (1 + self.jitter * (2 * self._rng.random() - 1))
 
     async def trial_once(self) -> bool | None:
         """One probe as a half-open trial call; None when no trial permit was free (the

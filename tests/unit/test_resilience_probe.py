@@ -7,6 +7,7 @@ Tests wait on events the fake check sets; ``settle`` only lets ready tasks run.
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -238,3 +239,42 @@ def test_rejects_nonsense(breaker: CircuitBreaker) -> None:
         HealthProbe(breaker, FakeCheck(), interval_s=-1.0)
     with pytest.raises(ValueError):
         HealthProbe(breaker, FakeCheck(), timeout_s=0.0)
+
+
+class FixedDraws(random.Random):
+    """Draws the given values in turn: the jitter's factor is known in advance."""
+
+    def __init__(self, draws: list[float]) -> None:
+        super().__init__()
+        self._draws = list(draws)
+
+    def random(self) -> float:
+        return self._draws.pop(0)
+
+
+async def test_jitter_spreads_the_intervals_around_the_period(
+    breaker: CircuitBreaker, sleeps: Sleeps
+) -> None:
+    """A fleet whose breakers opened on the same outage must not probe in step."""
+    draws = [0.0, 1.0, 0.5, 0.25]
+    check = FakeCheck(failures=len(draws) + 10)
+    probe = HealthProbe(
+        breaker, check, interval_s=1.0, sleep=sleeps, jitter=0.2, rng=FixedDraws(draws)
+    )
+    breaker.acquire().failure(0.0, "down")
+    probe.start()
+    try:
+        async with asyncio.timeout(GUARD_S):
+            while len(check.timeouts) < len(draws):
+                await asyncio.sleep(0)
+    finally:
+        await probe.stop()
+    assert sleeps.intervals[: len(draws)] == pytest.approx([0.8, 1.2, 1.0, 0.9])
+
+
+def test_jitter_is_a_share_below_one(breaker: CircuitBreaker) -> None:
+    with pytest.raises(ValueError, match="jitter"):
+        HealthProbe(breaker, FakeCheck(), jitter=1.0)
+    with pytest.raises(ValueError, match="jitter"):
+        HealthProbe(breaker, FakeCheck(), jitter=-0.1)
+    assert HealthProbe(breaker, FakeCheck()).jitter == 0.0
