@@ -238,6 +238,9 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     db = Database(
         _dsn(settings),
+        direct_dsn=_direct_dsn(settings),
+        pooler=settings.database.pooler,
+        idle_timeout_s=settings.database.idle_timeout_ms / 1000,
         min_size=settings.database.pool_min_size,
         max_size=settings.database.pool_max_size,
         background=settings.database.background_connections,
@@ -264,10 +267,11 @@ async def _replica_sync(app: web.Application) -> AsyncIterator[None]:
         return
     sync = ReplicaSync(
         replica,
-        _dsn(settings),
+        _direct_dsn(settings),
         tenants=app[keys.TOKENS].tenants(),
         max_staleness_s=settings.replica.max_staleness_ms / 1000,
         resync_interval_s=settings.replica.resync_interval_s,
+        full_resync_interval_s=settings.replica.full_resync_interval_s,
         connect_timeout_s=settings.database.connect_timeout_ms / 1000,
         reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
         schema_ready=app[DATABASE].ready,
@@ -358,6 +362,7 @@ async def _probe(app: web.Application) -> AsyncIterator[None]:
         check,
         interval_s=b.probe_interval_ms / 1000,
         timeout_s=b.probe_timeout_ms / 1000,
+        jitter=b.probe_jitter,
         on_probe=lambda ok, _duration_s: probes.labels("ok" if ok else "failed").inc(),
         describe=pg_errors.describe,
     )
@@ -476,3 +481,9 @@ async def _in_background(work: Coroutine[Any, Any, None], name: str) -> AsyncIte
 def _dsn(settings: Settings) -> str:
     assert settings.database_url is not None  # create_app refuses settings without one
     return settings.database_url.get_secret_value()
+
+
+def _direct_dsn(settings: Settings) -> str:
+    """What LISTEN and migrations connect to: never through a transaction pooler."""
+    direct = settings.database_direct_url
+    return direct.get_secret_value() if direct is not None else _dsn(settings)

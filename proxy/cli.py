@@ -95,7 +95,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         return _fail(_config_error(exc))
     if settings.database_url is None:
         return _fail("invalid configuration: no database: set REGISTRY_PROXY_DATABASE_URL")
-    applied = asyncio.run(_migrate(settings.database_url.get_secret_value()))
+    # Not through a transaction pooler: the migrations' advisory lock is a session's.
+    direct = settings.database_direct_url or settings.database_url
+    applied = asyncio.run(_migrate(direct.get_secret_value()))
     print(f"applied: {', '.join(applied) if applied else 'nothing, schema is current'}")
     return 0
 

@@ -70,8 +70,15 @@ class DatabaseSettings(BaseModel):
         256,
         ge=0,
         le=10_000,
-        description="prepared statements per connection (0 behind PgBouncer in transaction "
-        "mode); 0 to 10000",
+        description="prepared statements per connection (0 with pooler=transaction); 0 to 10000",
+    )
+    pooler: Literal["none", "session", "transaction"] = Field(
+        "none",
+        description="what database_url goes through: none (PostgreSQL), session or transaction "
+        "(a pooler in that mode; transaction needs database_direct_url; docs/fleet.md)",
+    )
+    idle_timeout_ms: int = Field(
+        30_000, ge=0, le=3_600_000, description="idle connections close after it; 0 to 3600000"
     )
     reconnect_interval_ms: int = Field(
         500,
@@ -179,6 +186,9 @@ class BreakerSettings(BaseModel):
     half_open_successes: int = Field(3, ge=1, description="successes that close; >= 1")
     probe_interval_ms: int = Field(250, ge=10, description="health probe period while open; >= 10")
     probe_timeout_ms: int = Field(500, ge=10, description="timeout of one probe query; >= 10")
+    probe_jitter: float = Field(
+        0.2, ge=0, lt=1, description="+/- share of jitter of each probe period; >= 0 and < 1"
+    )
 
 
 class RetrySettings(BaseModel):
@@ -200,7 +210,12 @@ class ReplicaSettings(BaseModel):
     max_staleness_ms: int = Field(
         1_000, ge=0, description="read_mode=replica serves while fresher than this; >= 0"
     )
-    resync_interval_s: float = Field(60.0, gt=0, description="full reload period; > 0")
+    resync_interval_s: float = Field(
+        60.0, gt=0, description="incremental resync period (+/- 20%: rows changed since); > 0"
+    )
+    full_resync_interval_s: float = Field(
+        3_600.0, gt=0, description="full reload period (+/- 20%), behind the resyncs; > 0"
+    )
     snapshot_interval_s: float = Field(30.0, gt=0, description="snapshot to disk period; > 0")
 
 
@@ -271,6 +286,12 @@ class Settings(BaseSettings):
     database_url_file: Path | None = Field(
         None, description="file holding the DSN, read when database_url is unset"
     )
+    database_direct_url: SecretStr | None = Field(
+        None, description="DSN for LISTEN and migrations, not through a pooler; else database_url"
+    )
+    database_direct_url_file: Path | None = Field(
+        None, description="file holding that DSN, read when database_direct_url is unset"
+    )
     tokens: SecretStr | None = Field(
         None,
         description='JSON list of {"token", "tenant", "role", "id"?}: token 16 to 512 characters '
@@ -304,18 +325,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.database_url is None and self.database_url_file is not None:
-            try:
-                text = self.database_url_file.read_text().strip()
-            except OSError as exc:
-                raise ValueError(
-                    f"database_url_file: cannot read {self.database_url_file}"
-                ) from exc
-            self.database_url = SecretStr(text)
-        if self.database_url is not None:
-            url = self.database_url.get_secret_value()
-            if not url.startswith(("postgres://", "postgresql://")):
-                raise ValueError("database_url must start with postgresql:// or postgres://")
+        self.database_url = _dsn("database_url", self.database_url, self.database_url_file)
+        self.database_direct_url = _dsn(
+            "database_direct_url", self.database_direct_url, self.database_direct_url_file
+        )
+        if self.database.pooler == "transaction" and self.database_direct_url is None:
+            raise ValueError(
+                "database.pooler=transaction needs database_direct_url: LISTEN and the "
+                "migrations' advisory lock do not work through a transaction pooler"
+            )
         if not self.allow_non_loopback and not _is_loopback(self.host):
             raise ValueError(
                 f"host {self.host!r} is not a loopback address; "
@@ -391,6 +409,19 @@ def unknown_env_messages(environ: Mapping[str, str]) -> list[str]:
     ]
 
 
+def _dsn(name: str, value: SecretStr | None, file: Path | None) -> SecretStr | None:
+    """A DSN from its variable, else from its file; checked for a PostgreSQL scheme."""
+    if value is None and file is not None:
+        try:
+            value = SecretStr(file.read_text().strip())
+        except OSError as exc:
+            raise ValueError(f"{name}_file: cannot read {file}") from exc
+    url = value.get_secret_value() if value is not None else "postgres://"
+    if not url.startswith(("postgres://", "postgresql://")):
+        raise ValueError(f"{name} must start with postgresql:// or postgres://")
+    return value
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -403,8 +434,10 @@ def _is_loopback(host: str) -> bool:
 def masked(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain data with every secret replaced by a mask."""
     data = settings.model_dump(mode="json")
-    if settings.database_url is not None:
-        data["database_url"] = mask_dsn(settings.database_url.get_secret_value())
+    for name in ("database_url", "database_direct_url"):
+        url = getattr(settings, name)
+        if url is not None:
+            data[name] = mask_dsn(url.get_secret_value())
     if settings.tokens is not None:
         data["tokens"] = "**********"
     return data

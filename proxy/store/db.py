@@ -6,6 +6,19 @@ until it succeeds, then applies migrations once. Requests reach it through the s
 bulkhead (`proxy.resilience.Bulkhead`), which admits no more callers than the pool has
 connections for them; the pool holds a few more (`background`) for the journal replay and
 maintenance, so they get a connection however busy the front door is.
+
+The pool's DSN may go through a pooler (`pooler`, docs/fleet.md). PgBouncer refuses the startup
+parameter that names the sidecar's tenants (row-level security), so behind one the list is set
+by statement instead: once per connection in session pooling, and in transaction pooling inside
+each use of a connection, which is then one transaction whose BEGIN carries the list (a server
+connection is the sidecar's only for a transaction there). Migrations take their advisory lock
+on a connection of their own to `direct_dsn`, which a transaction pooler never stands in.
+
+Two refusals get a meaning of their own here. A server that refuses a connection for want of
+slots (53300, or PgBouncer's max_client_conn) is full, not away: the caller gets `Overloaded`,
+as from a full bulkhead. A write that reaches a server in recovery (25006) means the primary has
+moved (a failover behind a multi-host DSN): every pooled connection is expired, so the next ones
+are opened to whichever host takes writes now.
 """
 
 from __future__ import annotations
@@ -23,12 +36,13 @@ from proxy.observability.conditions import POOL_FLOOR, Condition
 from proxy.registry.errors import RegistryError
 from proxy.resilience import ErrorKind, Overloaded
 from proxy.store.migrate import migrate
-from proxy.store.pg_errors import classify
+from proxy.store.pg_errors import PRIMARY_MOVED, classify, refuses_connections
 
 log = structlog.get_logger(__name__)
 
 
 TENANTS_SETTING = "registry_proxy.tenants"
+POOLERS = ("none", "session", "transaction")
 
 
 def tenant_settings(tenants: list[str]) -> dict[str, str]:
@@ -40,14 +54,46 @@ def tenant_settings(tenants: list[str]) -> dict[str, str]:
     return {TENANTS_SETTING: ",".join(sorted(set(tenants)))}
 
 
+def tenants_statement(tenants: list[str], *, local: bool) -> str:
+    """The statement that names the tenants for the session, or (``local``) the transaction.
+
+    A literal rather than a parameter: it rides in a simple query, with a BEGIN or alone, and
+    tenant ids are letters, digits and ``.:_-`` anyway (`proxy.http.auth`); quoted regardless.
+    """
+    value = tenant_settings(tenants)[TENANTS_SETTING].replace("'", "''")
+    return f"SELECT set_config('{TENANTS_SETTING}', '{value}', {'true' if local else 'false'})"
+
+
+class ScopedConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg is untyped
+    """A connection behind a transaction pooler: each use is a transaction naming the tenants.
+
+    `scope_next_begin` makes the next BEGIN carry the tenant list in the same simple query, so
+    the wall costs no round trip of its own; asyncpg's transaction object still manages the
+    transaction, so nested ``conn.transaction()`` blocks (the replay's) become savepoints.
+    """
+
+    _scope: str | None = None
+
+    def scope_next_begin(self, statement: str) -> None:
+        self._scope = statement
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        scope, self._scope = self._scope, None
+        if scope is not None and not args and query.startswith("BEGIN"):
+            query = f"{query} {scope}"
+        result: str = await super().execute(query, *args, timeout=timeout)
+        return result
+
+
 async def _release(conn: asyncpg.Connection) -> None:
     """What a pooled connection needs before reuse here: no open transaction, nothing else.
 
     asyncpg's default reset (RESET ALL, UNLISTEN, CLOSE ALL, advisory unlock) is a round trip on
     every release. Pooled connections here change no session state (the tenant list is a
-    startup parameter, LISTEN has its own connection, the migration lock is released by its
-    owner), so that round trip would buy nothing but half the database path's throughput. A
-    connection whose use was interrupted is terminated in `Database.connection` instead.
+    startup parameter, or set when the connection opens, or with each BEGIN behind a transaction
+    pooler; LISTEN has its own connection, migrations theirs), so that round trip would buy
+    nothing but half the database path's throughput. A connection whose use was interrupted is
+    terminated in `Database.connection` instead.
     """
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
@@ -62,24 +108,33 @@ class Database:
         self,
         dsn: str,
         *,
+        direct_dsn: str | None = None,
+        pooler: str = "none",
         min_size: int = 2,
         max_size: int = 10,
         background: int = 0,
         acquire_timeout_s: float = 1.0,
         connect_timeout_s: float = 1.0,
         statement_cache_size: int = 256,
+        idle_timeout_s: float = 30.0,
         reconnect_interval_s: float = 0.5,
         run_migrations: bool = True,
         on_ready: Callable[[], Awaitable[None]] | None = None,
         tenants: list[str] | None = None,
     ) -> None:
+        if pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {POOLERS}, not {pooler!r}")
         self._dsn = dsn
+        self.direct_dsn = direct_dsn or dsn
+        self.pooler = pooler
         self._min = min_size
         self._max = max_size + background
         self.background = background
         self.acquire_timeout_s = acquire_timeout_s
         self._connect_timeout = connect_timeout_s
-        self._cache = statement_cache_size
+        # Named prepared statements do not survive a change of server connection.
+        self._cache = 0 if pooler == "transaction" else statement_cache_size
+        self._idle_timeout = idle_timeout_s
         self._interval = reconnect_interval_s
         self._migrate = run_migrations
         # Awaited once the pool is open and migrated. Public, to be set after construction:
@@ -89,7 +144,9 @@ class Database:
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
-        self.server_settings = tenant_settings(tenants or [])
+        self.server_settings: dict[str, str] = {}
+        self._scope = ""
+        self._set_scope(tenants or [])
         # Tried every `reconnect_interval_s` until it answers: one line when it begins, a
         # summary a minute, one when it ends; not a line per attempt.
         self._unreachable = Condition(
@@ -112,25 +169,36 @@ class Database:
                 await self.ready.wait()
         return self.ready.is_set()
 
+    def _set_scope(self, tenants: list[str]) -> None:
+        # A pooler refuses the startup parameter; the probe's connections take these too.
+        self.server_settings = tenant_settings(tenants) if self.pooler == "none" else {}
+        self._scope = tenants_statement(tenants, local=self.pooler == "transaction")
+
+    async def _name_tenants(self, conn: asyncpg.Connection) -> None:
+        # Session pooling: the server connection is this client's until it disconnects.
+        await conn.execute(self._scope)
+
     async def _open_loop(self) -> None:
         while self.pool is None:
             try:
+                if self._migrate:
+                    await self._run_migrations()
                 pool = await asyncpg.create_pool(
                     self._dsn,
                     min_size=self._min,
                     max_size=self._max,
                     timeout=self._connect_timeout,
                     statement_cache_size=self._cache,
-                    # A connection idle for a while may be on the far side of a dead network.
-                    max_inactive_connection_lifetime=60.0,
+                    # Idle connections go back to the server (a fleet's sum is what it pays for);
+                    # one idle for long may be on the far side of a dead network anyway.
+                    max_inactive_connection_lifetime=self._idle_timeout,
                     server_settings=self.server_settings,
+                    init=self._name_tenants if self.pooler == "session" else None,
+                    connection_class=(
+                        ScopedConnection if self.pooler == "transaction" else asyncpg.Connection
+                    ),
                     reset=_release,
                 )
-                if self._migrate:
-                    async with pool.acquire() as conn:
-                        applied = await migrate(conn)
-                        if applied:
-                            log.info("schema migrated", versions=applied)
                 self.pool = pool
                 self.last_error = None
             except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
@@ -142,6 +210,19 @@ class Database:
         log.info("database pool open", max_size=self._max)
         if self.on_ready is not None:
             await self.on_ready()
+
+    async def _run_migrations(self) -> None:
+        """On a connection of its own to the direct DSN: the advisory lock that serializes a
+        fleet's migrations is a session's, which a transaction pooler would hand around."""
+        conn = await asyncpg.connect(
+            self.direct_dsn, timeout=self._connect_timeout, statement_cache_size=0
+        )
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close(timeout=self._connect_timeout)
+        if applied:
+            log.info("schema migrated", versions=applied)
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
@@ -158,6 +239,16 @@ class Database:
                 conn = await pool.acquire()
             if POOL_FLOOR.active:
                 self._floor_restored(pool)
+        except asyncpg.PostgresError as exc:
+            if not refuses_connections(exc):
+                raise
+            # The server (or the pooler in front of it) has no slot for another connection:
+            # a capacity limit, answered like a full bulkhead, never counted as an outage.
+            raise Overloaded(
+                f"PostgreSQL refuses more connections ({exc})",
+                reason="server-full",
+                retry_after=1.0,
+            ) from exc
         except TimeoutError:
             # Every connection busy with real work explains the wait (more callers than the
             # bulkhead admits, e.g. background work piling up): capacity, not an outage. With
@@ -167,8 +258,16 @@ class Database:
                     "all database connections are busy", reason="queue-timeout", retry_after=1.0
                 ) from None
             raise
+        scoped = None
         try:
+            if self.pooler == "transaction":
+                scoped = conn.transaction()
+                conn.scope_next_begin(self._scope)
+                await scoped.start()
             yield conn
+            if scoped is not None:
+                done, scoped = scoped, None
+                await done.commit()
         except BaseException as exc:
             # A domain rejection or a data error reported by a healthy server leaves the protocol
             # in step. Anything else (a timeout, a cancellation, a broken socket, a server going
@@ -178,19 +277,35 @@ class Database:
                 isinstance(exc, asyncpg.PostgresError)
                 and classify(exc) in (ErrorKind.PERMANENT, ErrorKind.TRANSIENT)
             )
+            if getattr(exc, "sqlstate", None) == PRIMARY_MOVED:
+                # This server no longer takes writes: neither do the pool's other connections
+                # to it. Those in use go when released, the idle ones at their next acquire.
+                await pool.expire_connections()
             if not healthy:
                 # Already handed back when the pool noticed the socket die: nothing to end.
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
+            elif scoped is not None:
+                await self._roll_back(conn, scoped)
             raise
         finally:
             # Bounds the reset's ROLLBACK, if one is needed (acquire no longer passes a timeout
             # for release to inherit).
             await pool.release(conn, timeout=self._connect_timeout)
 
+    @staticmethod
+    async def _roll_back(conn: asyncpg.Connection, scoped: Any) -> None:
+        # The release's reset would roll back too, but as an unmanaged transaction, with a
+        # complaint; a connection that cannot even do this goes.
+        try:
+            await scoped.rollback()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+
     async def set_tenants(self, tenants: list[str]) -> None:
         """After a token reload: new connections carry the new tenant list, old ones go."""
-        self.server_settings = tenant_settings(tenants)
+        self._set_scope(tenants)
         if self.pool is not None:
             self.pool.set_connect_args(self._dsn, server_settings=self.server_settings)
             await self.pool.expire_connections()

@@ -1,17 +1,24 @@
 """Keeps the replica in step with PostgreSQL: initial load, LISTEN/NOTIFY, catch-up, resync.
 
-A dedicated connection (outside the pool, so a saturated pool cannot starve it) listens on the
-``registry_agents`` channel. While it lives, a short ping every fraction of the staleness bound
-proves the replica is current. When it dies, the replica ages; on reconnect it fetches every row
-changed after its watermark, then listens again. A full resync at an interval repairs anything a
-catch-up could miss (a transaction that drew its version before, but committed after, the
-watermark was taken).
+A dedicated connection (outside the pool, so a saturated pool cannot starve it, and on the direct
+DSN, since LISTEN hears nothing through a transaction pooler) listens on the ``registry_agents``
+channel. While it lives, a short ping every fraction of the staleness bound proves the replica is
+current. When it dies, the replica ages; on reconnect (to whichever host the DSN leads to: after
+a failover, the new primary) it fetches every row changed after its watermark, then listens again.
+
+A catch-up can miss a transaction that drew its version before, but committed after, the
+watermark was taken. The periodic resync repairs that without reloading every agent: it reads
+the rows changed since the watermark of the resync before it, so each window is read twice and
+a late commit is found unless it took longer than an interval. A full reload, far rarer, is the
+backstop, and follows a change of tenants. Both periods are jittered (+/- `JITTER`), as is the
+pause between reconnects, so a fleet started together does not query PostgreSQL in step.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -23,13 +30,14 @@ import structlog
 from proxy.observability.conditions import Condition
 from proxy.registry.agent import AgentRecord
 from proxy.store import repository
-from proxy.store.db import tenant_settings
+from proxy.store.db import tenants_statement
 from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)
 
 CHANNEL = "registry_agents"
 CATCH_UP_BATCH = 5_000
+JITTER = 0.2
 
 
 _TIMESTAMPS = ("load_observed_at", "registered_at", "last_heartbeat_at", "updated_at", "deleted_at")
@@ -53,10 +61,12 @@ class ReplicaSync:
         tenants: list[str],
         max_staleness_s: float = 1.0,
         resync_interval_s: float = 60.0,
+        full_resync_interval_s: float = 3_600.0,
         connect_timeout_s: float = 1.0,
         reconnect_interval_s: float = 0.5,
         on_change: Callable[[AgentRecord], None] | None = None,
         schema_ready: asyncio.Event | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.replica = replica
         self._dsn = dsn
@@ -64,6 +74,12 @@ class ReplicaSync:
         self._tenant_set = set(self.tenants)
         self._ping_every = max(0.05, min(max_staleness_s / 2, 1.0))
         self._resync_every = resync_interval_s
+        self._full_every = full_resync_interval_s
+        self._rng = rng if rng is not None else random.Random()
+        # Where the next incremental resync starts reading: the watermark of the one before.
+        self._since = 0
+        self._full_due: float | None = None
+        self._full_next = False
         self._connect_timeout = connect_timeout_s
         self._reconnect_every = reconnect_interval_s
         self._on_change = on_change
@@ -93,6 +109,8 @@ class ReplicaSync:
     def set_tenants(self, tenants: list[str]) -> None:
         self.tenants = sorted(set(tenants))
         self._tenant_set = set(self.tenants)
+        # A tenant added has rows older than any watermark: only a full load brings them.
+        self._full_next = True
         if self._conn is not None:
             # Reconnect so the listener's session carries the new tenant list.
             self._conn.terminate()
@@ -124,22 +142,25 @@ class ReplicaSync:
                     error=error,
                 )
                 await self._drop()
-            await asyncio.sleep(self._reconnect_every)
+            await asyncio.sleep(self._jittered(self._reconnect_every))
+
+    def _jittered(self, seconds: float) -> float:
+        return seconds * (1 + JITTER * (2 * self._rng.random() - 1))
 
     async def _session(self) -> None:
         conn = await asyncpg.connect(
-            self._dsn,
-            timeout=self._connect_timeout,
-            statement_cache_size=0,
-            server_settings=tenant_settings(self.tenants),
+            self._dsn, timeout=self._connect_timeout, statement_cache_size=0
         )
         self._conn = conn
+        # By statement, not as a startup parameter: the direct DSN may still be a session
+        # pooler's, and those refuse parameters they do not know.
+        await conn.execute(tenants_statement(self.tenants, local=False))
         await conn.add_listener(CHANNEL, self._notified)
         # Listen first, then read: a change committed in between arrives twice, never zero times.
-        if self.replica.warm and not self.replica.from_snapshot:
-            await self._catch_up(conn)
+        if self.replica.warm and not self.replica.from_snapshot and not self._full_next:
+            await self._catch_up(conn, self.replica.watermark)
         elif self.replica.from_snapshot:
-            await self._catch_up(conn)
+            await self._catch_up(conn, self.replica.watermark)
             await self._resync(conn)
         else:
             await self._resync(conn)
@@ -148,37 +169,52 @@ class ReplicaSync:
         self.synced.set()
         self._down.ended(agents=self.replica.size)
         loop = asyncio.get_running_loop()
-        next_resync = loop.time() + self._resync_every
+        next_resync = loop.time() + self._jittered(self._resync_every)
+        if self._full_due is None:
+            self._full_due = loop.time() + self._jittered(self._full_every)
         while True:
             try:
                 async with asyncio.timeout(self._ping_every):
                     await self._resync_now.wait()
             except TimeoutError:
                 pass
-            if self._resync_now.is_set() or loop.time() >= next_resync:
-                self._resync_now.clear()
+            if loop.time() >= self._full_due:
                 await self._resync(conn)
-                next_resync = loop.time() + self._resync_every
+                self._full_due = loop.time() + self._jittered(self._full_every)
+                next_resync = loop.time() + self._jittered(self._resync_every)
+            elif self._resync_now.is_set() or loop.time() >= next_resync:
+                self._resync_now.clear()
+                await self._refresh(conn)
+                next_resync = loop.time() + self._jittered(self._resync_every)
             async with asyncio.timeout(max(self._ping_every, 0.5)):
                 await conn.execute("SELECT 1")
             await self._fetch_pending(conn)
             self.replica.touch()
 
     async def _resync(self, conn: asyncpg.Connection) -> None:
+        """A full reload: every agent of the tenants, the replica replaced by them."""
+        self._full_next = False
         records = await repository.fetch_all(conn, self.tenants, self.replica.max_agents + 1)
         self.replica.replace_all(self.tenants, records)
+        self._since = self.replica.watermark
         self.resyncs += 1
         log.debug("replica resynced", agents=self.replica.size, partial=self.replica.partial)
 
-    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+    async def _refresh(self, conn: asyncpg.Connection) -> None:
+        """An incremental resync: the rows changed since the previous resync's watermark."""
+        since, self._since = self._since, self.replica.watermark
+        await self._catch_up(conn, since)
+        self.resyncs += 1
+        log.debug("replica refreshed", since=since, watermark=self.replica.watermark)
+
+    async def _catch_up(self, conn: asyncpg.Connection, since: int) -> None:
         while True:
-            batch = await repository.fetch_changes_since(
-                conn, self.tenants, self.replica.watermark, CATCH_UP_BATCH
-            )
+            batch = await repository.fetch_changes_since(conn, self.tenants, since, CATCH_UP_BATCH)
             for rec in batch:
                 self._apply(rec)
             if len(batch) < CATCH_UP_BATCH:
                 break
+            since = batch[-1].version
         self.catch_ups += 1
 
     def _apply(self, rec: AgentRecord) -> None:

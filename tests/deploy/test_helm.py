@@ -56,6 +56,8 @@ CHART_OWNED = {
     "allow_non_loopback",
     "database_url",
     "database_url_file",
+    "database_direct_url",
+    "database_direct_url_file",
     "tokens",
     "tokens_file",
     "journal.dir",
@@ -537,6 +539,8 @@ def test_rendered_env_is_accepted_by_the_sidecar(
     assert set(env) <= known, f"not settings: {sorted(set(env) - known)}"
     assert {name for name in known if name not in env} <= {
         "REGISTRY_PROXY_DATABASE_URL",
+        "REGISTRY_PROXY_DATABASE_DIRECT_URL",
+        "REGISTRY_PROXY_DATABASE_DIRECT_URL_FILE",
         "REGISTRY_PROXY_TOKENS",
         "REGISTRY_PROXY_TOKENS_FILE",
     }
@@ -577,6 +581,28 @@ def test_large_numbers_render_as_integers(tmp_path: Path) -> None:
     assert env["REGISTRY_PROXY_RATE_LIMIT__BURST"] == "1000000"
     assert env["REGISTRY_PROXY_BREAKER__FAILURE_THRESHOLD"] == "7"
     assert env["REGISTRY_PROXY_BREAKER__FAILURE_RATE"] == "0.5"
+
+
+def test_a_direct_dsn_for_transaction_pooling(tmp_path: Path) -> None:
+    """Behind a transaction pooler, LISTEN and migrations take a second key of the DSN Secret."""
+    docs = _template(
+        "--set",
+        "database.directSecretKey=direct-url",
+        "--set",
+        "settings.database.pooler=transaction",
+    )
+    spec = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    env = _env(_sidecar(spec))
+    assert (
+        env["REGISTRY_PROXY_DATABASE_DIRECT_URL_FILE"] == "/etc/registry-proxy/database/direct-url"
+    )
+    assert env["REGISTRY_PROXY_DATABASE__POOLER"] == "transaction"
+    (volume,) = _named(spec["volumes"], "registry-proxy-database")
+    assert volume["secret"]["items"] == [
+        {"key": "database-url", "path": "url"},
+        {"key": "direct-url", "path": "direct-url"},
+    ]
+    assert "REGISTRY_PROXY_DATABASE_DIRECT_URL_FILE" not in _env(_sidecar(_pod_spec("default")))
 
 
 # --- values.yaml and values.schema.json ------------------------------------------------------

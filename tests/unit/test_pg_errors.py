@@ -17,7 +17,7 @@ from proxy.resilience import (
     Overloaded,
     Rejected,
 )
-from proxy.store.pg_errors import classify, describe, kind_of_sqlstate
+from proxy.store.pg_errors import classify, describe, kind_of_sqlstate, refuses_connections
 
 INFRA = ErrorKind.INFRASTRUCTURE
 TRANSIENT = ErrorKind.TRANSIENT
@@ -43,7 +43,10 @@ class FakePgError(Exception):
         ("53000", INFRA),
         ("53100", INFRA),
         ("53200", INFRA),
-        ("53300", INFRA),
+        ("53300", REJECTED),
+        ("53400", INFRA),
+        ("25006", INFRA),
+        ("25P02", PERMANENT),
         ("57P01", INFRA),
         ("57P02", INFRA),
         ("57P03", INFRA),
@@ -77,7 +80,15 @@ def test_sqlstate_table(sqlstate: str, kind: ErrorKind) -> None:
         (asyncpg.exceptions.ConnectionDoesNotExistError("closed mid-query"), INFRA),
         (asyncpg.exceptions.ConnectionFailureError("lost"), INFRA),
         (asyncpg.exceptions.ClientCannotConnectError("no"), INFRA),
-        (asyncpg.exceptions.TooManyConnectionsError("too many"), INFRA),
+        (asyncpg.exceptions.TooManyConnectionsError("too many"), REJECTED),
+        (asyncpg.exceptions.ReadOnlySQLTransactionError("read-only transaction"), INFRA),
+        (
+            asyncpg.exceptions.ProtocolViolationError(
+                "no more connections allowed (max_client_conn)"
+            ),
+            REJECTED,
+        ),
+        (asyncpg.exceptions.ProtocolViolationError("server conn crashed?"), INFRA),
         (asyncpg.exceptions.CannotConnectNowError("starting up"), INFRA),
         (asyncpg.exceptions.AdminShutdownError("terminating"), INFRA),
         (asyncpg.exceptions.CrashShutdownError("crash"), INFRA),
@@ -169,3 +180,28 @@ def test_a_connection_left_mid_protocol_is_an_infrastructure_failure() -> None:
         "cannot switch to state 12; another operation (2) is in progress"
     )
     assert classify(exc) is ErrorKind.INFRASTRUCTURE
+
+
+@pytest.mark.parametrize(
+    ("exc", "refused"),
+    [
+        (asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"), True),
+        (asyncpg.exceptions.TooManyConnectionsError('too many connections for role "x"'), True),
+        (
+            asyncpg.exceptions.ProtocolViolationError(
+                "no more connections allowed (max_client_conn)"
+            ),
+            True,
+        ),
+        (asyncpg.exceptions.ProtocolViolationError("unsupported startup parameter: x"), False),
+        (asyncpg.exceptions.OutOfMemoryError("out of memory"), False),
+        (ConnectionRefusedError(111, "refused"), False),
+    ],
+    ids=lambda value: str(value)[:30],
+)
+def test_a_refused_connection_is_a_full_server_not_an_outage(
+    exc: BaseException, refused: bool
+) -> None:
+    """PostgreSQL at max_connections (or a CONNECTION LIMIT) and PgBouncer at max_client_conn
+    are up and full: the store answers them as a full bulkhead."""
+    assert refuses_connections(exc) is refused

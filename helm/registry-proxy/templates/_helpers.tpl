@@ -98,6 +98,9 @@ which would print 1e+06; whole numbers are printed as integers. */}}
 {{- end }}
 {{- $env = append $env (dict "name" "REGISTRY_PROXY_PORT" "value" (include "registry-proxy.envValue" $v.network.port)) }}
 {{- $env = append $env (dict "name" "REGISTRY_PROXY_DATABASE_URL_FILE" "value" "/etc/registry-proxy/database/url") }}
+{{- if $v.database.directSecretKey }}
+{{- $env = append $env (dict "name" "REGISTRY_PROXY_DATABASE_DIRECT_URL_FILE" "value" "/etc/registry-proxy/database/direct-url") }}
+{{- end }}
 {{- if $v.tokens.existingSecret }}
 {{- $env = append $env (dict "name" "REGISTRY_PROXY_TOKENS_FILE" "value" "/etc/registry-proxy/tokens/tokens.json") }}
 {{- end }}
@@ -283,6 +286,10 @@ container mounts these volumes, and it does not run as the files' owner (root). 
     items:
       - key: {{ $v.database.secretKey | quote }}
         path: url
+      {{- if $v.database.directSecretKey }}
+      - key: {{ $v.database.directSecretKey | quote }}
+        path: direct-url
+      {{- end }}
 {{- if $v.tokens.existingSecret }}
 - name: registry-proxy-tokens
   secret:
