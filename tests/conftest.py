@@ -3,6 +3,12 @@
 PostgreSQL is the one at REGISTRY_PROXY_TEST_DATABASE_URL when set, otherwise an embedded server
 started once for the session. Tests isolate themselves by tenant: each test gets fresh tenant
 names, so they never see each other's rows and need no truncation.
+
+With REGISTRY_PROXY_TEST_PGBOUNCER=1 a PgBouncer in transaction pooling stands in front of that
+PostgreSQL for the session, and every sidecar `make_api` builds on the session's database goes
+through it (`database.pooler=transaction`, the direct DSN for its listener and migrations): the
+suite then runs against the fleet topology of docs/fleet.md. Tests that bring a DSN of their own
+(an outage's own PostgreSQL, a Toxiproxy) are left as they are.
 """
 
 from __future__ import annotations
@@ -42,6 +48,22 @@ def pg_dsn() -> Iterator[str]:
         return
     with EmbeddedPostgres() as pg:
         yield pg.dsn
+
+
+@pytest.fixture(scope="session")
+def pooled_dsn(migrated_dsn: str) -> Iterator[str | None]:
+    """PgBouncer's DSN in front of the session's PostgreSQL, if REGISTRY_PROXY_TEST_PGBOUNCER."""
+    if not os.environ.get("REGISTRY_PROXY_TEST_PGBOUNCER"):
+        yield None
+        return
+    from tests.topology.pgbouncer import PgBouncer
+
+    bouncer = PgBouncer(migrated_dsn, default_pool_size=20, max_client_conn=5000)
+    asyncio.run(bouncer.__aenter__())
+    try:
+        yield bouncer.dsn
+    finally:
+        asyncio.run(bouncer.__aexit__(None, None, None))
 
 
 @pytest.fixture(scope="session")
@@ -179,6 +201,7 @@ class SidecarTestServer(TestServer):
 @pytest.fixture
 async def make_api(
     migrated_dsn: str,
+    pooled_dsn: str | None,
     tokens: Tokens,
     tmp_path: Path,
     aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
@@ -189,6 +212,10 @@ async def make_api(
     async def factory(
         dsn: str | None = None, *, wait_replica: bool = True, **overrides: Any
     ) -> Api:
+        if dsn is None and pooled_dsn is not None:
+            dsn = pooled_dsn
+            overrides.setdefault("database_direct_url", SecretStr(migrated_dsn))
+            overrides["database"] = {"pooler": "transaction", **overrides.get("database", {})}
         settings = make_settings(dsn or migrated_dsn, tokens, tmp_path / "journal", **overrides)
         app = create_app(settings)
         client = await aiohttp_client(SidecarTestServer(app))

@@ -115,6 +115,9 @@ class PgBouncer:
         return "\n".join(lines) + "\n"
 
     async def start(self, timeout: float = 15) -> None:
+        """Start it (again, after `stop`: same port, fresh files)."""
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
         root = make_root("registry-proxy-pgbouncer-")
         self.root = root
         # With trust the password column is not checked, but the user must be listed.
