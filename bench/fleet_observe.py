@@ -24,8 +24,11 @@ _BACKENDS = (
     "SELECT usename, application_name, coalesce(state, '') AS state FROM pg_stat_activity "
     "WHERE backend_type = 'client backend' AND usename IS DISTINCT FROM $1"
 )
+# dealloc: statements pg_stat_statements evicted for room (their counts start again), which
+# would make a window's statement count a lower bound.
 _XACTS = (
-    "SELECT xact_commit + xact_rollback AS xacts, xact_rollback, deadlocks FROM pg_stat_database "
+    "SELECT xact_commit + xact_rollback AS xacts, xact_rollback, deadlocks, "
+    "(SELECT dealloc FROM pg_stat_statements_info) AS dealloc FROM pg_stat_database "
     "WHERE datname = current_database()"
 )
 _STATEMENTS = (
@@ -133,6 +136,7 @@ class Observer:
             "xacts": int(db["xacts"]),
             "rollbacks": int(db["xact_rollback"]),
             "deadlocks": int(db["deadlocks"]),
+            "evicted": int(db["dealloc"]),
             "own_xacts": own,
             "statements": statements,
         }
@@ -162,6 +166,7 @@ def rates(before: dict[str, Any], after: dict[str, Any], sidecars: int) -> dict[
         "statements": statements,
         "statements_per_s": round(statements / seconds, 2),
         "statements_per_s_per_sidecar": round(statements / seconds / sidecars, 3),
+        "statement_evictions": after["evicted"] - before["evicted"],
         "top_statements": [
             {"role": role, "query": query, "calls": n, "per_s": round(n / seconds, 3)}
             for (role, query), n in calls.most_common(8)

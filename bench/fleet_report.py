@@ -78,6 +78,9 @@ def report(doc: dict[str, Any]) -> str:
         lines.append(f"idle PgBouncer: {p['servers']} server connections, {p['cl_active']} clients")
     q = idle["queries"]
     top = "; ".join(f"{s['query']} ({s['role']}) {s['per_s']}/s" for s in q["top_statements"][:4])
+    evicted = sum(
+        doc[p]["queries"].get("statement_evictions", 0) for p in ("idle", "load", "outage")
+    )
     lines += [
         f"idle queries over {q['seconds']} s: {q['statements_per_s']} statements/s for the fleet, "
         f"{q['statements_per_s_per_sidecar']} per sidecar (pg_stat_statements); "
@@ -85,6 +88,11 @@ def report(doc: dict[str, Any]) -> str:
         f"sidecar (pg_stat_database)",
         f"  most called: {top}",
     ]
+    if evicted:
+        lines.append(
+            f"  pg_stat_statements evicted {evicted} statements during the windows: their "
+            f"statement counts are lower bounds"
+        )
     load, peak = doc["load"]["queries"], doc["peaks"]["load"]
     lat = doc["traffic"]["latency_ms"]
     lines.append(
