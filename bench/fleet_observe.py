@@ -32,8 +32,9 @@ _XACTS = (
     "WHERE datname = current_database()"
 )
 _STATEMENTS = (
-    "SELECT s.queryid, r.rolname, s.calls, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 90) "
-    "AS query FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
+    "SELECT s.queryid, s.toplevel, r.rolname, s.calls, "
+    "left(regexp_replace(s.query, '\\s+', ' ', 'g'), 90) AS query "
+    "FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid "
     "WHERE r.rolname <> $1"
 )
 
@@ -127,8 +128,10 @@ class Observer:
         own = self.own_xacts
         db = (await self._fetch(_XACTS))[0]
         at = time.monotonic()
+        # One entry per role and query (and top level or not): PgBouncer's "select 1" and a
+        # sidecar's "SELECT 1" share a queryid under different roles.
         statements = {
-            r["queryid"]: (r["rolname"], r["query"], int(r["calls"]))
+            (r["rolname"], r["queryid"], r["toplevel"]): (r["rolname"], r["query"], int(r["calls"]))
             for r in await self._fetch(_STATEMENTS, OBSERVER_ROLE)
         }
         return {

@@ -120,14 +120,17 @@ def report(doc: dict[str, Any]) -> str:
     out, rec = doc["outage"], doc["peaks"]["recovery"]
     oq = out["queries"]
     reopened = sum(p["reopened"] for p in out["per_sidecar"].values())
+    replay = [p.get("replay") or {} for p in out["per_sidecar"].values()]
     lines += [
         f"outage: PostgreSQL down {out['down_s']} s; journals peaked at "
         f"{out['journal_peak_total']} entries; every breaker closed "
         f"{out['fleet_breakers_closed_s']} s and every journal drained "
         f"{out['fleet_drained_s']} s after PostgreSQL was back (None: not within "
         f"{plan['drain_timeout_s']:g} s)",
-        f"  breakers that tripped again after PostgreSQL was back: {reopened}; from the load's "
-        f"end to the drain {oq['deadlocks']} deadlocks, {oq['rollbacks']} rollbacks",
+        f"  breakers that tripped again after PostgreSQL was back: {reopened}; replayed "
+        f"{sum(r.get('applied', 0) for r in replay)} entries ("
+        f"{sum(r.get('failed', 0) for r in replay)} failed attempts); from the load's end to "
+        f"the drain {oq['deadlocks']} deadlocks, {oq['rollbacks']} rollbacks",
         f"recovery peak backends: {_kinds(rec['backends'])}",
     ]
     if "pgbouncer_servers" in rec:
