@@ -88,7 +88,7 @@ backlog: $(STAMP)
 	$(BIN)/python -m bench.backlog
 
 # 8 sidecars on one PostgreSQL, their pools through PgBouncer in transaction pooling: backends and
-# queries at idle, propagation between sidecars, recovery from a 30 s outage (about 6 minutes);
+# queries at idle, propagation between sidecars, recovery from a 30 s outage (about 4 minutes);
 # FLEET_ARGS go to bench.fleet (e.g. FLEET_ARGS="--sidecars 4 --direct").
 fleet: $(STAMP) $(BIN)/pgbouncer
 	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
