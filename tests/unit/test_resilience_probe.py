@@ -272,8 +272,26 @@ async def test_jitter_spreads_the_intervals_around_the_period(
     assert sleeps.intervals[: len(draws)] == pytest.approx([0.8, 1.2, 1.0, 0.9])
 
 
+async def test_jitter_draws_from_its_own_generator_when_none_is_given(
+    breaker: CircuitBreaker, sleeps: Sleeps
+) -> None:
+    check = FakeCheck(failures=20)
+    probe = HealthProbe(breaker, check, interval_s=1.0, sleep=sleeps, jitter=0.2)
+    breaker.acquire().failure(0.0, "down")
+    probe.start()
+    try:
+        async with asyncio.timeout(GUARD_S):
+            while len(check.timeouts) < 5:
+                await asyncio.sleep(0)
+    finally:
+        await probe.stop()
+    intervals = sleeps.intervals[:5]
+    assert all(0.8 <= i <= 1.2 for i in intervals), intervals
+    assert len(set(intervals)) > 1, intervals
+
+
 def test_jitter_is_a_share_below_one(breaker: CircuitBreaker) -> None:
-    with pytest.raises(ValueError, match="jitter"):
+    with pytest.raises(ValueError, match="^jitter must be at least 0 and below 1$"):
         HealthProbe(breaker, FakeCheck(), jitter=1.0)
     with pytest.raises(ValueError, match="jitter"):
         HealthProbe(breaker, FakeCheck(), jitter=-0.1)
