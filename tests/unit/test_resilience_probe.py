@@ -291,7 +291,7 @@ async def test_jitter_draws_from_its_own_generator_when_none_is_given(
 
 
 def test_jitter_is_a_share_below_one(breaker: CircuitBreaker) -> None:
-    with pytest.raises(ValueError, match="^jitter must be at least 0 and below 1$"):
+    with pytest.raises(ValueError, match=r"^jitter must be at least 0 and below 1$"):
         HealthProbe(breaker, FakeCheck(), jitter=1.0)
     with pytest.raises(ValueError, match="jitter"):
         HealthProbe(breaker, FakeCheck(), jitter=-0.1)
