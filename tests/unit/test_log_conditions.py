@@ -121,6 +121,7 @@ def test_asyncpgs_pool_floor_warning_becomes_one_line_without_traceback(
     captured: io.StringIO,
 ) -> None:
     POOL_FLOOR.ended()
+    captured.seek(0)
     captured.truncate(0)
     logger = logging.getLogger("asyncpg.pool")
     assert any(isinstance(f, PoolFloorFilter) for f in logger.filters)
