@@ -10,6 +10,8 @@ file descriptors, journal and replica figures are sampled (psutil and ``/v1/stat
 At the end PostgreSQL is up, the journal has drained, and the run fails (exit 1) when:
 
 - RSS after the run grew more than ``--max-rss-growth`` (10%) over RSS at the end of warm-up;
+- RSS trends upward after warm-up by ``--max-rss-slope`` (1%) of it per hour or more (least
+  squares over every sample; judged when at least an hour follows the warm-up);
 - any acknowledged write (2xx: 200, 201, 202, 204) is missing from PostgreSQL: its op id absent
   from the operations ledger, or its effect absent (agent row, unregister, performance event);
 - a performance event was counted twice (an agent's task_count differs from its event rows);
@@ -62,6 +64,7 @@ class SoakPlan:
     agents: int
     read_mode: str
     max_rss_growth: float
+    max_rss_slope: float
     out: Path
     keep: bool = False
 
@@ -88,6 +91,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
             "agents": plan.agents,
             "read_mode": plan.read_mode,
             "max_rss_growth": plan.max_rss_growth,
+            "max_rss_slope_per_hour": plan.max_rss_slope,
         },
     }
     try:
@@ -188,7 +192,17 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
             "replica_agents_final": final[-1].get("replica_agents"),
         },
     )
+    slope = doc["memory"]["rss_mib_slope_per_hour"]
+    judged_s = (after_warmup[-1]["t_s"] - after_warmup[0]["t_s"]) if after_warmup else 0.0
+    slope_share = slope / rss_base if slope is not None and rss_base else None
     doc["acceptance"] = {
+        # A trend needs time to show above the allocator's noise: judged from an hour on.
+        "rss_slope_per_hour_after_warmup": {
+            "value": round(slope_share, 4) if slope_share is not None else None,
+            "target": f"< {plan.max_rss_slope:g} (judged when at least 1 h follows the warm-up)",
+            "pass": judged_s < 3600
+            or (slope_share is not None and slope_share < plan.max_rss_slope),
+        },
         "rss_growth_after_warmup": {
             "value": round(growth, 4),
             "target": f"< {plan.max_rss_growth:g}",
@@ -259,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--read-mode", choices=("database", "replica"), default="database")
     parser.add_argument("--max-rss-growth", type=float, default=0.10)
+    parser.add_argument(
+        "--max-rss-slope",
+        type=float,
+        default=0.01,
+        help="RSS trend after warm-up, per hour, as a share of RSS at its end (default 1%%)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     parser.add_argument(
@@ -288,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         agents=args.agents,
         read_mode=args.read_mode,
         max_rss_growth=args.max_rss_growth,
+        max_rss_slope=args.max_rss_slope,
         out=args.out or result_path("soak"),
         keep=args.keep,
     )

@@ -15,7 +15,8 @@ from datetime import datetime
 from proxy.registry.requests import REGISTRY_KINDS
 from proxy.service.context import op_id_of
 from proxy.store.journal import JournalEntry
-from proxy.store.replica import PendingWrite, Replica
+from proxy.store.pending_write import PendingWrite
+from proxy.store.replica import Replica
 
 AgentKey = tuple[str, str]  # (tenant, agent id)
 

@@ -44,24 +44,9 @@ from proxy.registry.apply import apply_write
 from proxy.registry.matching import matches, sort_key
 from proxy.registry.matching import stats as matching_stats
 from proxy.registry.models import AgentQuery
-from proxy.registry.requests import WriteKind
 from proxy.resilience import SYSTEM_CLOCK, Clock
-
-# Remembered counted event ids per agent; a retry of an older one during an outage may count
-# twice in the overlay (never in PostgreSQL) until the replay applies it.
-COUNTED_EVENTS_PER_AGENT = 1024
-
-
-@dataclass(slots=True)
-class PendingWrite:
-    op_id: str
-    kind: str
-    payload: dict[str, Any]
-    received_at: datetime
-    uncertain: bool = False
-    """The write reached PostgreSQL before it was journaled and its fate is unknown (the
-    connection died mid-call). PostgreSQL may hold it already, and rows from there may show it
-    at any moment, so the overlay leaves it out: it shows once the replay settles it."""
+from proxy.store.counted_events import CountedEvents
+from proxy.store.pending_write import PendingWrite
 
 
 @dataclass(slots=True)
@@ -81,9 +66,6 @@ class _Tenant:
     dirty: set[str] = field(default_factory=set)
     pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
     pending_total: int = 0
-    # Event ids PostgreSQL is known to have counted, per agent (this sidecar's own writes):
-    # a journaled retry of one of them must not count again in the overlay.
-    counted: dict[str, dict[str, None]] = field(default_factory=dict)
     # The overlay folded over the base, per agent with pending writes; dropped when either moves.
     views: dict[str, AgentRecord | None] = field(default_factory=dict)
     # The event ids the cached view of an agent has counted from its pending writes.
@@ -115,6 +97,7 @@ class Replica:
         # (tenant, agent) held by a replay batch in flight -> the newest row that arrived meanwhile.
         self._held: dict[tuple[str, str], AgentRecord | None] = {}
         self._pending_total = 0
+        self._counted = CountedEvents(clock=clock)
 
     # -- freshness -------------------------------------------------------------------------
 
@@ -229,7 +212,7 @@ class Replica:
         old = t.agents.get(rec.agent_id)
         if old is not None and old.version >= rec.version:
             return False
-        t.views.pop(rec.agent_id, None)
+        self._drop_view(t, rec.agent_id)
         if old is not None:
             del t.agents[rec.agent_id]
             self._count -= 1
@@ -256,7 +239,6 @@ class Replica:
             if name in old:
                 t.pending = old[name].pending
                 t.pending_total = old[name].pending_total
-                t.counted = old[name].counted
         # A held agent keeps the base it has until the replay releases it; the resync's row
         # for it waits in the buffer like any other.
         for tenant, agent_id in self._held:
@@ -301,10 +283,9 @@ class Replica:
         if agent_id in t.views:
             return t.views[agent_id]
         rec = t.agents.get(agent_id)
-        known = t.counted.get(agent_id, {})
         counted: set[str] = set()
         for w in t.pending.get(agent_id, ()):
-            rec = self._fold(tenant, rec, w, known, counted)
+            rec = self._fold(tenant, rec, w, counted)
         t.views[agent_id] = rec
         t.view_events[agent_id] = counted
         return rec
@@ -314,18 +295,16 @@ class Replica:
         tenant: str,
         rec: AgentRecord | None,
         w: PendingWrite,
-        known: dict[str, None],
         counted: set[str],
     ) -> AgentRecord | None:
         """One pending write over the view so far, as PostgreSQL will apply it."""
         if w.uncertain:
             return rec  # never counted twice: shown once PostgreSQL has settled it
-        if w.kind == WriteKind.PERFORMANCE:
-            event_id = w.payload["body"].get("event_id")
-            if event_id is not None:
-                if event_id in counted or event_id in known:
-                    return rec  # PostgreSQL counts an event once
-                counted.add(event_id)
+        event_id = w.event_id
+        if event_id is not None:
+            if w.counted or event_id in counted:
+                return rec  # PostgreSQL counts an event once
+            counted.add(event_id)
         try:
             return apply_write(w.kind, tenant, w.payload, rec, w.received_at)
         except errors.RegistryError:
@@ -334,6 +313,9 @@ class Replica:
 
     def add_pending(self, tenant: str, agent_id: str, write: PendingWrite) -> None:
         t = self._tenant(tenant)
+        event_id = write.event_id
+        if event_id is not None and self._counted.knows((tenant, agent_id), event_id):
+            write.counted = True
         cached = agent_id in t.views
         t.pending.setdefault(agent_id, []).append(write)
         t.pending_total += 1
@@ -345,7 +327,6 @@ class Replica:
                 tenant,
                 t.views[agent_id],
                 write,
-                t.counted.get(agent_id, {}),
                 t.view_events.setdefault(agent_id, set()),
             )
         else:
@@ -363,7 +344,7 @@ class Replica:
         dropped = len(writes) - len(kept)
         t.pending_total -= dropped
         self._pending_total -= dropped
-        t.views.pop(agent_id, None)
+        self._drop_view(t, agent_id)
         t.dirty.add(agent_id)
         if kept:
             writes[:] = kept
@@ -372,14 +353,16 @@ class Replica:
 
     def event_counted(self, tenant: str, agent_id: str, event_id: str) -> None:
         """PostgreSQL has counted this performance event of the agent (its base row has it)."""
-        t = self._tenant(tenant)
-        events = t.counted.setdefault(agent_id, {})
-        if event_id in events:
+        if not self._counted.add((tenant, agent_id), event_id):
             return
-        events[event_id] = None
-        if len(events) > COUNTED_EVENTS_PER_AGENT:
-            del events[next(iter(events))]  # the oldest: a retry comes soon after, or never
-        t.views.pop(agent_id, None)
+        t = self._tenants.get(tenant)
+        writes = t.pending.get(agent_id) if t is not None else None
+        if t is None or not writes:
+            return
+        for w in writes:
+            if w.event_id == event_id:
+                w.counted = True
+        self._drop_view(t, agent_id)
         t.dirty.add(agent_id)
 
     def has_pending(self, tenant: str, agent_id: str) -> bool:
@@ -468,6 +451,11 @@ class Replica:
 
     # -- snapshot --------------------------------------------------------------------------
 
+    @staticmethod
+    def _drop_view(t: _Tenant, agent_id: str) -> None:
+        t.views.pop(agent_id, None)
+        t.view_events.pop(agent_id, None)
+
     def snapshot_view(self) -> tuple[list[str], bool, list[AgentRecord]]:
         """An immutable copy, cheap to take on the event loop; the records are frozen, so the
         rows can be built from it in another thread while the replica moves on."""
@@ -494,4 +482,5 @@ class Replica:
             "from_snapshot": self.from_snapshot,
             "watermark": self.watermark,
             "pending_writes": self.pending_count(),
+            "counted_events": len(self._counted),
         }

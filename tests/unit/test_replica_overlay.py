@@ -8,7 +8,10 @@ from typing import Any
 
 from proxy.registry.agent import AgentRecord
 from proxy.registry.apply import apply_write
-from proxy.store.replica import COUNTED_EVENTS_PER_AGENT, PendingWrite, Replica
+from proxy.resilience import FakeClock
+from proxy.store.counted_events import CountedEvents
+from proxy.store.pending_write import PendingWrite
+from proxy.store.replica import Replica
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 T = "t"
@@ -75,12 +78,52 @@ def test_an_event_postgresql_counted_already_does_not_count_again() -> None:
     assert count(rep) == 1
 
 
-def test_the_memory_of_counted_events_is_bounded() -> None:
-    rep = warm()
-    for n in range(COUNTED_EVENTS_PER_AGENT + 5):
-        rep.event_counted(T, "a", f"e{n}")
-    rep.add_pending(T, "a", post("op", "e0"))  # forgotten: the oldest went first
+def test_a_retry_journaled_before_its_first_attempt_is_heard_counts_once() -> None:
+    rep = warm(0)
+    rep.add_pending(T, "a", post("retry", "e1"))
     assert count(rep) == 1
+    # The first attempt commits now; its row (with the event) arrives, the retry still pends.
+    rep.event_counted(T, "a", "e1")
+    rep.upsert(base(11, 1))
+    assert count(rep) == 1
+
+
+def test_a_retry_stays_left_out_after_its_event_id_is_forgotten() -> None:
+    clock = FakeClock()
+    rep = Replica(clock=clock)
+    rep.replace_all([T], [base(10, 1)])
+    rep.event_counted(T, "a", "e1")
+    rep.add_pending(T, "a", post("retry", "e1"))
+    clock.advance(3600)
+    rep.event_counted(T, "b", "later")  # expires e1
+    assert rep.stats()["counted_events"] == 1
+    assert count(rep) == 1
+
+
+def test_counted_event_ids_are_forgotten_by_age_and_by_count() -> None:
+    clock = FakeClock()
+    events = CountedEvents(ttl_s=60, max_events=3, clock=clock)
+    assert events.add((T, "a"), "e1") and not events.add((T, "a"), "e1")
+    clock.advance(30)
+    events.add((T, "b"), "e2")
+    clock.advance(30)
+    events.add((T, "b"), "e3")  # e1 is 60 s old: gone
+    assert not events.knows((T, "a"), "e1") and events.knows((T, "b"), "e2")
+    events.add((T, "c"), "e4")
+    events.add((T, "c"), "e5")  # over three: the oldest, e2, goes
+    assert len(events) == 3
+    assert not events.knows((T, "b"), "e2") and events.knows((T, "c"), "e5")
+
+
+def test_agents_that_come_and_go_leave_nothing_behind() -> None:
+    """Memory held for counted events does not grow with the agents that ever reported one."""
+    clock = FakeClock()
+    rep = Replica(clock=clock)
+    rep.replace_all([T], [])
+    for n in range(2_000):
+        clock.advance(1)
+        rep.event_counted(T, f"agent-{n}", f"e{n}")
+    assert rep.stats()["counted_events"] == 900  # the last 15 minutes' worth
 
 
 def test_a_write_of_unknown_fate_is_left_out_until_settled() -> None:
