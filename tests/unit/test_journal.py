@@ -237,6 +237,28 @@ async def test_duplicate_op_id_returns_existing_entry_without_new_record(tmp_pat
         await reopened.close()
 
 
+async def test_a_finished_op_reopened_is_pending_again_and_stays_so(tmp_path: Path) -> None:
+    """A write whose commit a failed-over primary lost is journaled again under its op id."""
+    journal = await Journal.open(tmp_path)
+    first = await _append(journal, 1)
+    await journal.complete("op-1", OpStatus.APPLIED)
+    again = await journal.append(
+        op_id="op-1", kind="register", tenant="t", key="k", payload={"n": 2}, reopen=True
+    )
+    assert again.seq > first.seq and again.payload == {"n": 2}
+    assert journal.state("op-1") is OpStatus.PENDING and journal.depth == 1
+    await journal.close()
+
+    reopened = await Journal.open(tmp_path)
+    try:
+        assert reopened.state("op-1") is OpStatus.PENDING
+        assert [e.seq for e in reopened.pending()] == [again.seq]
+        await reopened.complete("op-1", OpStatus.APPLIED)
+        assert reopened.state("op-1") is OpStatus.APPLIED and reopened.depth == 0
+    finally:
+        await reopened.close()
+
+
 # --------------------------------------------------------------------------- group commit
 
 

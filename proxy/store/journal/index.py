@@ -36,6 +36,8 @@ class Index:
         self.reserved = 0  # sum of outcome_bound() over pending entries
 
     def add_pending(self, entry: JournalEntry) -> None:
+        # An op journaled again (`append(reopen=True)`) is no longer finished.
+        self.finished.pop(entry.op_id, None)
         self.pending[entry.op_id] = entry
         self.by_tenant.setdefault(entry.tenant, {})[entry.op_id] = entry
         self.reserved += outcome_bound(entry.op_id)
@@ -67,9 +69,8 @@ class Index:
             if entry.op_id in self.pending:
                 _log.warning("journal_duplicate_entry_ignored", op_id=entry.op_id, seq=entry.seq)
                 return
-            # Mirrors `append`: an op_id whose outcome is still remembered is not appended again,
-            # so seeing it here means the outcome had been forgotten; the new entry stands.
-            self.finished.pop(entry.op_id, None)
+            # An op_id whose outcome is still remembered is appended again only when reopened
+            # (or its outcome had been forgotten): the new entry stands either way.
             self.add_pending(entry)
         else:
             outcome = outcome_from_obj(obj)

@@ -186,15 +186,17 @@ class Journal:
         key: str,
         payload: dict[str, Any],
         trace: str | None = None,
+        reopen: bool = False,
     ) -> JournalEntry:
         """Durably record an operation; returns once it is fsynced (when fsync is enabled).
 
         ``trace`` is the span context of the request it came from, when tracing is on. An op_id
         already pending, in flight or recently finished returns the existing entry and writes
-        nothing. Raises JournalFull when the disk has no room for it (with its outcome),
-        JournalError when the record did not reach the disk (the entry is then not pending),
-        TypeError when the payload is not JSON-serialisable, ValueError for an empty op_id or an
-        oversized record.
+        nothing; with ``reopen``, one recently finished is journaled again (its commit may have
+        been lost with a primary that failed over). Raises JournalFull when the disk has no room
+        for it (with its outcome), JournalError when the record did not reach the disk (the
+        entry is then not pending), TypeError when the payload is not JSON-serialisable,
+        ValueError for an empty op_id or an oversized record.
         """
         self._check_usable()
         if not op_id:
@@ -203,7 +205,7 @@ class Journal:
         if existing is not None:
             return existing
         finished = self._index.finished.get(op_id)
-        if finished is not None:
+        if finished is not None and not reopen:
             return finished[1]
         inflight = self._writer.inflight_appends.get(op_id)
         if inflight is not None:
