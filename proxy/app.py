@@ -182,6 +182,7 @@ def _service_hooks(metrics: Metrics, tracing: Tracing | None) -> ServiceHooks:
         replica_hit=metrics.replica_hits.inc,  # per read: no wrapper frame
         journal_append=journaled,
         committed=lambda path: metrics.writes_committed.labels(path).inc(),
+        reapplied=metrics.failover_reapplied.inc,
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),
         shed=lambda reason: metrics.shed.labels(reason).inc(),
         spans=tracing,

@@ -251,6 +251,33 @@ class JournalSettings(BaseModel):
     )
 
 
+class FailoverSettings(BaseModel):
+    guard: bool = Field(
+        True,
+        description="keep each committed write until every standby has flushed it, and apply "
+        "again those a newly promoted primary lacks (asynchronous replication); needs the journal",
+    )
+    check_interval_ms: int = Field(
+        1_000,
+        ge=50,
+        le=60_000,
+        description="how often the primary's WAL position is read (+/- 20%); 50 to 60000",
+    )
+    hold_ms: int = Field(
+        10_000,
+        ge=0,
+        le=3_600_000,
+        description="how long a write is kept when standbys' positions cannot be read (the role "
+        "is not in pg_monitor); 0 to 3600000",
+    )
+    max_writes: int = Field(
+        50_000,
+        ge=0,
+        le=10_000_000,
+        description="most writes kept, oldest released first; 0 to 10000000",
+    )
+
+
 class LogSettings(BaseModel):
     level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug, info, warning or error"
@@ -321,6 +348,7 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     replica: ReplicaSettings = ReplicaSettings()
     journal: JournalSettings = JournalSettings()
+    failover: FailoverSettings = FailoverSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")

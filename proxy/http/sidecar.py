@@ -74,6 +74,8 @@ async def metrics(request: web.Request) -> web.Response:
         m.db_queue_depth.set(g.db_queue_depth)
     if g.loop_lag_s is not None:
         m.loop_lag.set(g.loop_lag_s)
+    if g.failover_unconfirmed is not None:
+        m.failover_unconfirmed.set(g.failover_unconfirmed)
     resp = web.Response(body=generate_latest(m.registry))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     resp.charset = "utf-8"

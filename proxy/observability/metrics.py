@@ -246,6 +246,17 @@ class Metrics:
         self.writes_committed = Counter(
             PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
         )
+        # The failover guard: writes no standby is known to hold, and those a promotion sent back.
+        self.failover_unconfirmed = Gauge(
+            PREFIX + "failover_unconfirmed_writes",
+            "Committed writes no standby is known to have flushed yet",
+            registry=r,
+        )
+        self.failover_reapplied = Counter(
+            PREFIX + "failover_reapplied",
+            "Committed writes journaled again after a standby was promoted",
+            registry=r,
+        )
         # Overload: the queue for database connections, and what was refused for capacity.
         self.db_queue_depth = Gauge(
             PREFIX + "db_queue_depth",

@@ -22,6 +22,7 @@ from proxy.service.apply_batch import apply_batch, replay_context
 from proxy.service.backlog import AgentKey, Backlog
 from proxy.service.context import ServiceHooks, op_id_of, utc_now
 from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
+from proxy.service.failover_guard import Committed, FailoverGuard
 from proxy.settings import Settings
 from proxy.store import repository
 from proxy.store.db import Database
@@ -53,8 +54,10 @@ class Replay:
         call: DatabaseCall,
         backlog: Backlog,
         drained: Callable[[], None],
+        guard: FailoverGuard | None = None,
     ) -> None:
         self._settings = settings
+        self._guard = guard
         self._db = database
         self._breaker = breaker
         self._replica = replica
@@ -200,6 +203,13 @@ class Replay:
                 self._release_settled(keys)
             raise
         results, records, broken = applied
+        guard = self._guard
+        if guard is not None:
+            for entry, status, _reason, _record in results:
+                if status is OpStatus.APPLIED:
+                    guard.committed(
+                        Committed(entry.op_id, entry.kind, entry.tenant, entry.key, entry.payload)
+                    )
         # Drop what PostgreSQL now holds from the overlay and show its rows, in one step with no
         # await between, so no read sees a write twice or not at all.
         if rep is not None:

@@ -19,8 +19,11 @@ the service costs no frame of its own (a get-by-id served by the replica is on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
+
+import structlog
 
 from proxy.resilience import (
     BreakerState,
@@ -34,6 +37,7 @@ from proxy.service.admin import Admin
 from proxy.service.backlog import Backlog
 from proxy.service.context import ServiceHooks
 from proxy.service.database_call import DatabaseCall
+from proxy.service.failover_guard import Committed, FailoverGuard
 from proxy.service.reads import Reads
 from proxy.service.replay import Replay
 from proxy.service.writes import Writes
@@ -41,6 +45,12 @@ from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.journal import Journal
 from proxy.store.replica import Replica
+from proxy.store.wal_position import WalPosition, read_wal_position
+
+log = structlog.get_logger(__name__)
+
+# Reading the WAL position is one short query; a busy pool gets this long to lend a connection.
+_POSITION_TIMEOUT_S = 2.0
 
 # Breaker states in which PostgreSQL may answer: the replay runs (in half-open, its first batch
 # is the trial that closes the breaker, when every request is served from the replica or
@@ -84,6 +94,14 @@ class RegistryService:
             lag=lag,
         )
         self._backlog = backlog = Backlog(replica)
+        failover = settings.failover
+        self.guard = guard = (
+            FailoverGuard(hold_ms=failover.hold_ms, max_writes=failover.max_writes)
+            if failover.guard and journal is not None and failover.max_writes > 0
+            else None
+        )
+        self._guard_wake = asyncio.Event()
+        self._guard_task: asyncio.Task[None] | None = None
         reads = Reads(settings=settings, replica=replica, journal=journal, hooks=hooks, call=call)
         writes = Writes(
             settings=settings,
@@ -93,6 +111,7 @@ class RegistryService:
             hooks=hooks,
             call=call,
             backlog=backlog,
+            guard=guard,
         )
         self._replay = replay = Replay(
             settings=settings,
@@ -104,6 +123,7 @@ class RegistryService:
             call=call,
             backlog=backlog,
             drained=self._drained,
+            guard=guard,
         )
         admin = Admin(
             breaker=breaker, bulkhead=bulkhead, lag=lag, call=call, writes=writes, backlog=backlog
@@ -134,9 +154,55 @@ class RegistryService:
                     self._backlog.show(entry)
             self._replay.start()
             self._backlog.wake()
+        if self.guard is not None:
+            self._guard_task = asyncio.create_task(
+                self.guard.watch(
+                    read=self._wal_position,
+                    reapply=self._apply_again,
+                    interval_s=self.settings.failover.check_interval_ms / 1000,
+                    wake=self._guard_wake,
+                ),
+                name="failover-guard",
+            )
 
     async def stop(self) -> None:
+        if self._guard_task is not None:
+            self._guard_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._guard_task
         await self._replay.stop()
+
+    async def _wal_position(self) -> WalPosition:
+        async with self.db.connection(timeout=_POSITION_TIMEOUT_S) as conn:
+            return await read_wal_position(conn, _POSITION_TIMEOUT_S)
+
+    async def _apply_again(self, writes: list[Committed]) -> None:
+        """Journal again, in commit order, writes a new primary may lack. Each is marked
+        uncertain: reads show it once the replay has settled it against that primary's ledger."""
+        journal = self.journal
+        assert journal is not None
+        for w in writes:
+            try:
+                entry = await journal.append(
+                    op_id=w.op_id,
+                    kind=w.kind,
+                    tenant=w.tenant,
+                    key=w.key,
+                    payload={**w.payload, "uncertain": True},
+                    reopen=True,
+                )
+            except Exception as exc:
+                # Nothing else holds it now: say which, so it can be checked by hand.
+                log.error(
+                    "a write the new primary may lack could not be journaled again",
+                    op_id=w.op_id,
+                    kind=w.kind,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                continue
+            self._backlog.show(entry)
+            self.hooks.reapplied(1)
+        self._backlog.wake()
 
     def wake_replay(self) -> None:
         self._backlog.wake()
@@ -148,6 +214,8 @@ class RegistryService:
     def _on_transition(self, transition: Transition) -> None:
         if transition.to_state in _ANSWERING:
             self._backlog.wake()
+            # PostgreSQL answers again, perhaps a newly promoted primary: look at once.
+            self._guard_wake.set()
         else:
             # Writes waiting for their agent's backlog look again: PostgreSQL is away once
             # more, so they are journaled behind it rather than waiting out their deadline.

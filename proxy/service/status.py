@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from proxy.registry.requests import REGISTRY_KINDS
 from proxy.resilience import Bulkhead, CircuitBreaker, HealthProbe, LoopLag, RetryBudget
+from proxy.service.failover_guard import FailoverGuard
 from proxy.settings import Settings
 from proxy.store.db import Database
 from proxy.store.journal import Journal
@@ -65,6 +66,7 @@ class Gauges:
     journal_quarantine_files: int | None
     db_queue_depth: int | None
     loop_lag_s: float | None
+    failover_unconfirmed: int | None
 
 
 class _Service(Protocol):
@@ -86,6 +88,8 @@ class _Service(Protocol):
     def lag(self) -> LoopLag | None: ...
     @property
     def replays(self) -> dict[str, Any]: ...
+    @property
+    def guard(self) -> FailoverGuard | None: ...
     def overload_stats(self) -> dict[str, Any]: ...
 
 
@@ -141,6 +145,9 @@ class Sidecar:
             "replay": dict(service.replays),
             "pool": service.db.stats(),
             "overload": service.overload_stats(),
+            "failover_guard": (
+                service.guard.status() if service.guard is not None else {"enabled": False}
+            ),
         }
 
     def _tenant_status(self, full: dict[str, Any], tenant: str) -> dict[str, Any]:
@@ -209,6 +216,7 @@ class Sidecar:
             journal_quarantine_files=journal.quarantine_files if journal is not None else None,
             db_queue_depth=service.bulkhead.queued if service.bulkhead is not None else None,
             loop_lag_s=service.lag.last_s if service.lag is not None else None,
+            failover_unconfirmed=len(service.guard) if service.guard is not None else None,
         )
 
     def journal_depth(self) -> int:

@@ -35,6 +35,7 @@ from proxy.service.context import (
     utc_now,
 )
 from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
+from proxy.service.failover_guard import Committed, FailoverGuard
 from proxy.settings import Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.journal import Journal, JournalError, JournalFull
@@ -54,10 +55,12 @@ class Writes:
         hooks: ServiceHooks,
         call: DatabaseCall,
         backlog: Backlog,
+        guard: FailoverGuard | None = None,
     ) -> None:
         self._settings = settings
         self._breaker = breaker
         self._replica = replica
+        self._guard = guard
         self._journal = journal
         self._hooks = hooks
         self._call = call
@@ -185,6 +188,19 @@ class Writes:
             )
         if kind == "performance" and outcome.status in (200, 201) and rep is not None:
             rep.event_counted(ctx.tenant, target, payload["body"]["event_id"])
+        guard = self._guard
+        if guard is not None and outcome.applied and not outcome.from_ledger:
+            # Until a standby holds it: a primary failing over before then may lose it.
+            record = {
+                "payload": payload,
+                "hash": req_hash,
+                "actor": ctx.actor,
+                "request_id": ctx.request_id,
+                "received_at": now.isoformat(),
+            }
+            guard.committed(
+                Committed(journal_id(ctx.tenant, op_id), kind, ctx.tenant, target, record)
+            )
         return self._written(outcome)
 
     @staticmethod
