@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest chaos bench soak pressure backlog fleet schemathesis clean tools mutation mutation-sample
+.PHONY: run test lint typecheck pytest chaos bench soak pressure backlog fleet failover-runs schemathesis clean tools mutation mutation-sample
 
 $(STAMP): pyproject.toml chaos/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "need Python 3.11 or newer (set PYTHON=...)"; exit 2; }
@@ -92,6 +92,15 @@ backlog: $(STAMP)
 # FLEET_ARGS go to bench.fleet (e.g. FLEET_ARGS="--sidecars 4 --direct").
 fleet: $(STAMP) $(BIN)/pgbouncer
 	$(BIN)/python -m bench.fleet $(FLEET_ARGS)
+
+# The Patroni failover scenario (asynchronous replication, the leader killed under writes and
+# reads) run FAILOVER_RUNS times in a row (10); stops at the first failure.
+failover-runs: tools
+	for run in $$(seq $(or $(FAILOVER_RUNS),10)); do \
+		echo "failover run $$run"; \
+		PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -s -p no:cacheprovider \
+			tests/topology/test_failover.py || exit 1; \
+	done
 
 # A live sidecar on an embedded PostgreSQL, and schemathesis (every check) against its
 # /openapi.json; ST_ARGS go to `st run` (e.g. ST_ARGS="--max-examples 1000 --seed 1").
