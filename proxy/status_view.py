@@ -128,6 +128,27 @@ def _replay_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _guard_lines(doc: dict[str, Any]) -> list[str]:
+    guard = doc.get("failover_guard")
+    if not guard or not guard.get("enabled"):
+        return [] if guard is None else ["failover  guard off"]
+    if guard.get("positions_visible"):
+        seen = "standbys' positions visible"
+    elif guard.get("standbys"):
+        seen = "standbys' positions hidden (grant pg_monitor)"
+    else:
+        seen = "no standby"
+    lines = [
+        f"failover  {_n(guard.get('unconfirmed', 0), 'write')} not yet on every standby, "
+        f"timeline {guard.get('timeline')}, {_n(guard.get('standbys', 0), 'standby')}, {seen}; "
+        f"{_n(guard.get('promotions', 0), 'promotion')} seen, "
+        f"{_n(guard.get('reapplied', 0), 'write')} applied again"
+    ]
+    if guard.get("last_error"):
+        lines.append(f"          last error: {guard['last_error']}")
+    return lines
+
+
 def _replica_lines(doc: dict[str, Any]) -> list[str]:
     replica = doc.get("replica") or {}
     age = replica.get("age_seconds")
@@ -259,6 +280,7 @@ def render(data: dict[str, Any], *, now: float | None = None, recent: int = 5) -
         lines += _breaker_lines(doc, now, recent)
         lines += _journal_lines(doc)
         lines += _replay_lines(doc)
+        lines += _guard_lines(doc)
         lines += _replica_lines(doc)
         lines += _pool_lines(doc)
         lines += _overload_lines(doc)

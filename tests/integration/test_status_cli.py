@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import os
+import re
 import sys
 from typing import Any
 
@@ -73,6 +74,9 @@ async def test_healthy_sidecar_through_the_real_command(
     assert "shed: queue-full 0, queue-timeout 0" in out
     assert "loop lag" in out and "not shedding" in out
     assert "committed directly 1" in out
+    # The write may still be kept (released at the guard's next read: no standby to wait for).
+    guard = r"failover  [01] writes? not yet on every standby, timeline 1, 0 standbys"
+    assert re.search(guard, out), out
     assert err == ""
 
 
@@ -228,6 +232,16 @@ def test_render_shows_what_an_operator_looks_for() -> None:
         "replica": {"agents": 1, "age_seconds": None, "connected": False, "resyncs": 1},
         "pool": {"connected": False, "last_error": "OSError: down"},
         "overload": {"loop_lag": {"last_ms": 120.0, "max_ms": 300.0, "shedding": True}},
+        "failover_guard": {
+            "enabled": True,
+            "unconfirmed": 3,
+            "timeline": 2,
+            "standbys": 1,
+            "positions_visible": False,
+            "promotions": 1,
+            "reapplied": 7,
+            "last_error": "OSError: gone",
+        },
     }
     out = render({"url": "http://x", "status": doc, "metrics": {}}, now=1_075.0)
     for expected in (
@@ -247,5 +261,8 @@ def test_render_shows_what_an_operator_looks_for() -> None:
         "resynced 1 time, 0 change notifications",
         "pool      not connected yet",
         "overload  loop lag 120.0 ms now, 300.0 ms at most, SHEDDING",
+        "failover  3 writes not yet on every standby, timeline 2, 1 standby, standbys' positions "
+        "hidden (grant pg_monitor); 1 promotion seen, 7 writes applied again",
+        "          last error: OSError: gone",
     ):
         assert expected in out, (expected, out)
