@@ -87,6 +87,7 @@ class FleetPlan:
     drain_timeout_s: float
     out: Path
     keep: bool = False
+    max_connections: int = 100
 
 
 async def _idle(plan: FleetPlan, observer: Observer, bouncer: Bouncer | None) -> dict[str, Any]:
@@ -149,7 +150,7 @@ async def fleet(plan: FleetPlan) -> dict[str, Any]:
         },
     }
     try:
-        await asyncio.to_thread(start_postgres, pg)
+        await asyncio.to_thread(start_postgres, pg, plan.max_connections)
         postgres = await prepare(pg.dsn)
         if through:
             bouncer = Bouncer(
@@ -287,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     add("--pool-size", type=int, default=10, help="database.pool_max_size (default 10)")
     add("--pgbouncer-pool", type=int, default=20, help="PgBouncer default_pool_size (20)")
     add(
+        "--max-connections",
+        type=int,
+        default=100,
+        help="PostgreSQL max_connections (default 100, PostgreSQL's own default)",
+    )
+    add(
         "--pgbouncer-login-retry",
         type=int,
         help="PgBouncer server_login_retry, seconds (default: PgBouncer's own, 15)",
@@ -345,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         agents=args.agents,
         change_gap_s=args.change_gap,
         drain_timeout_s=args.drain_timeout,
+        max_connections=args.max_connections,
         out=args.out or result_path("fleet"),
         keep=args.keep,
     )

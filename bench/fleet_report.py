@@ -14,7 +14,16 @@ from bench.reporting import acceptance_lines, machine_line
 def acceptance(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     w, prop, outage = doc["writes"], doc["propagation"], doc["outage"]
     drained = bool(outage["drained"] and doc["journals_drained_at_end"])
+    # While PostgreSQL is up, a 202 (journaled) or a 503 (refused: no connection slot, a full
+    # queue) means the fleet ran out of something it should not have.
+    load = doc["traffic"]["answers"].get("load", {})
+    refused = sum(n for key, n in load.items() if key.endswith((":202", ":503")))
     return {
+        "load_journaled_or_refused": {
+            "value": refused,
+            "target": "== 0 (202 or 503 while PostgreSQL is up)",
+            "pass": refused == 0 and bool(load),
+        },
         "acknowledged_writes_missing": {
             "value": w["missing"],
             "target": "== 0",

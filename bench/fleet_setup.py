@@ -41,12 +41,14 @@ def token_spec(tokens: Tokens, admin: str) -> str:
     return orjson.dumps(entries).decode()
 
 
-def start_postgres(pg: Any) -> None:
+def start_postgres(pg: Any, max_connections: int = 100) -> None:
     """Initialise and start the embedded PostgreSQL with pg_stat_statements loaded (it must be
-    preloaded, so it goes into the configuration before the first start)."""
+    preloaded, so it goes into the configuration before the first start) and PostgreSQL's own
+    default of `max_connections` (the embedded server's is higher)."""
     pg.init()
     with (pg.data / "postgresql.conf").open("a") as conf:
         conf.write("shared_preload_libraries = 'pg_stat_statements'\n")
+        conf.write(f"max_connections = {max_connections}\n")
     pg.start()
 
 
