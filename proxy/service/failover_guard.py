@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,9 @@ from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.wal_position import WalPosition
 
 log = structlog.get_logger(__name__)
+
+# With no write kept, the position is read this rarely (seconds).
+IDLE_READ_S = 30.0
 
 
 @dataclass(slots=True)
@@ -184,12 +188,18 @@ class FailoverGuard:
         reapply: Callable[[list[Committed]], Awaitable[None]],
         interval_s: float,
         wake: asyncio.Event,
+        idle_s: float = IDLE_READ_S,
     ) -> None:
         """Read the position every `interval_s` (+/- 20%), or at once when `wake` is set
-        (the breaker closed: the primary may be a new one), until cancelled."""
+        (the breaker closed: the primary may be a new one), until cancelled. With no write
+        kept, only every `idle_s`: there is nothing to protect, and a fleet of idle sidecars
+        should not cost PostgreSQL a query per second each. A promotion missed meanwhile shows
+        at the next read after a write, which then goes back to the journal needlessly but
+        harmlessly (the ledger has it)."""
         # The first read at once, and soon again until one succeeds: a promotion is only seen
         # as one once the timeline before it is known.
         pause = 0.0
+        last_read = -math.inf
         while True:
             if pause:
                 with contextlib.suppress(TimeoutError):
@@ -198,6 +208,10 @@ class FailoverGuard:
             wake.clear()
             known = self._timeline is not None
             pause = interval_s * random.uniform(0.8, 1.2) if known else min(interval_s, 0.2)
+            now = self.clock.monotonic()
+            if known and not len(self) and now - last_read < idle_s:
+                continue
+            last_read = now
             begun_after = self.read_begins()
             try:
                 position = await read()

@@ -140,7 +140,9 @@ async def test_watch_reads_at_once_applies_again_and_survives_failed_reads() -> 
         done.set()
 
     wake = asyncio.Event()
-    task = asyncio.create_task(guard.watch(read=read, reapply=reapply, interval_s=0.01, wake=wake))
+    task = asyncio.create_task(
+        guard.watch(read=read, reapply=reapply, interval_s=0.01, wake=wake, idle_s=0)
+    )
     try:
         async with asyncio.timeout(5):
             await done.wait()
@@ -150,3 +152,44 @@ async def test_watch_reads_at_once_applies_again_and_survives_failed_reads() -> 
             await task
     assert handed_back == [["t/op7"]]
     assert guard.status()["promotions"] == 1 and guard.status()["timeline"] == 2
+
+
+async def test_with_nothing_kept_the_position_is_read_only_every_idle_s() -> None:
+    clock = FakeClock()
+    guard = FailoverGuard(clock=clock)
+    reads: list[float] = []
+
+    async def read() -> WalPosition:
+        reads.append(clock.monotonic())
+        return position(10 * len(reads), flushed=10 * len(reads))
+
+    async def reapply(writes: list[Committed]) -> None:
+        raise AssertionError("no promotion here")
+
+    async def until(count: int) -> None:
+        async with asyncio.timeout(5):
+            while len(reads) < count:
+                await asyncio.sleep(0.001)
+
+    wake = asyncio.Event()
+    task = asyncio.create_task(
+        guard.watch(read=read, reapply=reapply, interval_s=0.001, wake=wake, idle_s=30)
+    )
+    try:
+        await until(1)
+        for _ in range(50):  # many rounds pass: nothing kept, no read
+            await asyncio.sleep(0.001)
+        assert len(reads) == 1
+        guard.committed(write(0))  # a write kept: read at the next round
+        await until(2)
+        assert len(guard) == 0  # the standby had flushed past the read: released
+        settled = len(reads)
+        for _ in range(50):
+            await asyncio.sleep(0.001)
+        assert len(reads) == settled
+        clock.advance(30)  # idle long enough: one read to keep the timeline known
+        await until(settled + 1)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
