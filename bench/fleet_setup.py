@@ -64,7 +64,8 @@ def make_sidecars(
 ) -> list[Server]:
     """N sidecars in replica read mode: pools through `bouncer` (transaction pooling) when
     there is one, else straight to PostgreSQL; the direct DSN always straight to it."""
-    servers = []
+    servers: list[Server] = []
+    ports: set[int] = set()
     for i in range(n):
         name = f"s{i:02d}"
         env = {
@@ -77,11 +78,16 @@ def make_sidecars(
             )
             env["REGISTRY_PROXY_DATABASE__POOLER"] = "transaction" if bouncer else "none"
         dsn = bouncer.dsn if bouncer else f"{pg.dsn}?application_name=fleet-{name}-pool"
-        servers.append(
-            sidecar(
+        # Ports come from the kernel one at a time and may repeat across fifty picks: a sidecar
+        # that cannot bind dies, and its twin answers in its place.
+        while True:
+            server = sidecar(
                 name, dsn=dsn, tokens=tokens, workdir=workdir, read_mode="replica", extra_env=env
             )
-        )
+            if server.port not in ports:
+                break
+        ports.add(server.port)
+        servers.append(server)
     return servers
 
 
@@ -92,6 +98,10 @@ async def start_all(servers: list[Server]) -> None:
     for s in servers[1:]:
         s.start()
     await asyncio.gather(*(s.wait_until("/readyz", 180) for s in servers[1:]))
+    dead = [s.name for s in servers if not s.alive()]
+    if dead:
+        # Another process answered on its port (one taken meanwhile by an outgoing connection).
+        raise RuntimeError(f"sidecars exited at start: {dead}:\n{servers[0].log_tail()}")
 
 
 async def register_probes(server: Server, token: str) -> list[str]:
