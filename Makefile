@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest chaos bench soak pressure backlog fleet failover-runs schemathesis clean tools mutation mutation-sample
+.PHONY: run test lint typecheck pytest pytest-pgbouncer chaos bench soak pressure backlog fleet failover-runs schemathesis clean tools mutation mutation-sample
 
 $(STAMP): pyproject.toml chaos/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { echo "need Python 3.11 or newer (set PYTHON=...)"; exit 2; }
@@ -58,7 +58,13 @@ typecheck: $(STAMP)
 pytest: tools
 	REGISTRY_PROXY_TEST_REQUIRE_HA=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest --cov --cov-report=term:skip-covered
 
-test: lint typecheck pytest mutation-sample
+# The integration and chaos suites again, every sidecar's pool through PgBouncer in transaction
+# pooling with its direct DSN beside it (docs/fleet.md); coverage is the first run's.
+pytest-pgbouncer: tools
+	REGISTRY_PROXY_TEST_PGBOUNCER=1 REGISTRY_PROXY_TEST_REQUIRE_HA=1 PATH="$(CURDIR)/$(BIN):$$PATH" \
+		$(BIN)/python -m pytest -p no:cacheprovider tests/integration tests/chaos
+
+test: lint typecheck pytest pytest-pgbouncer mutation-sample
 
 # Mutation testing (mutmut) of proxy/resilience, proxy/registry and the journal's record codec
 # against tests/unit, in a scratch copy under build/; fails under 80% killed per package.

@@ -3,6 +3,11 @@
 Toxiproxy is a real `toxiproxy-server` when TOXIPROXY_URL is set or the binary is on PATH, and
 otherwise the bundled compatible server (`python -m chaos.toxiproxy`). Either way the tests drive
 it with the public `toxiproxy-python` client, so the same scenarios run both ways.
+
+With REGISTRY_PROXY_TEST_PGBOUNCER=1 the sidecar's pool goes through a PgBouncer in transaction
+pooling whose server connections cross the Toxiproxy (the network between the pooler and
+PostgreSQL fails), and its direct DSN (the replica's LISTEN, the migrations) crosses the same
+Toxiproxy: the fleet topology of docs/fleet.md under the same faults.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from toxiproxy import Toxiproxy
 from toxiproxy.proxy import Proxy
 
@@ -27,6 +33,7 @@ from chaos.toxiproxy.testing import toxiproxy_process, wait_for_version
 from proxy.http import keys
 from proxy.store.embedded import EmbeddedPostgres, free_port
 from tests.conftest import Api, AppFactory, agent_body, app_of, eventually
+from tests.topology.pgbouncer import PgBouncer
 
 pytestmark = pytest.mark.chaos
 
@@ -51,6 +58,33 @@ CHAOS_SETTINGS: dict[str, Any] = {
     "database": {"connect_timeout_ms": 1000, "acquire_timeout_ms": 1000, "pool_max_size": 8},
     "retry": {"attempts": 2, "base_ms": 10, "max_ms": 50},
 }
+
+
+@pytest.fixture
+async def make_api(make_api: AppFactory) -> AsyncIterator[AppFactory]:
+    """The sidecar factory; through PgBouncer when REGISTRY_PROXY_TEST_PGBOUNCER is set."""
+    if not os.environ.get("REGISTRY_PROXY_TEST_PGBOUNCER"):
+        yield make_api
+        return
+    bouncers: list[PgBouncer] = []
+
+    async def factory(dsn: str | None = None, **overrides: Any) -> Api:
+        assert dsn is not None, "a chaos sidecar is given the Toxiproxy's DSN"
+        # server_login_retry: PgBouncer's 15 s pause after a failed login outlasts a heal; a
+        # fleet tuned for failover lowers it (docs/fleet.md), as here.
+        bouncer = PgBouncer(
+            dsn, default_pool_size=10, max_client_conn=500, settings={"server_login_retry": 1}
+        )
+        bouncers.append(bouncer)
+        await bouncer.__aenter__()
+        database = {**overrides.pop("database", {}), "pooler": "transaction"}
+        return await make_api(
+            bouncer.dsn, database_direct_url=SecretStr(dsn), database=database, **overrides
+        )
+
+    yield factory
+    for bouncer in reversed(bouncers):
+        await bouncer.__aexit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ answers, and is journaled behind the backlog as soon as PostgreSQL is away again
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
@@ -19,6 +20,11 @@ pytestmark = pytest.mark.chaos
 LOAD = {"active_tasks": 1, "queued_tasks": 0, "observed_at": "2026-06-01T00:00:00+00:00"}
 
 
+@pytest.mark.skipif(
+    bool(os.environ.get("REGISTRY_PROXY_TEST_PGBOUNCER")),
+    reason="needs a trial call that hangs; through PgBouncer a server login that hangs is "
+    "answered by PgBouncer itself, at once, while it waits out server_login_retry",
+)
 async def test_a_write_waiting_for_its_backlog_is_journaled_when_the_breaker_reopens(
     make_api: AppFactory, pg_proxy: Proxy, pg: EmbeddedPostgres
 ) -> None:
