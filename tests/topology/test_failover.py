@@ -33,6 +33,7 @@ from proxy.app import REPLICA
 from proxy.http import keys
 from tests.conftest import Api, AppFactory, agent_body, app_of, eventually
 from tests.topology.patroni import PatroniCluster
+from tests.topology.stored import stored
 
 WRITERS = 3
 FAST_BREAKER = {
@@ -177,41 +178,15 @@ async def test_writes_survive_a_switchover_and_a_crash_of_the_leader(
         journaled = sum(1 for status in ledger.acknowledged.values() if status == 202)
 
         tenant = next(t for t in app_of(api)[keys.TOKENS].tenants() if t.startswith("t-"))
-        conn = await asyncpg.connect(cluster.node_dsn(survivor), timeout=10)
-        try:
-            agents = {
-                r["agent_id"]
-                for r in await conn.fetch(
-                    "SELECT agent_id FROM agents WHERE tenant_id = $1 AND deleted_at IS NULL",
-                    tenant,
-                )
-            }
-            ledger_rows = {
-                r["op_id"]: (r["status"], r["n"])
-                for r in await conn.fetch(
-                    "SELECT op_id, min(status) AS status, count(*) AS n FROM operations "
-                    "WHERE tenant_id = $1 GROUP BY op_id",
-                    tenant,
-                )
-            }
-            audit = {
-                r["op_id"]: r["n"]
-                for r in await conn.fetch(
-                    "SELECT op_id, count(*) AS n FROM audit_log "
-                    "WHERE tenant_id = $1 AND outcome = 'applied' GROUP BY op_id",
-                    tenant,
-                )
-            }
-        finally:
-            await conn.close()
+        rows = await stored(cluster.node_dsn(survivor), tenant)
 
         acknowledged = set(ledger.acknowledged)
-        assert acknowledged <= agents, f"lost: {sorted(acknowledged - agents)[:10]}"
+        assert acknowledged <= rows.agents, f"lost: {sorted(acknowledged - rows.agents)[:10]}"
         for op_id in acknowledged:
-            assert ledger_rows.get(op_id) == ("applied", 1), (op_id, ledger_rows.get(op_id))
-            assert audit.get(op_id) == 1, (op_id, audit.get(op_id))
+            assert rows.ledger.get(op_id) == ("applied", 1), (op_id, rows.ledger.get(op_id))
+            assert rows.applied.get(op_id) == 1, (op_id, rows.applied.get(op_id))
         # Anything applied that the writers were not told about was at least not applied twice.
-        assert all(n == 1 for n in audit.values())
+        assert all(n == 1 for n in rows.applied.values())
         assert service.breaker.state.value == "closed"
         assert figures["first_commit_after_election_s"] < 15, figures
         assert 500 not in reads, reads

@@ -23,6 +23,7 @@ import pytest
 from proxy.http import keys
 from proxy.store.embedded import EmbeddedPostgres
 from tests.conftest import Api, AppFactory, agent_body, app_of, eventually
+from tests.topology.stored import stored
 from tests.topology.support import make_dir, make_root, postgres_bin_dir, run_as
 
 FAST_BREAKER = {
@@ -162,34 +163,9 @@ async def test_a_commit_the_promoted_standby_never_received_is_applied_again(
         )
     await eventually(lambda: journal.depth == 0, timeout=30, message="the journal drained")
 
-    conn = await asyncpg.connect(
-        f"postgresql://postgres@127.0.0.1:{pair.standby.port}/postgres", timeout=10
-    )
-    try:
-        tenant = next(t for t in app_of(api)[keys.TOKENS].tenants() if t.startswith("t-"))
-        agents = {
-            r["agent_id"]
-            for r in await conn.fetch(
-                "SELECT agent_id FROM agents WHERE tenant_id = $1 AND deleted_at IS NULL", tenant
-            )
-        }
-        ledger = {
-            r["op_id"]: r["n"]
-            for r in await conn.fetch(
-                "SELECT op_id, count(*) AS n FROM operations WHERE tenant_id = $1 GROUP BY op_id",
-                tenant,
-            )
-        }
-        applied = {
-            r["op_id"]: r["n"]
-            for r in await conn.fetch(
-                "SELECT op_id, count(*) AS n FROM audit_log "
-                "WHERE tenant_id = $1 AND outcome = 'applied' GROUP BY op_id",
-                tenant,
-            )
-        }
-    finally:
-        await conn.close()
+    tenant = next(t for t in app_of(api)[keys.TOKENS].tenants() if t.startswith("t-"))
+    rows = await stored(f"postgresql://postgres@127.0.0.1:{pair.standby.port}/postgres", tenant)
+    agents = rows.agents
 
     assert set(replicated) <= agents
     if not guard:
@@ -198,8 +174,8 @@ async def test_a_commit_the_promoted_standby_never_received_is_applied_again(
         return
     assert set(lost) <= agents, f"lost: {sorted(set(lost) - agents)}"
     for op_id in [*replicated, *lost, "after"]:
-        assert ledger.get(op_id) == 1, (op_id, ledger.get(op_id))
-        assert applied.get(op_id) == 1, (op_id, applied.get(op_id))
+        assert rows.ledger.get(op_id) == ("applied", 1), (op_id, rows.ledger.get(op_id))
+        assert rows.applied.get(op_id) == 1, (op_id, rows.applied.get(op_id))
     assert service.guard is not None
     assert service.guard.stats.reapplied >= len(lost)
     status = service.guard.status()
