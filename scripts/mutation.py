@@ -5,8 +5,9 @@
 
 The packages are the ones whose mistakes the unit tests must catch on their own: the resilience
 primitives (proxy/resilience/), the registry's domain rules (proxy/registry/) and the journal's
-record codec and recovery scan (proxy/store/journal/codec.py and scan.py). Only tests/unit runs
-against the mutants: no database, no subprocess, so a mutant costs a fraction of a second.
+record codec and recovery scan (proxy/store/journal/codec.py and scan.py), the failover guard and
+the replica's counted events. Only tests/unit runs against the mutants: no database, no
+subprocess, so a mutant costs a fraction of a second.
 
 mutmut works in the current directory and keeps its state in `mutants/` there. Running it in a
 fresh copy (build/mutation/ by default) keeps that state out of the working tree, makes every run
@@ -36,6 +37,10 @@ PACKAGES = {
     "proxy/registry": "proxy/registry/*",
     "proxy/store/journal/codec.py": "proxy/store/journal/codec.py",
     "proxy/store/journal/scan.py": "proxy/store/journal/scan.py",
+    # The failover guard's bookkeeping and the replica's memory of counted events: pure logic
+    # on which no acknowledged write may be lost or counted twice.
+    "proxy/service/failover_guard.py": "proxy/service/failover_guard.py",
+    "proxy/store/counted_events.py": "proxy/store/counted_events.py",
 }
 # tests/unit, less the one module that drives the CLI through subprocesses: it exercises none of
 # the code above, and a child process would import the original code, not the mutant.

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from proxy.registry.agent import AgentRecord
 from proxy.registry.apply import apply_write
 from proxy.resilience import FakeClock
@@ -113,6 +115,29 @@ def test_counted_event_ids_are_forgotten_by_age_and_by_count() -> None:
     events.add((T, "c"), "e5")  # over three: the oldest, e2, goes
     assert len(events) == 3
     assert not events.knows((T, "b"), "e2") and events.knows((T, "c"), "e5")
+    assert events.knows((T, "b"), "e3")  # its agent's other id stays
+
+
+@pytest.mark.parametrize(("ttl_s", "max_events"), [(0, 10), (-1, 10), (60, 0), (60, -1)])
+def test_counted_events_refuse_a_memory_that_cannot_hold_anything(
+    ttl_s: float, max_events: int
+) -> None:
+    with pytest.raises(ValueError, match=r"^ttl_s must be > 0 and max_events >= 1$"):
+        CountedEvents(ttl_s=ttl_s, max_events=max_events)
+
+
+def test_counted_events_are_kept_15_minutes_and_100k_at_most_by_default() -> None:
+    events = CountedEvents()
+    assert (events.ttl_s, events.max_events) == (900.0, 100_000)
+
+
+def test_counted_events_of_one_id_for_a_moment_still_work() -> None:
+    clock = FakeClock()
+    events = CountedEvents(ttl_s=0.001, max_events=1, clock=clock)
+    assert events.ttl_s == 0.001 and events.max_events == 1
+    assert events.add((T, "a"), "e1") and events.knows((T, "a"), "e1")
+    events.add((T, "a"), "e2")
+    assert len(events) == 1 and not events.knows((T, "a"), "e1")
 
 
 def test_agents_that_come_and_go_leave_nothing_behind() -> None:
