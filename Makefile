@@ -66,8 +66,9 @@ pytest-pgbouncer: tools
 
 test: lint typecheck pytest pytest-pgbouncer mutation-sample
 
-# Mutation testing (mutmut) of proxy/resilience, proxy/registry and the journal's record codec
-# against tests/unit, in a scratch copy under build/; fails under 80% killed per package.
+# Mutation testing (mutmut) of proxy/resilience, proxy/registry, the journal's record codec, the
+# failover guard and the replica's counted events against tests/unit, in a scratch copy under
+# build/; fails under 80% killed per package.
 # Survivors that stay are explained in docs/mutation.md.
 mutation: $(STAMP)
 	$(BIN)/python scripts/mutation.py $(MUTATION_ARGS)
