@@ -43,10 +43,10 @@ from proxy.settings import Settings
 from proxy.store import pg_errors
 from proxy.store.db import Database
 from proxy.store.journal import Journal
-from proxy.store.replica import Replica, snapshot_rows
+from proxy.store.replica import Replica
 from proxy.store.replica_sync import ReplicaSync
 from proxy.store.repository import prune_ledger
-from proxy.store.snapshot import read_snapshot, write_snapshot
+from proxy.store.snapshot import read_snapshot, snapshot_rows, write_snapshot
 
 if TYPE_CHECKING:  # imported only when tracing is on (proxy.observability.spans.load)
     from proxy.observability.tracing import Tracing

@@ -48,6 +48,10 @@ from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
 
+# Changed agents a tenant may hold unfiled: filing them costs about what each change would have,
+# once per this many changes.
+UNFILED_MAX = 1024
+
 
 @dataclass(slots=True)
 class _Tenant:
@@ -62,7 +66,8 @@ class _Tenant:
     success_sum: float = 0.0
     rated: int = 0
     # Agents changed since they were last filed; the next read files them (once, however many
-    # changes came in between: a replay batch drops many entries of one agent).
+    # changes came in between: a replay batch drops many entries of one agent), or the change
+    # that makes them UNFILED_MAX, so a tenant written to and never queried holds no more.
     dirty: set[str] = field(default_factory=set)
     pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
     pending_total: int = 0
@@ -70,15 +75,6 @@ class _Tenant:
     views: dict[str, AgentRecord | None] = field(default_factory=dict)
     # The event ids the cached view of an agent has counted from its pending writes.
     view_events: dict[str, set[str]] = field(default_factory=dict)
-
-
-def snapshot_rows(view: tuple[list[str], bool, list[AgentRecord]]) -> dict[str, Any]:
-    tenants, partial, records = view
-    return {
-        "tenants": tenants,
-        "partial": partial,
-        "agents": [rec.to_snapshot() for rec in records],
-    }
 
 
 class Replica:
@@ -98,6 +94,7 @@ class Replica:
         self._held: dict[tuple[str, str], AgentRecord | None] = {}
         self._pending_total = 0
         self._counted = CountedEvents(clock=clock)
+        self._loading = False
 
     # -- freshness -------------------------------------------------------------------------
 
@@ -217,15 +214,15 @@ class Replica:
             del t.agents[rec.agent_id]
             self._count -= 1
         if rec.deleted_at is not None:
-            t.dirty.add(rec.agent_id)
+            self._changed(t, rec.tenant_id, rec.agent_id)
             return True
         if self._count >= self.max_agents:
             self.partial = True
-            t.dirty.add(rec.agent_id)
+            self._changed(t, rec.tenant_id, rec.agent_id)
             return False
         t.agents[rec.agent_id] = rec
         self._count += 1
-        t.dirty.add(rec.agent_id)
+        self._changed(t, rec.tenant_id, rec.agent_id)
         return True
 
     def replace_all(self, tenants: Iterable[str], records: Iterable[AgentRecord]) -> None:
@@ -241,12 +238,16 @@ class Replica:
                 t.pending_total = old[name].pending_total
         # A held agent keeps the base it has until the replay releases it; the resync's row
         # for it waits in the buffer like any other.
-        for tenant, agent_id in self._held:
-            kept = old[tenant].agents.get(agent_id) if tenant in old else None
-            if kept is not None and tenant in self._tenants:
-                self._upsert(kept)
-        for rec in records:
-            self.upsert(rec)
+        self._loading = True
+        try:
+            for tenant, agent_id in self._held:
+                kept = old[tenant].agents.get(agent_id) if tenant in old else None
+                if kept is not None and tenant in self._tenants:
+                    self._upsert(kept)
+            for rec in records:
+                self.upsert(rec)
+        finally:
+            self._loading = False
         # A folded view stays good while its base row is the same version: a resync during a
         # backlog then does not make every read fold its agent's writes again.
         for name, t in self._tenants.items():
@@ -331,7 +332,7 @@ class Replica:
             )
         else:
             self._view(t, tenant, agent_id)
-        t.dirty.add(agent_id)
+        self._changed(t, tenant, agent_id)
 
     def drop_pending(self, tenant: str, agent_id: str, op_id: str) -> None:
         t = self._tenants.get(tenant)
@@ -345,11 +346,11 @@ class Replica:
         t.pending_total -= dropped
         self._pending_total -= dropped
         self._drop_view(t, agent_id)
-        t.dirty.add(agent_id)
         if kept:
             writes[:] = kept
         else:
             del t.pending[agent_id]
+        self._changed(t, tenant, agent_id)
 
     def event_counted(self, tenant: str, agent_id: str, event_id: str) -> None:
         """PostgreSQL has counted this performance event of the agent (its base row has it)."""
@@ -363,7 +364,7 @@ class Replica:
             if w.event_id == event_id:
                 w.counted = True
         self._drop_view(t, agent_id)
-        t.dirty.add(agent_id)
+        self._changed(t, tenant, agent_id)
 
     def has_pending(self, tenant: str, agent_id: str) -> bool:
         t = self._tenants.get(tenant)
@@ -402,6 +403,13 @@ class Replica:
 
     def knows_tenant(self, tenant: str) -> bool:
         return tenant in self._tenants
+
+    def _changed(self, t: _Tenant, tenant: str, agent_id: str) -> None:
+        """Call once the agent's base row or pending writes are as they will stay. (A full
+        resync files every agent at its end, sorting once: nothing is filed while it loads.)"""
+        t.dirty.add(agent_id)
+        if len(t.dirty) >= UNFILED_MAX and not self._loading:
+            self._filed(tenant)
 
     def _filed(self, tenant: str) -> _Tenant | None:
         """The tenant with every changed agent filed again, ready to read."""

@@ -28,6 +28,8 @@ from typing import Any, Final
 import orjson
 import structlog
 
+from proxy.registry.agent import AgentRecord
+
 __all__ = [
     "SNAPSHOT_FORMAT_VERSION",
     "Snapshot",
@@ -155,3 +157,13 @@ def _decode(raw: bytes) -> Snapshot | str:
     if not isinstance(data, dict):
         return "body is not a JSON object"
     return Snapshot(data=data, watermark=watermark, written_at=written_at)
+
+
+def snapshot_rows(view: tuple[list[str], bool, list[AgentRecord]]) -> dict[str, Any]:
+    """The document `write_snapshot` takes, from `Replica.snapshot_view()`."""
+    tenants, partial, records = view
+    return {
+        "tenants": tenants,
+        "partial": partial,
+        "agents": [rec.to_snapshot() for rec in records],
+    }

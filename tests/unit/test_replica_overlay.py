@@ -10,10 +10,11 @@ import pytest
 
 from proxy.registry.agent import AgentRecord
 from proxy.registry.apply import apply_write
+from proxy.registry.models import AgentQuery
 from proxy.resilience import FakeClock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
-from proxy.store.replica import Replica
+from proxy.store.replica import UNFILED_MAX, Replica
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 T = "t"
@@ -275,3 +276,39 @@ def test_the_kept_orders_and_sums_answer_as_a_full_scan_would() -> None:
         if step % 10 == 0:
             check()
     check()
+
+
+def agent(agent_id: str, version: int, *, deleted: bool = False) -> AgentRecord:
+    body = {
+        "agent_id": agent_id,
+        "name": agent_id,
+        "model_family": "gpt",
+        "capabilities": {"task_types": ["code"], "languages": [], "specializations": []},
+    }
+    rec = apply_write("register", "w", {"body": body}, None, NOW)
+    assert rec is not None
+    return rec.evolve(version=version, deleted_at=NOW if deleted else None)
+
+
+def test_a_tenant_written_to_and_never_read_holds_no_growing_backlog_of_changes() -> None:
+    """Agents registered and unregistered by the thousand in a tenant no read ever asks for:
+    what the replica keeps for them stays bounded (it grew with every agent id once)."""
+    rep = Replica()
+    rep.replace_all(["w"], [])
+    version = 0
+    for n in range(5 * UNFILED_MAX):
+        version += 2
+        rep.upsert(agent(f"a{n}", version - 1))
+        rep.upsert(agent(f"a{n}", version, deleted=True))
+        assert len(rep._tenants["w"].dirty) < UNFILED_MAX
+    assert rep.count("w") == 0 and rep.size == 0
+    rep.upsert(agent("kept", version + 1))
+    assert [r.agent_id for r in rep.query("w", AgentQuery(task_type="code"))] == ["kept"]
+
+
+def test_a_full_resync_files_its_agents_once_at_the_end() -> None:
+    rep = Replica()
+    records = [agent(f"a{n}", n + 1) for n in range(2 * UNFILED_MAX + 5)]
+    rep.replace_all(["w"], records)
+    assert rep.count("w") == len(records)
+    assert not rep._tenants["w"].dirty
