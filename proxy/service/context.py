@@ -77,10 +77,10 @@ class ServiceHooks:
     replayed: Callable[[str], None] = lambda outcome: None
     retry: RetryHooks | None = None
     shed: Callable[[str], None] = lambda reason: None
-    reapplied: Callable[[int], None] = lambda writes: None
-    """Committed writes journaled again after a standby was promoted (the failover guard)."""
     """A request refused for lack of capacity: `loop-lag`, `queue-full`, `queue-timeout`,
     `backlog` (an agent's journaled writes still being applied)."""
+    reapplied: Callable[[int], None] = lambda writes: None
+    """Committed writes journaled again after a standby was promoted (the failover guard)."""
     spans: Spans | None = None
     """None unless tracing is on: the hot paths then pay the check of this attribute, no more."""
 

@@ -232,7 +232,10 @@ class DatabaseCall:
             if caller_deadline and isinstance(exc, DeadlineExceededError):
                 hooks.db_call(operation, DEADLINE, elapsed)
                 raise DatabaseUnavailable(describe(exc), 1.0, reason=DEADLINE) from exc
-            if isinstance(exc, Overloaded):
+            if isinstance(exc, Overloaded) and not reached:
+                # Only when no attempt reached PostgreSQL: a retry refused for capacity after an
+                # attempt that failed mid-write leaves that write's fate unknown, which is not
+                # "nothing was done" (it falls through to unavailable, sent).
                 hooks.db_call(operation, OVERLOAD, elapsed)
                 raise DatabaseUnavailable(str(exc), exc.retry_after, reason=OVERLOAD) from exc
             hooks.db_call(operation, kind.value, elapsed)
