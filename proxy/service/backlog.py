@@ -33,21 +33,21 @@ class Backlog:
     def wake(self) -> None:
         self.due.set()
 
-    def show(self, entry: JournalEntry) -> None:
-        """Let the replica's reads see a journaled write of the registry until it is applied."""
+    def show(self, entry: JournalEntry) -> bool:
+        """Let the replica's reads see a journaled write of the registry until it is applied.
+        Returns whether its fate is unknown (the reads then leave it out until it is settled)."""
+        uncertain = bool(entry.payload.get("uncertain"))
         if self._replica is None or entry.kind not in REGISTRY_KINDS:
-            return
-        self._replica.add_pending(
-            entry.tenant,
-            entry.key,
-            PendingWrite(
-                op_id=op_id_of(entry.op_id),
-                kind=entry.kind,
-                payload=entry.payload["payload"],
-                received_at=datetime.fromisoformat(entry.payload["received_at"]),
-                uncertain=bool(entry.payload.get("uncertain")),
-            ),
+            return uncertain
+        write = PendingWrite(
+            op_id=op_id_of(entry.op_id),
+            kind=entry.kind,
+            payload=entry.payload["payload"],
+            received_at=datetime.fromisoformat(entry.payload["received_at"]),
+            uncertain=uncertain,
         )
+        self._replica.add_pending(entry.tenant, entry.key, write)
+        return write.uncertain
 
     async def wait_for(self, tenant: str, agent_id: str, seconds: float) -> bool:
         """Wait until the replay has applied every journaled write of the agent (the replay

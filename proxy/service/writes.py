@@ -39,6 +39,7 @@ from proxy.service.failover_guard import Committed, FailoverGuard
 from proxy.settings import Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.journal import Journal, JournalError, JournalFull
+from proxy.store.pending_write import PendingWrite
 from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)
@@ -186,8 +187,14 @@ class Writes:
                 always_journal,
                 uncertain=exc.sent,
             )
-        if kind == "performance" and outcome.status in (200, 201) and rep is not None:
-            rep.event_counted(ctx.tenant, target, payload["body"]["event_id"])
+        if rep is not None:
+            if outcome.applied and not outcome.from_ledger and outcome.record is not None:
+                rep.committed(outcome.record, PendingWrite(op_id, kind, payload, now))
+            else:
+                if kind == "performance" and outcome.status in (200, 201):
+                    rep.event_counted(ctx.tenant, target, payload["body"]["event_id"])
+                if outcome.record is not None:
+                    rep.upsert(outcome.record)
         guard = self._guard
         if guard is not None and outcome.applied and not outcome.from_ledger:
             # Until a standby holds it: a primary failing over before then may lose it.
@@ -222,8 +229,6 @@ class Writes:
         )
 
     def _written(self, outcome: repository.WriteOutcome) -> Answer:
-        if outcome.record is not None and self._replica is not None:
-            self._replica.upsert(outcome.record)
         if outcome.applied and not outcome.from_ledger:
             self._hooks.committed("direct")
         headers: dict[str, str] = {}
@@ -304,13 +309,13 @@ class Writes:
                 body = {"op_id": op_id, "status": done.status.value, "reason": done.reason}
                 return Answer(202, body, "journal", headers)
             return Answer(202, {"op_id": op_id, "status": "pending"}, "journal", headers)
-        self._backlog.show(entry)
+        uncertain = self._backlog.show(entry)
         self._hooks.journal_append()
         if spans is not None:
             spans.event("journaled", {"op_id": op_id, "uncertain": uncertain})
         if self._breaker.state not in OPEN_STATES:
             self._backlog.wake()
-        if entry.payload.get("uncertain"):
+        if uncertain:
             # Reads show it once the replay has settled it (PostgreSQL may hold it already).
             headers["X-Registry-Pending"] = "uncertain"
         return Answer(202, {"op_id": op_id, "status": "pending"}, "journal", headers)

@@ -34,12 +34,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from proxy.registry import errors
-from proxy.registry.agent import HEARTBEAT_TIMEOUT, AgentRecord
+from proxy.registry.agent import AgentRecord
 from proxy.registry.apply import apply_write
 from proxy.registry.matching import matches, sort_key
 from proxy.registry.matching import stats as matching_stats
@@ -47,41 +46,14 @@ from proxy.registry.models import AgentQuery
 from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
-
-# Changed agents a tenant may hold unfiled: filing them costs about what each change would have,
-# once per this many changes.
-UNFILED_MAX = 1024
-
-
-@dataclass(slots=True)
-class _Tenant:
-    agents: dict[str, AgentRecord] = field(default_factory=dict)
-    # What reads show: each live agent as it is now (base row and pending writes), and the
-    # orders and sums kept from it (see the module docstring).
-    current: dict[str, AgentRecord] = field(default_factory=dict)
-    ranked: dict[str | None, list[tuple[float, str]]] = field(default_factory=dict)
-    beats: list[tuple[datetime, str]] = field(default_factory=list)
-    idle_beats: list[tuple[datetime, str]] = field(default_factory=list)
-    utilization_sum: float = 0.0
-    success_sum: float = 0.0
-    rated: int = 0
-    # Agents changed since they were last filed; the next read files them (once, however many
-    # changes came in between: a replay batch drops many entries of one agent), or the change
-    # that makes them UNFILED_MAX, so a tenant written to and never queried holds no more.
-    dirty: set[str] = field(default_factory=set)
-    pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
-    pending_total: int = 0
-    # The overlay folded over the base, per agent with pending writes; dropped when either moves.
-    views: dict[str, AgentRecord | None] = field(default_factory=dict)
-    # The event ids the cached view of an agent has counted from its pending writes.
-    view_events: dict[str, set[str]] = field(default_factory=dict)
+from proxy.store.tenant_state import UNFILED_MAX, TenantState
 
 
 class Replica:
     def __init__(self, *, max_agents: int = 100_000, clock: Clock = SYSTEM_CLOCK) -> None:
         self.max_agents = max_agents
         self.clock = clock
-        self._tenants: dict[str, _Tenant] = {}
+        self._tenants: dict[str, TenantState] = {}
         self._count = 0
         self.watermark = 0
         self.partial = False
@@ -92,6 +64,8 @@ class Replica:
         self._contact_wall: float | None = None
         # (tenant, agent) held by a replay batch in flight -> the newest row that arrived meanwhile.
         self._held: dict[tuple[str, str], AgentRecord | None] = {}
+        # Held agent -> the writes committed during the hold: (op id, event id).
+        self._held_writes: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
         self._pending_total = 0
         self._counted = CountedEvents(clock=clock)
         self._loading = False
@@ -117,13 +91,13 @@ class Replica:
 
     # -- base rows -------------------------------------------------------------------------
 
-    def _tenant(self, tenant: str) -> _Tenant:
+    def _tenant(self, tenant: str) -> TenantState:
         t = self._tenants.get(tenant)
         if t is None:
-            t = self._tenants[tenant] = _Tenant()
+            t = self._tenants[tenant] = TenantState()
         return t
 
-    def _rebuild(self, t: _Tenant, tenant: str) -> None:
+    def _rebuild(self, t: TenantState, tenant: str) -> None:
         """File every agent of the tenant afresh (after a full resync), sorting once."""
         current: dict[str, AgentRecord] = {}
         for agent_id in t.agents.keys() | t.pending.keys():
@@ -152,7 +126,7 @@ class Replica:
         t.success_sum = sum(rates)
         t.rated = len(rates)
 
-    def _refresh(self, t: _Tenant, tenant: str, agent_id: str) -> None:
+    def _refresh(self, t: TenantState, tenant: str, agent_id: str) -> None:
         """File the agent as reads should see it now, in every order and sum."""
         rec = self._view(t, tenant, agent_id) if agent_id in t.pending else t.agents.get(agent_id)
         if rec is not None and rec.deleted_at is not None:
@@ -236,6 +210,7 @@ class Replica:
             if name in old:
                 t.pending = old[name].pending
                 t.pending_total = old[name].pending_total
+                t.doubt = old[name].doubt
         # A held agent keeps the base it has until the replay releases it; the resync's row
         # for it waits in the buffer like any other.
         self._loading = True
@@ -280,7 +255,7 @@ class Replica:
 
     # -- overlay of journaled writes -------------------------------------------------------
 
-    def _view(self, t: _Tenant, tenant: str, agent_id: str) -> AgentRecord | None:
+    def _view(self, t: TenantState, tenant: str, agent_id: str) -> AgentRecord | None:
         if agent_id in t.views:
             return t.views[agent_id]
         rec = t.agents.get(agent_id)
@@ -313,10 +288,18 @@ class Replica:
             return rec
 
     def add_pending(self, tenant: str, agent_id: str, write: PendingWrite) -> None:
+        """Show a journaled write. One reporting an event that an earlier write of unknown fate
+        reported too is of unknown fate itself (PostgreSQL may count the event already), and is
+        marked so."""
         t = self._tenant(tenant)
         event_id = write.event_id
-        if event_id is not None and self._counted.knows((tenant, agent_id), event_id):
-            write.counted = True
+        if event_id is not None:
+            if self._counted.knows((tenant, agent_id), event_id):
+                write.counted = True
+            if write.uncertain:
+                t.doubt.setdefault(agent_id, set()).add(event_id)
+            elif event_id in t.doubt.get(agent_id, ()):
+                write.uncertain = True
         cached = agent_id in t.views
         t.pending.setdefault(agent_id, []).append(write)
         t.pending_total += 1
@@ -350,6 +333,12 @@ class Replica:
             writes[:] = kept
         else:
             del t.pending[agent_id]
+        if agent_id in t.doubt:
+            doubt = {w.event_id for w in kept if w.uncertain and w.event_id is not None}
+            if doubt:
+                t.doubt[agent_id] = doubt
+            else:
+                del t.doubt[agent_id]
         self._changed(t, tenant, agent_id)
 
     def event_counted(self, tenant: str, agent_id: str, event_id: str) -> None:
@@ -385,12 +374,31 @@ class Replica:
             self._held.setdefault(key, None)
 
     def release(self, keys: Iterable[tuple[str, str]]) -> None:
-        """End a hold: rows that arrived meanwhile are applied now, newest wins."""
+        """End a hold: rows that arrived meanwhile are applied now, newest wins, and the writes
+        committed meanwhile leave the overlay in the same step."""
         for key in keys:
             if key in self._held:
                 rec = self._held.pop(key)
+                for op_id, event_id in self._held_writes.pop(key, ()):
+                    self.drop_pending(key[0], key[1], op_id)
+                    if event_id is not None:
+                        self.event_counted(key[0], key[1], event_id)
                 if rec is not None:
                     self._upsert(rec)
+
+    def committed(self, rec: AgentRecord, write: PendingWrite) -> None:
+        """A write this sidecar committed: its row (as of its commit) goes to the base, its
+        event (if it reports one) is counted.
+
+        While a replay batch holds the agent, the base stays as it is, so the write is shown
+        from the overlay until the hold ends, and its event is counted then."""
+        key = (rec.tenant_id, rec.agent_id)
+        if key in self._held:
+            self._held_writes.setdefault(key, []).append((write.op_id, write.event_id))
+            self.add_pending(key[0], key[1], write)
+        elif write.event_id is not None:
+            self.event_counted(key[0], key[1], write.event_id)
+        self.upsert(rec)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -404,14 +412,14 @@ class Replica:
     def knows_tenant(self, tenant: str) -> bool:
         return tenant in self._tenants
 
-    def _changed(self, t: _Tenant, tenant: str, agent_id: str) -> None:
+    def _changed(self, t: TenantState, tenant: str, agent_id: str) -> None:
         """Call once the agent's base row or pending writes are as they will stay. (A full
         resync files every agent at its end, sorting once: nothing is filed while it loads.)"""
         t.dirty.add(agent_id)
         if len(t.dirty) >= UNFILED_MAX and not self._loading:
             self._filed(tenant)
 
-    def _filed(self, tenant: str) -> _Tenant | None:
+    def _filed(self, tenant: str) -> TenantState | None:
         """The tenant with every changed agent filed again, ready to read."""
         t = self._tenants.get(tenant)
         if t is not None and t.dirty:
@@ -445,22 +453,12 @@ class Replica:
     def tenant_stats(self, tenant: str, now: datetime) -> dict[str, Any]:
         """`matching.stats` of the tenant's agents, from what is kept on change."""
         t = self._filed(tenant)
-        if t is None or not t.current:
-            return matching_stats([], now)
-        total = len(t.current)
-        since = (now - HEARTBEAT_TIMEOUT, "")
-        return {
-            "total_agents": total,
-            "active_agents": len(t.beats) - bisect_left(t.beats, since),
-            "idle_agents": len(t.idle_beats) - bisect_left(t.idle_beats, since),
-            "average_utilization": max(0.0, t.utilization_sum) / total,
-            "average_success_rate": t.success_sum / t.rated if t.rated else None,
-        }
+        return t.stats(now) if t is not None else matching_stats([], now)
 
     # -- snapshot --------------------------------------------------------------------------
 
     @staticmethod
-    def _drop_view(t: _Tenant, agent_id: str) -> None:
+    def _drop_view(t: TenantState, agent_id: str) -> None:
         t.views.pop(agent_id, None)
         t.view_events.pop(agent_id, None)
 

@@ -312,3 +312,62 @@ def test_a_full_resync_files_its_agents_once_at_the_end() -> None:
     rep.replace_all(["w"], records)
     assert rep.count("w") == len(records)
     assert not rep._tenants["w"].dirty
+
+
+def test_a_write_of_an_event_that_a_write_of_unknown_fate_reported_is_of_unknown_fate() -> None:
+    rep = warm(3)
+    rep.add_pending(T, "a", post("op1", "e1", uncertain=True))
+    again = post("op2", "e1")  # the client sent the event again during the outage
+    rep.add_pending(T, "a", again)
+    assert again.uncertain
+    assert count(rep) == 3
+    # The first write had committed: PostgreSQL's row counts the event, and it shows once.
+    rep.upsert(base(11, 4))
+    assert count(rep) == 4
+    other = post("op3", "e2")
+    rep.add_pending(T, "a", other)
+    assert not other.uncertain and count(rep) == 5
+    # Settled, the doubt goes with them (a write kept, another event's, leaves it gone too).
+    rep.drop_pending(T, "a", "op1")
+    rep.drop_pending(T, "a", "op2")
+    later = post("op4", "e1")
+    rep.add_pending(T, "a", later)
+    assert not later.uncertain
+
+
+def test_the_doubt_over_an_event_outlives_a_full_resync() -> None:
+    rep = warm(3)
+    rep.add_pending(T, "a", post("op1", "e1", uncertain=True))
+    rep.replace_all([T, "other"], [base(11, 4)])
+    again = post("op2", "e1")
+    rep.add_pending(T, "a", again)
+    assert again.uncertain and count(rep) == 4
+
+
+def test_a_write_committed_while_a_replay_batch_holds_its_agent_shows_until_the_hold_ends() -> None:
+    rep = warm(3)
+    rep.add_pending(T, "a", post("op1", "e1"))  # journaled during an outage
+    assert count(rep) == 4
+    rep.hold([(T, "a")])  # the replay's batch with op1 is in flight
+    # A write sent before the outage commits now: its row (3 + e2) must wait for the batch,
+    # and the write shows from the overlay meanwhile.
+    rep.committed(base(12, 4), post("op2", "e2"))
+    assert count(rep) == 5
+    # The batch commits: op1 leaves the overlay, the hold ends, PostgreSQL's row is the base.
+    rep.drop_pending(T, "a", "op1")
+    rep.event_counted(T, "a", "e1")
+    rep.release([(T, "a")])
+    rep.upsert(base(13, 5))
+    assert count(rep) == 5
+    assert not rep.has_pending(T, "a")
+    # The event was counted when the hold ended: sent again, it is not shown twice.
+    rep.add_pending(T, "a", post("op3", "e2"))
+    assert count(rep) == 5
+
+
+def test_a_write_committed_with_no_hold_goes_to_the_base_at_once() -> None:
+    rep = warm(3)
+    rep.committed(base(11, 4), post("op1", "e1"))
+    assert count(rep) == 4 and not rep.has_pending(T, "a")
+    rep.add_pending(T, "a", post("op2", "e1"))
+    assert count(rep) == 4

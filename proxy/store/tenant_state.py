@@ -1,0 +1,60 @@
+"""The replica's state of one tenant, kept apart from the rules that keep it (`replica`)."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from proxy.registry.agent import HEARTBEAT_TIMEOUT, AgentRecord
+from proxy.registry.matching import stats as matching_stats
+from proxy.store.pending_write import PendingWrite
+
+__all__ = ["UNFILED_MAX", "TenantState"]
+
+# Changed agents a tenant may hold unfiled: filing them costs about what each change would have,
+# once per this many changes.
+UNFILED_MAX = 1024
+
+
+@dataclass(slots=True)
+class TenantState:
+    """What the replica holds of one tenant: base rows, what reads show and the overlay."""
+
+    agents: dict[str, AgentRecord] = field(default_factory=dict)
+    # What reads show: each live agent as it is now (base row and pending writes), and the
+    # orders and sums kept from it (see the module docstring).
+    current: dict[str, AgentRecord] = field(default_factory=dict)
+    ranked: dict[str | None, list[tuple[float, str]]] = field(default_factory=dict)
+    beats: list[tuple[datetime, str]] = field(default_factory=list)
+    idle_beats: list[tuple[datetime, str]] = field(default_factory=list)
+    utilization_sum: float = 0.0
+    success_sum: float = 0.0
+    rated: int = 0
+    # Agents changed since they were last filed; the next read files them (once, however many
+    # changes came in between: a replay batch drops many entries of one agent), or the change
+    # that makes them UNFILED_MAX, so a tenant written to and never queried holds no more.
+    dirty: set[str] = field(default_factory=set)
+    pending: dict[str, list[PendingWrite]] = field(default_factory=dict)
+    pending_total: int = 0
+    # The overlay folded over the base, per agent with pending writes; dropped when either moves.
+    views: dict[str, AgentRecord | None] = field(default_factory=dict)
+    # The event ids the cached view of an agent has counted from its pending writes.
+    view_events: dict[str, set[str]] = field(default_factory=dict)
+    # The event ids of an agent's pending writes of unknown fate (PostgreSQL may count them).
+    doubt: dict[str, set[str]] = field(default_factory=dict)
+
+    def stats(self, now: datetime) -> dict[str, Any]:
+        """`matching.stats` of the tenant's agents, from the orders and sums kept on change."""
+        if not self.current:
+            return matching_stats([], now)
+        total = len(self.current)
+        since = (now - HEARTBEAT_TIMEOUT, "")
+        return {
+            "total_agents": total,
+            "active_agents": len(self.beats) - bisect_left(self.beats, since),
+            "idle_agents": len(self.idle_beats) - bisect_left(self.idle_beats, since),
+            "average_utilization": max(0.0, self.utilization_sum) / total,
+            "average_success_rate": self.success_sum / self.rated if self.rated else None,
+        }
