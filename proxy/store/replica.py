@@ -15,7 +15,9 @@ Every read must show a state that existed. The one moment where base and overlay
 the same write is while the journal replay has a batch in flight: PostgreSQL may have committed
 it, and its rows may reach the base (NOTIFY, a resync) before the replay hears the commit and
 drops the entries. So the replay *holds* the agents of its batch: rows for them are buffered
-until it releases them, dropping the applied entries in the same step.
+until it releases them, dropping the applied entries in the same step. A write a request commits
+meanwhile is shown from the overlay until then, and entries settled while their agent stays held
+(for an earlier batch of unknown fate) stay there too.
 
 Reads are answered from what each agent looks like now (its base row with its pending writes
 folded in), kept per tenant and refreshed whenever a row or a pending write of that agent

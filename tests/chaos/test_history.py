@@ -5,7 +5,6 @@ what the clients were told."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,11 +29,6 @@ def _grown(history: History, by: int) -> Callable[[], bool]:
     return lambda: len(history.ops) > mark + by
 
 
-@pytest.mark.skipif(
-    bool(os.environ.get("REGISTRY_PROXY_TEST_PGBOUNCER")),
-    reason="open defect: through PgBouncer a replica read sometimes shows one performance event "
-    "more than were sent (docs/fleet.md, 'Known defect')",
-)
 @pytest.mark.parametrize("cut", ["disable", "reset_peer"])
 async def test_history_through_cuts_and_heals_explains_every_read(
     make_api: AppFactory, pg_proxy: Proxy, pg: EmbeddedPostgres, tokens: Any, cut: str
