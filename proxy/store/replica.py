@@ -48,7 +48,7 @@ from proxy.registry.models import AgentQuery
 from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
-from proxy.store.tenant_state import UNFILED_MAX, TenantState
+from proxy.store.tenant_state import UNFILED_MAX, TenantState, orders
 
 
 class Replica:
@@ -106,27 +106,7 @@ class Replica:
             rec = self._view(t, tenant, agent_id) if agent_id in t.pending else t.agents[agent_id]
             if rec is not None and rec.deleted_at is None:
                 current[agent_id] = rec
-        ranked: dict[str | None, list[tuple[float, str]]] = {None: []}
-        for rec in current.values():
-            key = sort_key(rec)
-            ranked[None].append(key)
-            for task in rec.task_types:
-                ranked.setdefault(task, []).append(key)
-        for keys in ranked.values():
-            keys.sort()
-        t.current = current
-        t.ranked = ranked
-        t.beats = sorted((rec.last_heartbeat_at, rec.agent_id) for rec in current.values())
-        t.idle_beats = sorted(
-            (rec.last_heartbeat_at, rec.agent_id)
-            for rec in current.values()
-            if rec.active_tasks == 0
-        )
-        t.dirty.clear()
-        t.utilization_sum = sum(rec.utilization for rec in current.values())
-        rates = [r for rec in current.values() if (r := rec.success_rate) is not None]
-        t.success_sum = sum(rates)
-        t.rated = len(rates)
+        t.file_all(current)
 
     def _refresh(self, t: TenantState, tenant: str, agent_id: str) -> None:
         """File the agent as reads should see it now, in every order and sum."""
@@ -136,12 +116,22 @@ class Replica:
         old = t.current.get(agent_id)
         if old is rec:
             return
+        # A change that moves neither its score nor its capabilities (a heartbeat) keeps its
+        # place in every order.
+        moved = (
+            old is None
+            or rec is None
+            or sort_key(old) != sort_key(rec)
+            or old.task_types != rec.task_types
+            or old.languages != rec.languages
+        )
         if old is not None:
             del t.current[agent_id]
-            key = sort_key(old)
-            for task in (None, *old.task_types):
-                ranked = t.ranked[task]
-                del ranked[bisect_left(ranked, key)]
+            if moved:
+                key = sort_key(old)
+                for order in orders(old):
+                    ranked = t.ranked[order]
+                    del ranked[bisect_left(ranked, key)]
             beat = (old.last_heartbeat_at, agent_id)
             del t.beats[bisect_left(t.beats, beat)]
             if old.active_tasks == 0:
@@ -153,9 +143,10 @@ class Replica:
                 t.rated -= 1
         if rec is not None:
             t.current[agent_id] = rec
-            key = sort_key(rec)
-            for task in (None, *rec.task_types):
-                insort(t.ranked.setdefault(task, []), key)
+            if moved:
+                key = sort_key(rec)
+                for order in orders(rec):
+                    insort(t.ranked.setdefault(order, []), key)
             beat = (rec.last_heartbeat_at, agent_id)
             insort(t.beats, beat)
             if rec.active_tasks == 0:
@@ -444,7 +435,14 @@ class Replica:
             return []
         out: list[AgentRecord] = []
         current = t.current
-        for _key, agent_id in t.ranked.get(q.task_type, ()):
+        # Every agent that passes is in the order of the task type and of each language asked
+        # for: the shortest of them is walked.
+        walk = t.ranked.get(q.task_type, [])
+        for language in q.languages:
+            narrower = t.ranked.get((q.task_type, language), [])
+            if len(narrower) < len(walk):
+                walk = narrower
+        for _key, agent_id in walk:
             rec = current[agent_id]
             if matches(rec, q):
                 out.append(rec)

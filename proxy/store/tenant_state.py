@@ -8,10 +8,22 @@ from datetime import datetime
 from typing import Any
 
 from proxy.registry.agent import HEARTBEAT_TIMEOUT, AgentRecord
+from proxy.registry.matching import sort_key
 from proxy.registry.matching import stats as matching_stats
 from proxy.store.pending_write import PendingWrite
 
-__all__ = ["UNFILED_MAX", "TenantState"]
+__all__ = ["UNFILED_MAX", "Order", "TenantState", "orders"]
+
+Order = str | None | tuple[str | None, str]
+"""An order of a tenant's agents, best first: all of them (None), those of a task type, and
+those of a task type (or of any) that speak a language, `(task type or None, language)`."""
+
+
+def orders(rec: AgentRecord) -> list[Order]:
+    """Every order the agent is filed in."""
+    tasks: tuple[str | None, ...] = (None, *rec.task_types)
+    return [*tasks, *((task, language) for task in tasks for language in rec.languages)]
+
 
 # Changed agents a tenant may hold unfiled: filing them costs about what each change would have,
 # once per this many changes.
@@ -26,7 +38,7 @@ class TenantState:
     # What reads show: each live agent as it is now (base row and pending writes), and the
     # orders and sums kept from it (see the module docstring).
     current: dict[str, AgentRecord] = field(default_factory=dict)
-    ranked: dict[str | None, list[tuple[float, str]]] = field(default_factory=dict)
+    ranked: dict[Order, list[tuple[float, str]]] = field(default_factory=dict)
     beats: list[tuple[datetime, str]] = field(default_factory=list)
     idle_beats: list[tuple[datetime, str]] = field(default_factory=list)
     utilization_sum: float = 0.0
@@ -58,3 +70,26 @@ class TenantState:
             "average_utilization": max(0.0, self.utilization_sum) / total,
             "average_success_rate": self.success_sum / self.rated if self.rated else None,
         }
+
+    def file_all(self, current: dict[str, AgentRecord]) -> None:
+        """Make `current` what reads show, every order and sum built afresh, sorting once."""
+        ranked: dict[Order, list[tuple[float, str]]] = {None: []}
+        for rec in current.values():
+            key = sort_key(rec)
+            for order in orders(rec):
+                ranked.setdefault(order, []).append(key)
+        for keys in ranked.values():
+            keys.sort()
+        self.current = current
+        self.ranked = ranked
+        self.beats = sorted((rec.last_heartbeat_at, rec.agent_id) for rec in current.values())
+        self.idle_beats = sorted(
+            (rec.last_heartbeat_at, rec.agent_id)
+            for rec in current.values()
+            if rec.active_tasks == 0
+        )
+        self.dirty.clear()
+        self.utilization_sum = sum(rec.utilization for rec in current.values())
+        rates = [r for rec in current.values() if (r := rec.success_rate) is not None]
+        self.success_sum = sum(rates)
+        self.rated = len(rates)
