@@ -43,7 +43,7 @@ async def _register(conn: asyncpg.Connection, agent_id: str, op_id: str) -> repo
 async def test_it_applies_to_an_empty_database(fresh_dsn: str) -> None:
     conn = await asyncpg.connect(fresh_dsn)
     try:
-        assert await migrations.migrate(conn) == ["0001", "0002", "0003", "0004"]
+        assert await migrations.migrate(conn) == ["0001", "0002", "0003", "0004", "0005"]
         outcome = await _register(conn, "a1", "op-1")
         assert outcome.applied and outcome.status == 201
         assert await migrations.migrate(conn) == []
@@ -78,7 +78,7 @@ async def test_it_applies_at_0003_and_answers_from_the_ledger_written_before(
             orjson.dumps(answer).decode(),
         )
         monkeypatch.setattr(migrations, "load_migrations", lambda: every)
-        assert await migrations.migrate(conn) == ["0004"]
+        assert await migrations.migrate(conn) == ["0004", "0005"]
 
         replayed = await _register(conn, "old", "op-old")
         assert replayed.from_ledger and replayed.applied and replayed.status == 201
@@ -94,6 +94,9 @@ async def test_it_applies_at_0003_and_answers_from_the_ledger_written_before(
         assert beat.record is not None and beat.record.revision == 1
         fresh = await _register(conn, "new", "op-new")
         assert fresh.applied and fresh.record is not None
-        assert await conn.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = 't1'") == 2
+        assert (
+            await conn.fetchval("SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = 't1'")
+            == 2
+        )
     finally:
         await conn.close()
