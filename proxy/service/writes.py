@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -43,6 +44,29 @@ from proxy.store.pending_write import PendingWrite
 from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)
+
+
+def journal_record(
+    ctx: RequestContext,
+    payload: dict[str, Any],
+    req_hash: str,
+    received: datetime,
+    *,
+    uncertain: bool = False,
+) -> dict[str, Any]:
+    """A write as the journal holds it: what the replay needs to apply it as its request would
+    have been (the actor, the request id and the time it came in), and whether its fate is
+    unknown."""
+    record: dict[str, Any] = {
+        "payload": payload,
+        "hash": req_hash,
+        "actor": ctx.actor,
+        "request_id": ctx.request_id,
+        "received_at": received.isoformat(),
+    }
+    if uncertain:
+        record["uncertain"] = True
+    return record
 
 
 class Writes:
@@ -198,13 +222,7 @@ class Writes:
         guard = self._guard
         if guard is not None and outcome.applied and not outcome.from_ledger:
             # Until a standby holds it: a primary failing over before then may lose it.
-            record = {
-                "payload": payload,
-                "hash": req_hash,
-                "actor": ctx.actor,
-                "request_id": ctx.request_id,
-                "received_at": now.isoformat(),
-            }
+            record = journal_record(ctx, payload, req_hash, now)
             guard.committed(
                 Committed(journal_id(ctx.tenant, op_id), kind, ctx.tenant, target, record)
             )
@@ -266,14 +284,7 @@ class Writes:
                 kind=kind,
                 tenant=ctx.tenant,
                 key=target,
-                payload={
-                    "payload": payload,
-                    "hash": req_hash,
-                    "actor": ctx.actor,
-                    "request_id": ctx.request_id,
-                    "received_at": received.isoformat(),
-                    **({"uncertain": True} if uncertain else {}),
-                },
+                payload=journal_record(ctx, payload, req_hash, received, uncertain=uncertain),
                 # The replay's span links to this request's, across the outage and restarts.
                 trace=spans.context() if spans is not None else None,
             )

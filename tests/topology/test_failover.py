@@ -32,18 +32,11 @@ import pytest
 from proxy.app import REPLICA
 from proxy.http import keys
 from tests.conftest import Api, AppFactory, agent_body, app_of, eventually
+from tests.topology.fast_breaker import FAILOVER_BREAKER
 from tests.topology.patroni import PatroniCluster
 from tests.topology.stored import stored
 
 WRITERS = 3
-FAST_BREAKER = {
-    "failure_threshold": 3,
-    "open_base_ms": 200,
-    "open_max_ms": 1000,
-    "probe_interval_ms": 100,
-    "probe_timeout_ms": 1000,
-    "half_open_successes": 2,
-}
 
 
 @dataclass
@@ -135,7 +128,7 @@ async def test_writes_survive_a_switchover_and_a_crash_of_the_leader(
 ) -> None:
     async with PatroniCluster(synchronous=False) as cluster:
         api = await make_api(
-            cluster.dsn, breaker=FAST_BREAKER, database={"connect_timeout_ms": 2000}
+            cluster.dsn, breaker=FAILOVER_BREAKER, database={"connect_timeout_ms": 2000}
         )
         ledger = Ledger()
         stop = asyncio.Event()

@@ -23,17 +23,9 @@ import pytest
 from proxy.http import keys
 from proxy.store.embedded import EmbeddedPostgres
 from tests.conftest import Api, AppFactory, agent_body, app_of, eventually
+from tests.topology.fast_breaker import FAILOVER_BREAKER
 from tests.topology.stored import stored
 from tests.topology.support import make_dir, make_root, postgres_bin_dir, run_as
-
-FAST_BREAKER = {
-    "failure_threshold": 3,
-    "open_base_ms": 200,
-    "open_max_ms": 1000,
-    "probe_interval_ms": 100,
-    "probe_timeout_ms": 1000,
-    "half_open_successes": 2,
-}
 
 
 class Pair:
@@ -110,7 +102,7 @@ async def test_a_commit_the_promoted_standby_never_received_is_applied_again(
 ) -> None:
     api = await make_api(
         pair.dsn,
-        breaker=FAST_BREAKER,
+        breaker=FAILOVER_BREAKER,
         database={"connect_timeout_ms": 2000},
         failover={"guard": guard, "check_interval_ms": 100, "hold_ms": 600_000},
     )
