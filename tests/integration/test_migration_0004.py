@@ -28,6 +28,15 @@ async def fresh_dsn(db: asyncpg.Connection, migrated_dsn: str) -> AsyncIterator[
         await db.execute(f"DROP DATABASE {name} WITH (FORCE)")
 
 
+def only_up_to(monkeypatch: pytest.MonkeyPatch, version: str) -> list[migrations.Migration]:
+    """Let `migrate` see the migrations up to `version` only; returns all of them, for later."""
+    every = migrations.load_migrations()
+    monkeypatch.setattr(
+        migrations, "load_migrations", lambda: [m for m in every if m.version <= version]
+    )
+    return every
+
+
 async def _register(conn: asyncpg.Connection, agent_id: str, op_id: str) -> repository.WriteOutcome:
     body = agent_body(agent_id)
     return await repository.execute_write(
@@ -54,10 +63,7 @@ async def test_it_applies_to_an_empty_database(fresh_dsn: str) -> None:
 async def test_it_applies_at_0003_and_answers_from_the_ledger_written_before(
     fresh_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    every = migrations.load_migrations()
-    monkeypatch.setattr(
-        migrations, "load_migrations", lambda: [m for m in every if m.version <= "0003"]
-    )
+    every = only_up_to(monkeypatch, "0003")
     conn = await asyncpg.connect(fresh_dsn)
     try:
         assert await migrations.migrate(conn) == ["0001", "0002", "0003"]

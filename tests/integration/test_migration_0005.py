@@ -11,7 +11,7 @@ from proxy.registry.requests import request_hash
 from proxy.store import migrate as migrations
 from proxy.store import repository
 from tests.conftest import agent_body
-from tests.integration.test_migration_0004 import fresh_dsn  # noqa: F401  (the fixture)
+from tests.integration.test_migration_0004 import fresh_dsn, only_up_to  # noqa: F401
 
 LIMIT = 5
 
@@ -38,10 +38,7 @@ async def test_the_count_carries_over_and_stays_exact(
     fresh_dsn: str,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    every = migrations.load_migrations()
-    monkeypatch.setattr(
-        migrations, "load_migrations", lambda: [m for m in every if m.version <= "0004"]
-    )
+    every = only_up_to(monkeypatch, "0004")
     conn = await asyncpg.connect(fresh_dsn)
     try:
         assert await migrations.migrate(conn) == ["0001", "0002", "0003", "0004"]
