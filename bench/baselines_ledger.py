@@ -82,16 +82,10 @@ _INSERT_AGENT = (
     "specializations, max_concurrent_tasks) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
     f"RETURNING {COLUMNS}"
 )
-# The agent counted in its own slot of the tenant's count (migration 0005), then the tenant's
-# count read back: far from its limit, as the bench's tenant always is, this is what the sidecar
-# does. None when the tenant is full.
 _TAKE_SLOT = (
-    "WITH s AS (INSERT INTO tenants AS t (tenant_id, slot, agent_count) "
-    "VALUES ($1, registry_slot($3), 1) "
-    "ON CONFLICT (tenant_id, slot) DO UPDATE SET agent_count = t.agent_count + 1 "
-    "RETURNING agent_count) "
-    "SELECT 1 FROM s WHERE (SELECT coalesce(sum(agent_count), 0) FROM tenants "
-    "WHERE tenant_id = $1) < $2"
+    "INSERT INTO tenants AS t (tenant_id, agent_count) VALUES ($1, 1) "
+    "ON CONFLICT (tenant_id) DO UPDATE SET agent_count = t.agent_count + 1 "
+    "WHERE t.agent_count < $2 RETURNING agent_count"
 )
 _INSERT_LEDGER = (
     "INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, response_status, "
@@ -147,9 +141,10 @@ def _transaction_writes(tenant: str, write_tenant: str) -> Writes:
                 await conn.execute(
                     _INSERT_AUDIT, write_tenant, ACTOR, "register", agent_id, _request_id(), op_id
                 )
-                # The count's slot last: its lock is held until the commit, for one round trip
-                # rather than three. (The agent's row is new, so nothing else waits for it.)
-                if await conn.fetchval(_TAKE_SLOT, write_tenant, MAX_AGENTS, agent_id) is None:
+                # The tenant's row last: its lock serializes the tenant's registrations until the
+                # commit, so it is held for one round trip rather than three. (The agent's row
+                # is new, so nothing else waits for it.)
+                if await conn.fetchval(_TAKE_SLOT, write_tenant, MAX_AGENTS) is None:
                     raise _Refused(409, "registry full")
         except asyncpg.UniqueViolationError:
             return json_response({"title": "already registered"}, 409)
@@ -217,17 +212,15 @@ _AGENT_JSON = (
 # no slot taken makes the division by zero that fails it (SQLSTATE 22012).
 _REGISTER_1RT = (
     f"WITH a AS ({_INSERT_AGENT}), "
-    "slot AS (INSERT INTO tenants AS t (tenant_id, slot, agent_count) "
-    "SELECT $1, registry_slot(agent_id), 1 FROM a "
-    "ON CONFLICT (tenant_id, slot) DO UPDATE SET agent_count = t.agent_count + 1 "
-    "RETURNING agent_count), "
+    "slot AS (INSERT INTO tenants AS t (tenant_id, agent_count) SELECT $1, 1 FROM a "
+    "ON CONFLICT (tenant_id) DO UPDATE SET agent_count = t.agent_count + 1 "
+    "WHERE t.agent_count < $9 RETURNING agent_count), "
     "ledger AS (INSERT INTO operations (tenant_id, op_id, kind, request_hash, status, "
     f"response_status, response_body) SELECT $1, $10, 'register', $11, 'applied', 201, "
     f"{_AGENT_JSON} FROM a), "
     "audit AS (INSERT INTO audit_log (tenant_id, actor, action, target, outcome, request_id, "
     "op_id) SELECT $1, $12, 'register', agent_id, 'applied', $13, $10 FROM a) "
-    f"SELECT {COLUMNS}, 1 / (SELECT count(*)::int FROM slot WHERE (SELECT "
-    "coalesce(sum(agent_count), 0) FROM tenants WHERE tenant_id = $1) < $9) AS slot FROM a"
+    f"SELECT {COLUMNS}, 1 / (SELECT count(*)::int FROM slot) AS slot FROM a"
 )
 
 _PERFORMANCE_1RT = (

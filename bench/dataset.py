@@ -149,9 +149,8 @@ async def seed_with_copy(dsn: str, tenant: str, n: int, *, seed_value: int = 43)
                 ],
             )
             await conn.execute(
-                "INSERT INTO tenants (tenant_id, slot, agent_count) VALUES ($1, 0, $2) "
-                "ON CONFLICT (tenant_id, slot) "
-                "DO UPDATE SET agent_count = tenants.agent_count + $2",
+                "INSERT INTO tenants (tenant_id, agent_count) VALUES ($1, $2) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET agent_count = tenants.agent_count + $2",
                 tenant,
                 n,
             )

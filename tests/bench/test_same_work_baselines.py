@@ -107,9 +107,7 @@ async def test_a_write_leaves_effect_ledger_audit_and_count_and_a_refusal_leaves
         assert all(r["request_id"] for r in audit)
 
         assert (
-            await db.fetchval(
-                "SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = $1", write_tenant
-            )
+            await db.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = $1", write_tenant)
             == 1
         )
         assert (

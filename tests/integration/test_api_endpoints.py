@@ -52,9 +52,7 @@ async def tenant_state(db: asyncpg.Connection, tenant: str) -> dict[str, Any]:
     )
     ops = await db.fetchval("SELECT count(*) FROM operations WHERE tenant_id = $1", tenant)
     audit = await db.fetchval("SELECT count(*) FROM audit_log WHERE tenant_id = $1", tenant)
-    count = await db.fetchval(
-        "SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = $1", tenant
-    )
+    count = await db.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = $1", tenant)
     return {
         "agents": [dict(r) for r in agents],
         "events": [dict(r) for r in events],
@@ -150,9 +148,7 @@ async def test_register_duplicate_is_409_duplicate_agent_and_keeps_the_first(
     assert row["languages"] == ["python"]
     assert row["version"] == first["version"]
     assert (
-        await db.fetchval(
-            "SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = $1", tokens.tenant
-        )
+        await db.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = $1", tokens.tenant)
         == 1
     )
 
@@ -732,9 +728,7 @@ async def test_delete_is_idempotent_and_allows_re_registering(
     assert row is not None
     assert row["deleted_at"] is None
     assert (
-        await db.fetchval(
-            "SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = $1", tokens.tenant
-        )
+        await db.fetchval("SELECT agent_count FROM tenants WHERE tenant_id = $1", tokens.tenant)
         == 1
     )
 

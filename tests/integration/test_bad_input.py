@@ -40,7 +40,7 @@ async def state_of(db: asyncpg.Connection, tenant: str) -> dict[str, Any]:
             "SELECT count(*) FROM audit_log WHERE tenant_id = $1", tenant
         ),
         "agent_count": await db.fetchval(
-            "SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = $1", tenant
+            "SELECT agent_count FROM tenants WHERE tenant_id = $1", tenant
         ),
     }
 

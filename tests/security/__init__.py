@@ -57,7 +57,7 @@ async def picture(db: asyncpg.Connection, tenant: str) -> dict[str, Any]:
         "operations": [dict(r) for r in ops],
         "audit_log": [dict(r) for r in audit],
         "agent_count": await db.fetchval(
-            "SELECT sum(agent_count)::int FROM tenants WHERE tenant_id = $1", tenant
+            "SELECT agent_count FROM tenants WHERE tenant_id = $1", tenant
         ),
     }
 
