@@ -79,8 +79,6 @@ class Replay:
         # Journal ids of entries in a replay batch that failed after it was sent, by agent: the
         # agent stays held until they are settled.
         self._unsettled: dict[AgentKey, set[str]] = {}
-        # Writes settled while their agent is still held, by agent: (op id, counted event id).
-        self._settled_held: dict[AgentKey, list[tuple[str, str | None]]] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="journal-replay")
@@ -223,7 +221,7 @@ class Replay:
                 event_id = None
                 if entry.kind == "performance" and status is OpStatus.APPLIED:
                     event_id = entry.payload["payload"]["body"]["event_id"]
-                self._settle(entry.tenant, entry.key, op_id_of(entry.op_id), event_id)
+                rep.settled(entry.tenant, entry.key, op_id_of(entry.op_id), event_id)
             self._release_settled(keys)
             for rec in records:
                 rep.upsert(rec)
@@ -311,27 +309,9 @@ class Replay:
         log.warning("journaled write rejected on replay", op_id=op_id, reason=reason)
         return 1
 
-    def _settle(self, tenant: str, agent_id: str, op_id: str, event_id: str | None) -> None:
-        """Take a write PostgreSQL now holds out of the replica's overlay (and count its event).
-
-        Not while its agent is held for a batch of unknown fate: the base row stays the one from
-        before that batch until the hold ends, so the write stays in the overlay until then, or
-        reads would lose it meanwhile."""
-        rep = self._replica
-        if rep is None:
-            return
-        key = (tenant, agent_id)
-        if self._unsettled.get(key):
-            self._settled_held.setdefault(key, []).append((op_id, event_id))
-            return
-        rep.drop_pending(tenant, agent_id, op_id)
-        if event_id is not None:
-            rep.event_counted(tenant, agent_id, event_id)
-
     def _release_settled(self, keys: set[AgentKey]) -> None:
         """End the replay's hold on these agents, but for those with entries of a batch whose
-        fate is still unknown. The writes settled during the hold leave the overlay in the same
-        step as the rows that arrived meanwhile reach the base."""
+        fate is still unknown (the replica keeps what was settled meanwhile until then)."""
         rep = self._replica
         if rep is None:
             return
@@ -340,7 +320,5 @@ class Replay:
             if self._unsettled.get(key):
                 continue
             self._unsettled.pop(key, None)
-            for op_id, event_id in self._settled_held.pop(key, ()):
-                self._settle(key[0], key[1], op_id, event_id)
             free.add(key)
         rep.release(free)

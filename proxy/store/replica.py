@@ -373,11 +373,23 @@ class Replica:
             if key in self._held:
                 rec = self._held.pop(key)
                 for op_id, event_id in self._held_writes.pop(key, ()):
-                    self.drop_pending(key[0], key[1], op_id)
-                    if event_id is not None:
-                        self.event_counted(key[0], key[1], event_id)
+                    self.settled(key[0], key[1], op_id, event_id)
                 if rec is not None:
                     self._upsert(rec)
+
+    def settled(self, tenant: str, agent_id: str, op_id: str, event_id: str | None) -> None:
+        """PostgreSQL now holds this journaled write: it leaves the overlay, and its event (if it
+        reports one) is counted.
+
+        While a replay batch holds the agent the base stays the row from before, so the write
+        stays in the overlay until the hold ends, or reads would lose it meanwhile."""
+        key = (tenant, agent_id)
+        if key in self._held:
+            self._held_writes.setdefault(key, []).append((op_id, event_id))
+            return
+        self.drop_pending(tenant, agent_id, op_id)
+        if event_id is not None:
+            self.event_counted(tenant, agent_id, event_id)
 
     def committed(self, rec: AgentRecord, write: PendingWrite) -> None:
         """A write this sidecar committed: its row (as of its commit) goes to the base, its

@@ -354,8 +354,7 @@ def test_a_write_committed_while_a_replay_batch_holds_its_agent_shows_until_the_
     rep.committed(base(12, 4), post("op2", "e2"))
     assert count(rep) == 5
     # The batch commits: op1 leaves the overlay, the hold ends, PostgreSQL's row is the base.
-    rep.drop_pending(T, "a", "op1")
-    rep.event_counted(T, "a", "e1")
+    rep.settled(T, "a", "op1", "e1")
     rep.release([(T, "a")])
     rep.upsert(base(13, 5))
     assert count(rep) == 5
@@ -363,6 +362,33 @@ def test_a_write_committed_while_a_replay_batch_holds_its_agent_shows_until_the_
     # The event was counted when the hold ended: sent again, it is not shown twice.
     rep.add_pending(T, "a", post("op3", "e2"))
     assert count(rep) == 5
+
+
+def test_a_write_settled_while_its_agent_is_held_shows_until_the_hold_ends() -> None:
+    rep = warm(3)
+    rep.add_pending(T, "a", post("op1", "e1"))
+    rep.add_pending(T, "a", post("op2", "e2"))
+    assert count(rep) == 5
+    # A batch of unknown fate holds the agent; a later batch settles op1 only. The base is still
+    # the row from before both, so op1 must stay shown.
+    rep.hold([(T, "a")])
+    rep.settled(T, "a", "op1", "e1")
+    assert count(rep) == 5 and rep.has_pending(T, "a")
+    rep.settled(T, "a", "op2", "e2")
+    rep.release([(T, "a")])
+    rep.upsert(base(12, 5))
+    assert count(rep) == 5 and not rep.has_pending(T, "a")
+    # Both events were counted when the hold ended.
+    rep.add_pending(T, "a", post("op3", "e1"))
+    assert count(rep) == 5
+
+
+def test_a_write_settled_with_no_hold_leaves_the_overlay_at_once() -> None:
+    rep = warm(3)
+    rep.add_pending(T, "a", post("op1", "e1"))
+    rep.upsert(base(11, 4))
+    rep.settled(T, "a", "op1", "e1")
+    assert count(rep) == 4 and not rep.has_pending(T, "a")
 
 
 def test_a_write_committed_with_no_hold_goes_to_the_base_at_once() -> None:
