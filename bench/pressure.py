@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -52,10 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.cpu import cpu_delta, cpu_snapshot, process_tree
-from bench.dataset import READ_TENANT, seed
+from bench.dataset import seed
 from bench.metrics import metrics_figures, metrics_snapshot
 from bench.outages import behind_toxiproxy, toxiproxy_pids
 from bench.pressure_report import report, summarise
@@ -69,7 +66,7 @@ from bench.pressure_traffic import (
 )
 from bench.pressure_verify import verify
 from bench.reporting import logger, opening, publish, result_path
-from bench.servers import Server, Tokens, sidecar
+from bench.servers import AdminTokens, Server, sidecar
 from bench.status import full_status, wait_drained, wait_replica
 
 _log = logger("pressure")
@@ -78,24 +75,6 @@ _log = logger("pressure")
 MAX_CLIENTS = 2_000
 MAX_PHASE_S = 600.0
 MAX_AGENTS = 20_000
-
-
-@dataclass(frozen=True)
-class PressureTokens(Tokens):
-    """The bench's writer tokens, and an admin token of the same tenant for `/v1/status`: only an
-    admin sees the whole document (the replay counters among it)."""
-
-    admin: str = ""
-
-    @classmethod
-    def new(cls) -> PressureTokens:
-        base = Tokens.new()
-        return cls(base.read_tenant, base.write_tenant, "bench-admin-" + secrets.token_hex(16))
-
-    def spec(self) -> str:
-        tokens = orjson.loads(super().spec())
-        tokens.append({"token": self.admin, "tenant": READ_TENANT, "role": "admin", "id": "ops"})
-        return orjson.dumps(tokens).decode()
 
 
 @dataclass(frozen=True)
@@ -179,7 +158,7 @@ async def pressure(plan: Plan) -> dict[str, Any]:
 
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-pressure-"))
     pg = EmbeddedPostgres(root=workdir / "pg")
-    tokens = PressureTokens.new()
+    tokens = AdminTokens.new()
     server: Server | None = None
     doc: dict[str, Any] = {
         **opening("registry-proxy pressure", "bench.pressure"),

@@ -59,6 +59,24 @@ class Tokens:
         ).decode()
 
 
+@dataclass(frozen=True)
+class AdminTokens(Tokens):
+    """The bench's writer tokens, and an admin token of the same tenant for `/v1/status`: only an
+    admin sees the whole document (the replay counters among it)."""
+
+    admin: str = ""
+
+    @classmethod
+    def new(cls) -> AdminTokens:
+        base = Tokens.new()
+        return cls(base.read_tenant, base.write_tenant, "bench-admin-" + secrets.token_hex(16))
+
+    def spec(self) -> str:
+        tokens = orjson.loads(super().spec())
+        tokens.append({"token": self.admin, "tenant": READ_TENANT, "role": "admin", "id": "ops"})
+        return orjson.dumps(tokens).decode()
+
+
 class Server:
     """One server under test in its own process; output goes to a log file."""
 

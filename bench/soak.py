@@ -44,7 +44,7 @@ from bench.dataset import seed
 from bench.outages import stop_start
 from bench.replica_memory import replica_memory, replica_memory_lines
 from bench.reporting import acceptance_lines, logger, machine_line, opening, publish, result_path
-from bench.servers import Server, Tokens, sidecar
+from bench.servers import AdminTokens, Server, sidecar
 from bench.soak_samples import sample, sampler, slope_per_hour
 from bench.soak_traffic import Traffic
 from bench.soak_verify import verify
@@ -76,7 +76,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
 
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-soak-"))
     pg = EmbeddedPostgres(root=workdir / "pg")
-    tokens = Tokens.new()
+    tokens = AdminTokens.new()
     server: Server | None = None
     total_s = plan.minutes * 60
     doc: dict[str, Any] = {
@@ -130,6 +130,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
                 plan.sample_every_s,
                 until,
                 journal_dir,
+                tokens.admin,
             ),
         )
         outage_events, samples = results[1], results[2]
@@ -140,7 +141,9 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
         await asyncio.sleep(2.0)
         final = []
         for _ in range(3):
-            final.append(await sample(server, tokens.read_tenant, proc, start, journal_dir))
+            final.append(
+                await sample(server, tokens.read_tenant, proc, start, journal_dir, tokens.admin)
+            )
             await asyncio.sleep(1.0)
         checks = await verify(pg.dsn, traffic.acks)
         doc["sidecar_errors"] = server.error_lines()
@@ -189,6 +192,10 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
             "fds_slope_per_hour": slope_per_hour(after_warmup, "fds"),
             "threads_slope_per_hour": slope_per_hour(after_warmup, "threads"),
             "journal_bytes_slope_per_hour": slope_per_hour(after_warmup, "journal_disk_bytes"),
+            # Where RSS goes: C memory in use, what glibc keeps free, Python's live blocks.
+            "c_in_use_mib_slope_per_hour": slope_per_hour(after_warmup, "c_in_use_mib"),
+            "c_free_mib_slope_per_hour": slope_per_hour(after_warmup, "c_free_mib"),
+            "python_blocks_slope_per_hour": slope_per_hour(after_warmup, "python_blocks"),
             "replica_agents_final": final[-1].get("replica_agents"),
         },
     )
@@ -234,7 +241,10 @@ def report(doc: dict[str, Any]) -> str:
         f"at the end ({mem['rss_growth']:+.1%}), peak {mem['rss_mib_peak_after_warmup']} MiB",
         f"trend after warm-up, per hour: RSS {mem.get('rss_mib_slope_per_hour')} MiB, "
         f"fds {mem.get('fds_slope_per_hour')}, threads {mem.get('threads_slope_per_hour')}, "
-        f"journal {mem.get('journal_bytes_slope_per_hour')} bytes",
+        f"journal {mem.get('journal_bytes_slope_per_hour')} bytes, "
+        f"C heap in use {mem.get('c_in_use_mib_slope_per_hour')} MiB, "
+        f"kept free {mem.get('c_free_mib_slope_per_hour')} MiB, "
+        f"Python blocks {mem.get('python_blocks_slope_per_hour')}",
         f"fds: {mem['fds_at_warmup_end']} after warm-up, peak {mem['fds_peak_after_warmup']}, "
         f"{mem['fds_final_idle']} idle at the end; journal "
         f"{mem['journal_bytes_final']} bytes; replica {mem['replica_agents_final']} agents",

@@ -7,6 +7,7 @@ the run and again when it is idle at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,12 @@ def folder_bytes(path: Path | None) -> int | None:
 
 
 async def sample(
-    server: Server, token: str, proc: Any, start: float, journal_dir: Path | None = None
+    server: Server,
+    token: str,
+    proc: Any,
+    start: float,
+    journal_dir: Path | None = None,
+    admin: str | None = None,
 ) -> dict[str, Any]:
     mem = proc.memory_info()
     row: dict[str, Any] = {
@@ -59,6 +65,14 @@ async def sample(
         replica_pending=doc["replica"].get("pending_writes"),
         replica_age_s=doc["replica"]["age_seconds"],
     )
+    if admin is not None:
+        # Only an admin sees the heap: live C memory, what glibc keeps free, Python's blocks.
+        with contextlib.suppress(OSError, RuntimeError, KeyError):
+            heap = (await status_of(server, admin))["memory"]
+            row["python_blocks"] = heap["python_blocks"]
+            if heap.get("glibc"):
+                row["c_in_use_mib"] = round(heap["c_in_use_bytes"] / _MIB, 2)
+                row["c_free_mib"] = round(heap["c_free_bytes"] / _MIB, 2)
     return row
 
 
@@ -70,12 +84,13 @@ async def sampler(
     every_s: float,
     until: float,
     journal_dir: Path | None = None,
+    admin: str | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     next_at = time.monotonic()
     while next_at < until:
         await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-        row = await sample(server, token, proc, start, journal_dir)
+        row = await sample(server, token, proc, start, journal_dir, admin)
         rows.append(row)
         if len(rows) % max(1, round(30 / every_s)) == 0:
             _log(

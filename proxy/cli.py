@@ -126,6 +126,7 @@ async def serve(
     # the collector's generations removes the long full collections that made p99 spikes.
     gc.collect()
     gc.freeze()
+    trimmer = _start_heap_trim(settings.heap_trim_interval_s)
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
     await site.start()
     log = structlog.get_logger("registry_proxy")
@@ -174,10 +175,28 @@ async def serve(
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
+    if trimmer is not None:
+        trimmer.cancel()
     await runner.cleanup()
     if stopped is not None:
         stopped(app)
     return 0
+
+
+def _start_heap_trim(interval_s: float) -> asyncio.Task[None] | None:
+    """Fix glibc's thresholds and give the heap's free pages back every `interval_s`, off the
+    event loop (`proxy.observability.heap` says why a long-lived process needs it)."""
+    from proxy.observability import heap
+
+    if interval_s <= 0 or not heap.tune():
+        return None
+
+    async def every() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(heap.trim)
+
+    return asyncio.ensure_future(every())
 
 
 def _run(coro: Any) -> int:

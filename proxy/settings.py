@@ -339,6 +339,9 @@ class Settings(BaseSettings):
     )
     max_agents: int = Field(10_000, ge=1, description="agents per tenant; >= 1")
     migrate_on_start: bool = Field(True, description="apply the schema when serving starts")
+    heap_trim_interval_s: float = Field(
+        60.0, ge=0, description="return the C heap's free pages this often (glibc); >= 0, 0 never"
+    )
 
     database: DatabaseSettings = DatabaseSettings()
     request: RequestSettings = RequestSettings()

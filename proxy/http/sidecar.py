@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.http import keys
 from proxy.http.auth import Role
 from proxy.http.body import read_model
+from proxy.observability import heap
 from proxy.registry.models import BreakerCommand
 
 
@@ -23,6 +24,9 @@ async def status(request: web.Request) -> web.Response:
     # An admin sees every tenant's figures; any other token, its own tenant's.
     scope = None if principal.role >= Role.ADMIN else principal.tenant
     document = request.app[keys.SIDECAR].status(tenant=scope)
+    if scope is None:
+        # The process's heap, for telling live data from memory the allocator keeps.
+        document["memory"] = heap.stats()
     return web.Response(body=orjson.dumps(document), content_type="application/json")
 
 

@@ -845,6 +845,17 @@ async def test_status_document(api: Api, tokens: Tokens) -> None:
     await eventually(replica_sees_agent, message="replica counts the registered agent")
 
 
+async def test_only_an_admin_sees_the_process_heap(api: Api, tokens: Tokens) -> None:
+    _, body, _ = await api.as_token(tokens.reader).call("GET", "/v1/status")
+    assert "memory" not in body
+    status, body, _ = await api.as_token(tokens.admin).call("GET", "/v1/status")
+    assert status == 200, body
+    memory = body["memory"]
+    assert memory["python_blocks"] > 0
+    if memory["glibc"]:
+        assert memory["c_in_use_bytes"] > 0 and memory["c_free_bytes"] >= 0
+
+
 async def test_admin_breaker_needs_the_admin_role(api: Api, tokens: Tokens) -> None:
     for token in (tokens.reader, tokens.writer):
         status, body, headers = await api.as_token(token).call(
