@@ -54,11 +54,17 @@ async def test_a_server_at_its_connection_limit_is_overload_not_an_outage(
     role, dsn = limited_role
     # No pooled connection kept idle: the next request must open one. The replica's listener
     # holds one of the role's two. The failover guard's reads would take the other now and then:
-    # off, so that the role's connections are counted exactly.
+    # off, so that the role's connections are counted exactly. Opening a connection (through
+    # PgBouncer: two logins) can take over a second on a busy machine; a refusal at the limit
+    # comes at once whatever the wait allowed.
     api = await make_api(
-        dsn, database={"pool_min_size": 0, "idle_timeout_ms": 100}, failover={"guard": False}
+        dsn,
+        database={"pool_min_size": 0, "idle_timeout_ms": 100, "acquire_timeout_ms": 10_000},
+        failover={"guard": False},
+        request={"default_timeout_ms": 15_000},
     )
-    assert (await api.call("POST", "/v1/agents", agent_body("known")))[0] == 201
+    status, body, _ = await api.call("POST", "/v1/agents", agent_body("known"))
+    assert status == 201, body
     database = app_of(api)[DATABASE]
     await eventually(
         lambda: database.pool is not None and database.pool.get_size() == 0,
@@ -81,7 +87,8 @@ async def test_a_server_at_its_connection_limit_is_overload_not_an_outage(
         assert not any(t.to_state.value == "open" for t in service.breaker.transitions)
     finally:
         await squatter.close()
-    assert (await api.call("POST", "/v1/agents", agent_body("admitted")))[0] == 201
+    status, body, _ = await api.call("POST", "/v1/agents", agent_body("admitted"))
+    assert status == 201, body
     backends = await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role)
     assert backends <= 2
 
