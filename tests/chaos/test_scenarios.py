@@ -5,6 +5,7 @@ checks that every acknowledged write is in PostgreSQL or rejected with a reason.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,22 @@ from tests.sidecar import SidecarProcess, request
 pytestmark = pytest.mark.chaos
 
 
+_DB_CALLS = re.compile(
+    r'registry_proxy_db_call_duration_seconds_count\{operation="([^"]+)",outcome="([^"]+)"\} (\S+)'
+)
+
+
+async def attempted_calls(api: Any) -> dict[str, float]:
+    """Database calls of requests that were attempted (not refused by the breaker), by
+    operation and outcome, from /metrics."""
+    text = await (await api.client.get("/metrics")).text()
+    return {
+        f"{op}/{outcome}": float(n)
+        for op, outcome, n in _DB_CALLS.findall(text)
+        if outcome != "rejected" and op != "replay"
+    }
+
+
 async def _setup(make_api: AppFactory, pg_proxy: Proxy, **overrides: Any) -> tuple[Any, Workload]:
     api = await start_sidecar(make_api, proxied_dsn(pg_proxy), **overrides)
     known = await seed(api)
@@ -50,12 +67,20 @@ async def test_proxy_down_trips_probe_half_opens_and_healing_closes(
     await work.run_for(0.3)
     await in_thread(pg_proxy.disable)
     await drive_until(api, work, "open")
-    # While open: reads from the replica, writes journaled, nobody waits.
+    # While open: reads from the replica, writes journaled, nobody waits for PostgreSQL: every
+    # request's database call is refused by the breaker, none is attempted but the half-open
+    # trials. (The workload is sequential, so nothing is in flight when the breaker opens.)
+    attempted = await attempted_calls(api)
+    assert attempted.get("get_agent/success", 0) > 0, attempted  # the calls before the fault
+    seen = len(transitions(api))
     await work.run_for(0.5)
     during = work.outcomes[-20:]
     assert {o.source for o in during if o.op == "get"} == {"replica"}
     assert {o.status for o in during if o.op == "performance"} == {202}
-    assert max(o.seconds for o in during) < 0.25
+    trials = transitions(api)[seen:].count(("open", "half_open"))
+    allowed = trials * app_of(api)[keys.SERVICE].breaker.half_open_max_calls
+    after = await attempted_calls(api)
+    assert sum(after.values()) - sum(attempted.values()) <= allowed, (attempted, after, trials)
     await in_thread(pg_proxy.enable)
     await wait_state(api, "half_open")
     await drive_until(api, work, "closed")
