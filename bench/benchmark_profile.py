@@ -112,7 +112,10 @@ def _frame(f: str) -> str:
     return f"{name} ({path})"
 
 
-async def profile_sidecar(b: Bench, server: Server, name: str, out_dir: Path) -> dict[str, Any]:
+async def profile_sidecar(
+    b: Bench, server: Server, name: str, out_dir: Path, workload: str = "get"
+) -> dict[str, Any]:
+    """Profile `server` under closed-loop `workload` (a workload of `bench.workload`)."""
     spy = _py_spy()
     if spy is None:
         return {"skipped": "py-spy not installed (pip install py-spy)"}
@@ -134,7 +137,7 @@ async def profile_sidecar(b: Bench, server: Server, name: str, out_dir: Path) ->
         "--output",
         str(raw_path),
     ]
-    _log(f"profile: {name} with py-spy for {seconds}s under closed-loop get by id")
+    _log(f"profile: {name} with py-spy for {seconds}s under closed-loop {workload}")
     # Wall-clock sampling counts the time a thread waits for a CPU as time spent where it was
     # preempted (typically in the socket write that woke the load generator). The sidecar gets
     # core 1 to itself, and everything else (this process, so the generator and py-spy it starts,
@@ -150,7 +153,9 @@ async def profile_sidecar(b: Bench, server: Server, name: str, out_dir: Path) ->
     try:
         spy_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         await asyncio.sleep(0.5)
-        return await _profile_run(b, server, name, spy_proc, raw_path, seconds, pinned)
+        summary = await _profile_run(b, server, name, workload, spy_proc, raw_path, seconds, pinned)
+        summary["workload"] = workload
+        return summary
     finally:
         if pinned:
             for pid in [server.pid, *others]:
@@ -161,12 +166,13 @@ async def _profile_run(
     b: Bench,
     server: Server,
     name: str,
+    workload: str,
     spy_proc: subprocess.Popen[bytes],
     raw_path: Path,
     seconds: int,
     pinned: bool,
 ) -> dict[str, Any]:
-    w = b.workload("get", name)
+    w = b.workload(workload, name)
     load = await asyncio.to_thread(
         loadgen.saturate,
         w,
