@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench import loadgen
 from bench.cpu import cpu_delta, cpu_snapshot, pin, process_tree
 from bench.dataset import LARGE_TENANT, QUERIES
@@ -81,12 +79,12 @@ class BenchTokens(Tokens):
         base = Tokens.new()
         return cls(base.read_tenant, base.write_tenant, "bench-l-" + secrets.token_hex(16))
 
-    def spec(self) -> str:
-        tokens = orjson.loads(super().spec())
-        tokens.append(
-            {"token": self.large_tenant, "tenant": LARGE_TENANT, "role": "writer", "id": "bench-l"}
-        )
-        return orjson.dumps(tokens).decode()
+    def entries(self) -> list[dict[str, str]]:
+        large = self.large_tenant
+        return [
+            *super().entries(),
+            {"token": large, "tenant": LARGE_TENANT, "role": "writer", "id": "bench-l"},
+        ]
 
 
 def core_split() -> tuple[int, int] | None:

@@ -46,17 +46,14 @@ class Tokens:
 
     def spec(self) -> str:
         """The value of REGISTRY_PROXY_TOKENS."""
-        return orjson.dumps(
-            [
-                {"token": self.read_tenant, "tenant": READ_TENANT, "role": "writer", "id": "bench"},
-                {
-                    "token": self.write_tenant,
-                    "tenant": WRITE_TENANT,
-                    "role": "writer",
-                    "id": "bench-w",
-                },
-            ]
-        ).decode()
+        return orjson.dumps(self.entries()).decode()
+
+    def entries(self) -> list[dict[str, str]]:
+        """The token list; a subclass adds its own tokens to it."""
+        return [
+            {"token": self.read_tenant, "tenant": READ_TENANT, "role": "writer", "id": "bench"},
+            {"token": self.write_tenant, "tenant": WRITE_TENANT, "role": "writer", "id": "bench-w"},
+        ]
 
 
 @dataclass(frozen=True)
@@ -71,10 +68,9 @@ class AdminTokens(Tokens):
         base = Tokens.new()
         return cls(base.read_tenant, base.write_tenant, "bench-admin-" + secrets.token_hex(16))
 
-    def spec(self) -> str:
-        tokens = orjson.loads(super().spec())
-        tokens.append({"token": self.admin, "tenant": READ_TENANT, "role": "admin", "id": "ops"})
-        return orjson.dumps(tokens).decode()
+    def entries(self) -> list[dict[str, str]]:
+        admin = {"token": self.admin, "tenant": READ_TENANT, "role": "admin", "id": "ops"}
+        return [*super().entries(), admin]
 
 
 class Server:
