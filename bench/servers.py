@@ -27,10 +27,19 @@ from bench.dataset import BASELINE_WRITE_TENANT, READ_TENANT, WRITE_TENANT
 HOST = "127.0.0.1"
 
 
+# Ports handed out in this process: one not bound yet is free to the kernel, which may hand it
+# out again, and two servers on one port answer for each other.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,8 @@ class Server:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0
+        self._rebinds = 3
 
     @property
     def pid(self) -> int:
@@ -91,6 +102,7 @@ class Server:
         return self.proc.pid
 
     def start(self) -> None:
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT
@@ -139,6 +151,9 @@ class Server:
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             if not self.alive():
+                if self._lost_its_port():
+                    self._rebind()
+                    continue
                 raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
             try:
                 status, _ = await http(self.url + path, token=token, timeout_s=2.0)
@@ -148,6 +163,29 @@ class Server:
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.name} not answering {path} in {timeout_s}s:\n{self.log_tail()}")
+
+    def _lost_its_port(self) -> bool:
+        """Whether the process exited because something else bound its port first: `free_port`
+        hands out a port that is free when asked, and a busy machine can take it before the
+        server binds it."""
+        if self._rebinds <= 0:
+            return False
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_from)
+                return b"address already in use" in f.read()
+        except OSError:
+            return False
+
+    def _rebind(self) -> None:
+        """Start again on another free port (the port is a whole argument or a *PORT variable)."""
+        self._rebinds -= 1
+        old, new = str(self.port), str(free_port())
+        self.cmd = [new if arg == old else arg for arg in self.cmd]
+        self.env = {k: new if v == old and k.endswith("PORT") else v for k, v in self.env.items()}
+        self.port = int(new)
+        self.url = f"http://{HOST}:{new}"
+        self.start()
 
     def stop(self, timeout_s: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
