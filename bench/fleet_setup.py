@@ -65,7 +65,6 @@ def make_sidecars(
     """N sidecars in replica read mode: pools through `bouncer` (transaction pooling) when
     there is one, else straight to PostgreSQL; the direct DSN always straight to it."""
     servers: list[Server] = []
-    ports: set[int] = set()
     for i in range(n):
         name = f"s{i:02d}"
         env = {
@@ -78,16 +77,12 @@ def make_sidecars(
             )
             env["REGISTRY_PROXY_DATABASE__POOLER"] = "transaction" if bouncer else "none"
         dsn = bouncer.dsn if bouncer else f"{pg.dsn}?application_name=fleet-{name}-pool"
-        # Ports come from the kernel one at a time and may repeat across fifty picks: a sidecar
-        # that cannot bind dies, and its twin answers in its place.
-        while True:
-            server = sidecar(
+        # `free_port` hands a port out once per process, so no two sidecars share one.
+        servers.append(
+            sidecar(
                 name, dsn=dsn, tokens=tokens, workdir=workdir, read_mode="replica", extra_env=env
             )
-            if server.port not in ports:
-                break
-        ports.add(server.port)
-        servers.append(server)
+        )
     return servers
 
 
