@@ -25,9 +25,12 @@ def orders(rec: AgentRecord) -> list[Order]:
     return [*tasks, *((task, language) for task in tasks for language in rec.languages)]
 
 
-# Changed agents a tenant may hold unfiled: filing them costs about what each change would have,
-# once per this many changes.
-UNFILED_MAX = 1024
+# Changed agents a tenant may hold unfiled. Filing an agent costs 20 to 50 us in a tenant of ten
+# thousand (a sorted insert per order it is in), all on the event loop: a batch of 1,024 stalled
+# every answer for 20 to 50 ms once a second under 1,000 registrations/s. In batches of 32 the
+# cost is the same and a pause stays near a millisecond; a change to an agent already waiting is
+# still filed once.
+UNFILED_MAX = 32
 
 
 @dataclass(slots=True)
