@@ -14,7 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -22,6 +22,9 @@ from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
 from proxy.settings import Settings, masked, unknown_env, unknown_env_messages
+
+if TYPE_CHECKING:
+    from proxy.observability.collector import Refreezer
 
 EXIT_CONFIG = 2
 
@@ -126,6 +129,7 @@ async def serve(
     # the collector's generations removes the long full collections that made p99 spikes.
     gc.collect()
     gc.freeze()
+    refreezer = _refreezer(settings.gc_full_interval_s)
     trimmer = _start_heap_trim(settings.heap_trim_interval_s)
     site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
     await site.start()
@@ -177,10 +181,20 @@ async def serve(
     await stop.wait()
     if trimmer is not None:
         trimmer.cancel()
+    if refreezer is not None:
+        refreezer.remove()
     await runner.cleanup()
     if stopped is not None:
         stopped(app)
     return 0
+
+
+def _refreezer(full_every_s: float) -> Refreezer | None:
+    """What survives each full collection frozen, everything walked once per `full_every_s`
+    (`proxy.observability.collector` says why)."""
+    from proxy.observability.collector import Refreezer
+
+    return Refreezer(full_every_s=full_every_s).install() if full_every_s > 0 else None
 
 
 def _start_heap_trim(interval_s: float) -> asyncio.Task[None] | None:

@@ -342,6 +342,9 @@ class Settings(BaseSettings):
     heap_trim_interval_s: float = Field(
         60.0, ge=0, description="return the C heap's free pages this often (glibc); >= 0, 0 never"
     )
+    gc_full_interval_s: float = Field(
+        600.0, ge=0, description="how often GC walks frozen objects too; >= 0, 0 never freezes"
+    )
 
     database: DatabaseSettings = DatabaseSettings()
     request: RequestSettings = RequestSettings()

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from proxy.http import keys
 from proxy.http.auth import Role
 from proxy.http.body import read_model
-from proxy.observability import heap
+from proxy.observability import collector, heap
 from proxy.registry.models import BreakerCommand
 
 
@@ -26,7 +26,7 @@ async def status(request: web.Request) -> web.Response:
     document = request.app[keys.SIDECAR].status(tenant=scope)
     if scope is None:
         # The process's heap, for telling live data from memory the allocator keeps.
-        document["memory"] = heap.stats()
+        document["memory"] = {**heap.stats(), **collector.stats()}
     return web.Response(body=orjson.dumps(document), content_type="application/json")
 
 
