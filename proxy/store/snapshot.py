@@ -15,6 +15,7 @@ the previous snapshot untouched.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import struct
@@ -33,8 +34,10 @@ from proxy.registry.agent import AgentRecord
 __all__ = [
     "SNAPSHOT_FORMAT_VERSION",
     "Snapshot",
+    "encode_in_steps",
     "read_snapshot",
     "write_snapshot",
+    "write_snapshot_body",
 ]
 
 _log = structlog.get_logger(__name__)
@@ -78,11 +81,17 @@ def write_snapshot(
     Raises OSError when the file cannot be written (the previous snapshot is then intact),
     TypeError when `data` is not serialisable and ValueError for a watermark beyond 64 bits.
     """
+    return write_snapshot_body(directory, orjson.dumps(data), watermark=watermark, name=name)
+
+
+def write_snapshot_body(
+    directory: Path, body: bytes, *, watermark: int, name: str = "replica.snapshot"
+) -> Path:
+    """`write_snapshot` of a body already encoded (by `encode_in_steps`)."""
     if not -(2**63) <= watermark < 2**63:
         raise ValueError("watermark must fit in a signed 64-bit integer")
     directory = Path(directory)
     target = directory / name
-    body = orjson.dumps(data)
     written_at = time.time()
     header = _HEADER.pack(
         _MAGIC,
@@ -159,11 +168,29 @@ def _decode(raw: bytes) -> Snapshot | str:
     return Snapshot(data=data, watermark=watermark, written_at=written_at)
 
 
-def snapshot_rows(view: tuple[list[str], bool, list[AgentRecord]]) -> dict[str, Any]:
-    """The document `write_snapshot` takes, from `Replica.snapshot_view()`."""
+async def encode_in_steps(
+    view: tuple[list[str], bool, list[AgentRecord]], *, rows_per_step: int = 500
+) -> bytes:
+    """The snapshot body of `Replica.snapshot_view()`: `{"tenants", "partial", "agents"}`, each
+    agent as `AgentRecord.to_snapshot`, encoded on the event loop `rows_per_step` agents at a
+    time, yielding between steps.
+
+    On a worker thread the encoding still held the interpreter: orjson encodes without letting
+    it go, so with 30,000 agents every request waited 100 to 200 ms once per snapshot. A step of
+    500 agents takes under a millisecond."""
     tenants, partial, records = view
-    return {
-        "tenants": tenants,
-        "partial": partial,
-        "agents": [rec.to_snapshot() for rec in records],
-    }
+    parts = [
+        b'{"tenants":',
+        orjson.dumps(tenants),
+        b',"partial":',
+        orjson.dumps(partial),
+        b',"agents":[',
+    ]
+    for start in range(0, len(records), rows_per_step):
+        if start:
+            parts.append(b",")
+            await asyncio.sleep(0)
+        rows = [rec.to_snapshot() for rec in records[start : start + rows_per_step]]
+        parts.append(orjson.dumps(rows)[1:-1])
+    parts.append(b"]}")
+    return b"".join(parts)

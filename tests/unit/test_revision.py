@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
 from proxy.registry import errors
@@ -97,7 +98,7 @@ def test_a_reregistration_continues_from_the_unregistered_row() -> None:
 
 def test_the_snapshot_keeps_it_and_an_older_snapshot_still_loads() -> None:
     rec = registered(7)
-    row = rec.to_snapshot()
+    row = orjson.loads(orjson.dumps(rec.to_snapshot()))
     assert AgentRecord.from_snapshot(row) == rec
     old = row[:20]  # written before the revision existed
     loaded = AgentRecord.from_snapshot(old)

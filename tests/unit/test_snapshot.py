@@ -200,3 +200,58 @@ def test_stale_temporary_file_does_not_matter(tmp_path: Path) -> None:
     assert snapshot is not None
     assert snapshot.data == {"ok": True}
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("agents", [0, 1, 3, 7])
+async def test_the_body_encoded_in_steps_is_the_document_encoded_at_once(
+    tmp_path: Path, agents: int
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from proxy.registry.agent import AgentRecord
+    from proxy.store.replica import Replica
+    from proxy.store.snapshot import encode_in_steps, write_snapshot_body
+
+    now = datetime(2026, 12, 4, 18, 0, 0, 123, tzinfo=UTC)
+    records = [
+        AgentRecord(
+            tenant_id="t",
+            agent_id=f"a{n}",
+            name=f"agent {n}",
+            model_family="fam",
+            task_types=("code",),
+            languages=("python", "go"),
+            specializations=(),
+            max_concurrent_tasks=4,
+            active_tasks=n % 3,
+            queued_tasks=0,
+            load_observed_at=None if n % 2 else now,
+            registered_at=now - timedelta(days=n),
+            last_heartbeat_at=now.replace(microsecond=0),
+            updated_at=now,
+            version=n + 1,
+            deleted_at=None,
+            task_count=n,
+            success_count=n // 2,
+            quality_sum=0.1 * n,
+            latency_ms_sum=12.5 * n,
+            revision=1,
+        )
+        for n in range(agents)
+    ]
+    view = (["t", "u"], bool(agents % 2), records)
+    body = await encode_in_steps(view, rows_per_step=3)
+    document = {
+        "tenants": ["t", "u"],
+        "partial": bool(agents % 2),
+        "agents": [rec.to_snapshot() for rec in records],
+    }
+    assert body == orjson.dumps(document)
+    write_snapshot_body(tmp_path, body, watermark=agents)
+    snap = read_snapshot(tmp_path)
+    assert snap is not None and snap.watermark == agents
+    replica = Replica()
+    replica.load_snapshot(snap.data, watermark=snap.watermark, written_at=snap.written_at)
+    assert sorted(replica.records(), key=lambda r: r.agent_id) == sorted(
+        records, key=lambda r: r.agent_id
+    )
