@@ -12,11 +12,12 @@ from aiohttp import web
 
 from proxy.http import keys, openapi
 from proxy.http.auth import TokenStore
-from proxy.http.middleware import GATE, Gate, RequestIds, guard, observe
+from proxy.http.middleware import GATE, Gate, guard, observe
 from proxy.http.ratelimit import RateLimiter
 from proxy.http.routes import ROLE_BY_NAME, add_routes
 from proxy.observability.metrics import Metrics
 from proxy.observability.spans import ServerSpans
+from proxy.service.ids import UniqueIds
 from proxy.settings import Settings
 
 
@@ -45,7 +46,7 @@ def web_application(
         tokens=tokens,
         metrics=metrics,
         limiter=RateLimiter(rate_per_s=rl.rate_per_s, burst=rl.burst) if rl.enabled else None,
-        ids=RequestIds(),
+        ids=UniqueIds(),
         roles=ROLE_BY_NAME,
         spans=spans,
     )

@@ -14,8 +14,6 @@ table's), so that this module does not depend on the table and its handlers.
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
 from collections.abc import Mapping
 from contextvars import Token
@@ -37,6 +35,7 @@ from proxy.observability.spans import ServerSpans
 from proxy.registry.errors import RegistryError
 from proxy.resilience import Deadline
 from proxy.service import RequestContext
+from proxy.service.ids import UniqueIds
 from proxy.settings import Settings
 
 log = structlog.get_logger("registry_proxy.access")
@@ -44,18 +43,6 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _QUIET_ROUTES = frozenset({"metrics", "healthz", "readyz"})
 _UNAUTHENTICATED = {"WWW-Authenticate": 'Bearer realm="registry-proxy"'}
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-
-
-class RequestIds:
-    """Unique request ids without a random read per request: a random per-process prefix and a
-    counter, 32 hex digits like a UUID. Ids are for correlation, never for secrecy."""
-
-    def __init__(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        self._counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):016x}"
 
 
 def route_name(request: web.Request) -> str:
@@ -70,7 +57,8 @@ class Gate:
     tokens: TokenStore
     metrics: Metrics
     limiter: RateLimiter | None
-    ids: RequestIds
+    # Request ids: for correlation, never for secrecy.
+    ids: UniqueIds
     # The role each route name needs; None for a public route. A name not in it (404, 405)
     # passes untouched, like a public route.
     roles: Mapping[str, Role | None]

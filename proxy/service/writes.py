@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +36,7 @@ from proxy.service.context import (
 )
 from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
 from proxy.service.failover_guard import Committed, FailoverGuard
+from proxy.service.ids import UniqueIds
 from proxy.settings import Settings, WriteFallback
 from proxy.store import repository
 from proxy.store.journal import Journal, JournalError, JournalFull
@@ -92,6 +92,7 @@ class Writes:
         self._backlog = backlog
         # Requests with an Idempotency-Key in progress, by journal id: one at a time per key.
         self._key_locks: dict[str, asyncio.Lock] = {}
+        self._op_ids = UniqueIds()
 
     async def write(
         self,
@@ -108,7 +109,7 @@ class Writes:
         journals it even when `write_fallback` says reject (an admin action's record)."""
         if idempotency_key is None:
             return await self._write(
-                ctx, kind, payload, uuid.uuid4().hex, req_hash, None, always_journal
+                ctx, kind, payload, self._op_ids.next(), req_hash, None, always_journal
             )
         # One request per key at a time, on every path: a second one sees the first's outcome.
         jid = journal_id(ctx.tenant, idempotency_key)
