@@ -60,10 +60,15 @@ async def read_json(
     if request.content_type != "application/json":
         raise ProblemError(415, f"Content-Type {request.content_type!r} is not application/json")
     try:
-        async with asyncio.timeout(read_timeout):
-            # The whole body, however many segments it arrives in; aiohttp stops at
-            # client_max_size (the app sets it to max_bytes) with a 413.
+        if request.content.is_eof():
+            # Already in whole (a small body comes with its headers): nothing to wait for, so
+            # no timer to arm and cancel.
             raw = await request.read()
+        else:
+            async with asyncio.timeout(read_timeout):
+                # The whole body, however many segments it arrives in; aiohttp stops at
+                # client_max_size (the app sets it to max_bytes) with a 413.
+                raw = await request.read()
     except web.RequestPayloadError as exc:
         raise ProblemError(400, f"body cannot be read: {exc}") from None
     except TimeoutError:

@@ -203,7 +203,8 @@ class DatabaseCall:
 
         async def attempt(timeout: float) -> T:
             nonlocal reached
-            async with self._db.connection(timeout) as conn:
+            # `call_with_retries` runs each attempt under a scope of the time remaining.
+            async with self._db.connection(timeout, bounded=True) as conn:
                 reached = True
                 return await fn(conn)
 

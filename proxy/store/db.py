@@ -225,7 +225,11 @@ class Database:
             log.info("schema migrated", versions=applied)
 
     @contextlib.asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(
+        self, timeout: float | None = None, *, bounded: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection within `timeout`; `bounded`: the caller already awaits this
+        under a timeout scope of its own, of at most `timeout`."""
         pool = self.pool
         if pool is None:
             raise DatabaseNotConnected(self.last_error or "database not connected yet")
@@ -233,10 +237,15 @@ class Database:
         # wait is spent connecting, and bounded by the caller's time.
         wait = self.acquire_timeout_s if timeout is None else timeout
         try:
-            # A timeout scope rather than acquire(timeout=): that one wraps the wait in
-            # asyncio.wait_for, a task per call, for a wait that is nearly always zero.
-            async with asyncio.timeout(wait):
+            if bounded and pool.get_idle_size():
+                # An open connection is free, so nothing is waited for, and the caller's own
+                # scope bounds the call: a second timer would be armed and cancelled for nothing.
                 conn = await pool.acquire()
+            else:
+                # A timeout scope rather than acquire(timeout=): that one wraps the wait in
+                # asyncio.wait_for, a task per call.
+                async with asyncio.timeout(wait):
+                    conn = await pool.acquire()
             if POOL_FLOOR.active:
                 self._floor_restored(pool)
         except asyncpg.PostgresError as exc:

@@ -29,7 +29,9 @@ class ScriptedDatabase:
         self.attempts = 0
 
     @asynccontextmanager
-    async def connection(self, timeout: float | None = None) -> AsyncIterator[object]:
+    async def connection(
+        self, timeout: float | None = None, *, bounded: bool = False
+    ) -> AsyncIterator[object]:
         refusal = self._refusals[self.attempts]
         self.attempts += 1
         if refusal is not None:
