@@ -35,8 +35,6 @@ class Refreezer:
     full_every_s: float
     """How often the next full collection walks every object; > 0."""
     clock: Callable[[], float] = time.monotonic
-    freezes: int = 0
-    thaws: int = 0
     _since: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
@@ -52,12 +50,10 @@ class Refreezer:
             # The next full collection walks what was frozen too, and is frozen after it.
             gc.unfreeze()
             self._since = now
-            self.thaws += 1
             return
         # Right after a full collection nothing is left in the younger generations: freezing
         # takes exactly what survived it.
         gc.freeze()
-        self.freezes += 1
 
     def install(self) -> Refreezer:
         if self not in gc.callbacks:

@@ -41,12 +41,11 @@ def test_what_survives_a_full_collection_is_frozen(thawed: None) -> None:
     try:
         kept = [Cycle() for _ in range(100)]
         gc.collect()
-        assert policy.freezes >= 1 and policy.thaws == 0
         assert gc.get_freeze_count() >= len(kept)
         # A younger collection leaves the frozen objects alone.
-        freezes, frozen = policy.freezes, gc.get_freeze_count()
+        frozen = gc.get_freeze_count()
         gc.collect(1)
-        assert (policy.freezes, gc.get_freeze_count()) == (freezes, frozen)
+        assert gc.get_freeze_count() == frozen
     finally:
         policy.remove()
     assert policy not in gc.callbacks
@@ -65,7 +64,7 @@ def test_a_cycle_among_frozen_objects_is_reclaimed_by_the_next_full_walk(thawed:
         assert alive() is not None
         clock.now += 600
         gc.collect()  # the period is over: this one hands the frozen objects back
-        assert policy.thaws == 1 and gc.get_freeze_count() == 0
+        assert gc.get_freeze_count() == 0
         gc.collect()  # walks everything, then freezes again
         assert alive() is None
         assert gc.get_freeze_count() > 0
