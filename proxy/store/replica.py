@@ -160,6 +160,15 @@ class Replica:
             # Sums kept by adding and taking away drift in the last bits: start them afresh.
             t.utilization_sum = t.success_sum = 0.0
 
+    def holds(self, tenant: str, agent_id: str, version: int) -> bool:
+        """Whether a row of `version` would change nothing: the base holds it or a newer one
+        (an agent held by the replay is never said to, its rows wait in the buffer)."""
+        t = self._tenants.get(tenant)
+        if t is None or (tenant, agent_id) in self._held:
+            return False
+        rec = t.agents.get(agent_id)
+        return rec is not None and rec.version >= version
+
     def upsert(self, rec: AgentRecord) -> bool:
         """Apply one row from PostgreSQL; False when it is not newer than what we hold."""
         self.watermark = max(self.watermark, rec.version)

@@ -397,3 +397,19 @@ def test_a_write_committed_with_no_hold_goes_to_the_base_at_once() -> None:
     assert count(rep) == 4 and not rep.has_pending(T, "a")
     rep.add_pending(T, "a", post("op2", "e1"))
     assert count(rep) == 4
+
+
+def test_holds_says_whether_a_row_would_change_nothing() -> None:
+    rep = Replica()
+    assert not rep.holds("w", "a", 1)  # no such tenant
+    rep.replace_all(["w"], [agent("a", 5)])
+    assert rep.holds("w", "a", 5) and rep.holds("w", "a", 4)
+    assert not rep.holds("w", "a", 6)
+    assert not rep.holds("w", "b", 1)
+    # A replay holds the agent: its rows go to the buffer, so none is said to change nothing.
+    rep.hold([("w", "a")])
+    assert not rep.holds("w", "a", 5)
+    rep.release([("w", "a")])
+    assert rep.holds("w", "a", 5)
+    rep.upsert(agent("a", 7, deleted=True))
+    assert not rep.holds("w", "a", 7)

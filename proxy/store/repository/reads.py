@@ -123,16 +123,17 @@ async def fetch_stats(conn: asyncpg.Connection, tenant: str) -> dict[str, Any]:
 
 async def fetch_changes_since(
     conn: asyncpg.Connection, tenants: list[str], version: int, limit: int
-) -> list[AgentRecord]:
-    """Rows changed after `version`, deleted ones included, oldest change first."""
-    rows = await conn.fetch(
+) -> list[asyncpg.Record]:
+    """Rows changed after `version`, deleted ones included, oldest change first; as rows, so
+    that a caller holding most of them already builds records only for the others."""
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {COLUMNS} FROM agents WHERE tenant_id = ANY($1::text[]) AND version > $2 "
         "ORDER BY version LIMIT $3",
         tenants,
         version,
         limit,
     )
-    return [record_from_row(r) for r in rows]
+    return rows
 
 
 async def fetch_all(conn: asyncpg.Connection, tenants: list[str], limit: int) -> list[AgentRecord]:
