@@ -214,11 +214,15 @@ class ReplicaSync:
         replica = self.replica
         while True:
             rows = await repository.fetch_changes_since(conn, self.tenants, since, CATCH_UP_BATCH)
+            # Most rows a resync reads again are held already (their notification came): only
+            # the others are read whole.
+            missing: dict[str, list[str]] = {}
             for row in rows:
-                # Most rows a resync reads again are held already (their notification came):
-                # a version check, not a record.
                 if not replica.holds(row["tenant_id"], row["agent_id"], row["version"]):
-                    self._apply(repository.record_from_row(row))
+                    missing.setdefault(row["tenant_id"], []).append(row["agent_id"])
+            for tenant, agent_ids in missing.items():
+                for rec in await repository.fetch_rows(conn, tenant, agent_ids):
+                    self._apply(rec)
             if len(rows) < CATCH_UP_BATCH:
                 break
             since = rows[-1]["version"]

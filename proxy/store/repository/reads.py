@@ -124,10 +124,12 @@ async def fetch_stats(conn: asyncpg.Connection, tenant: str) -> dict[str, Any]:
 async def fetch_changes_since(
     conn: asyncpg.Connection, tenants: list[str], version: int, limit: int
 ) -> list[asyncpg.Record]:
-    """Rows changed after `version`, deleted ones included, oldest change first; as rows, so
-    that a caller holding most of them already builds records only for the others."""
+    """Which rows changed after `version` (tenant_id, agent_id, version), deleted ones
+    included, oldest change first. Only the keys: a caller that holds most of them already
+    fetches the others whole (`fetch_rows`)."""
     rows: list[asyncpg.Record] = await conn.fetch(
-        f"SELECT {COLUMNS} FROM agents WHERE tenant_id = ANY($1::text[]) AND version > $2 "
+        "SELECT tenant_id, agent_id, version FROM agents "
+        "WHERE tenant_id = ANY($1::text[]) AND version > $2 "
         "ORDER BY version LIMIT $3",
         tenants,
         version,
