@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -395,8 +396,11 @@ class _Snapshots:
             yield
 
     async def _every_interval(self, replica: Replica) -> None:
+        every = self._settings.replica.snapshot_interval_s
         while True:
-            await asyncio.sleep(self._settings.replica.snapshot_interval_s)
+            # Jittered (+/- 20%) like the resyncs: sidecars started together (a pod's, a
+            # fleet's) would otherwise write theirs at the same moments.
+            await asyncio.sleep(every * random.uniform(0.8, 1.2))
             await _write_snapshot(self._settings, replica)
 
     def breaker_opened(self) -> None:

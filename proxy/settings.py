@@ -216,7 +216,7 @@ class ReplicaSettings(BaseModel):
     full_resync_interval_s: float = Field(
         3_600.0, gt=0, description="full reload period (+/- 20%), behind the resyncs; > 0"
     )
-    snapshot_interval_s: float = Field(30.0, gt=0, description="snapshot to disk period; > 0")
+    snapshot_interval_s: float = Field(30.0, gt=0, description="snapshot period (+/- 20%); > 0")
 
 
 class JournalSettings(BaseModel):
