@@ -171,7 +171,7 @@ def _decode(raw: bytes) -> Snapshot | str:
 async def encode_in_steps(
     view: tuple[list[str], bool, list[AgentRecord]],
     *,
-    rows_per_step: int = 500,
+    rows_per_step: int = 100,
     pause_s: float = 0.002,
 ) -> bytes:
     """The snapshot body of `Replica.snapshot_view()`: `{"tenants", "partial", "agents"}`, each
@@ -180,9 +180,10 @@ async def encode_in_steps(
 
     On a worker thread the encoding still held the interpreter: orjson encodes without letting
     it go, so with 30,000 agents every request waited 100 to 200 ms once per snapshot. A step of
-    500 agents takes about a millisecond, and `pause_s` between steps keeps a snapshot from
-    taking a whole core while it lasts (it is background work: 30,000 agents take about 0.2 s
-    instead of 0.1 s)."""
+    100 agents takes about 0.3 ms, and `pause_s` between steps leaves the event loop to the
+    requests: it is background work, and a loop already half busy with them queued answers
+    for tens of milliseconds behind steps that took more than a fraction of it (30,000 agents
+    take about 0.7 s of wall time, 0.1 s of CPU)."""
     tenants, partial, records = view
     parts = [
         b'{"tenants":',
