@@ -125,8 +125,9 @@ class AgentRecord:
 
     def to_snapshot(self) -> tuple[Any, ...]:
         """Compact positional form for the replica snapshot file. orjson writes the tuples as
-        arrays and the datetimes as `isoformat` would, in C: the snapshot of tens of thousands
-        of agents runs on a worker thread, but holds the interpreter while Python builds it."""
+        arrays and the datetimes as `isoformat` would, in C: a snapshot encodes tens of
+        thousands of agents on the event loop (in steps), so the less Python per agent the
+        better."""
         return (
             self.tenant_id,
             self.agent_id,
