@@ -147,16 +147,26 @@ async def test_a_commit_the_promoted_standby_never_received_is_applied_again(
     await eventually(writes_again, timeout=30, message="a write committed on the new primary")
     journal = service.journal
     assert journal is not None
+    tenant = next(t for t in app_of(api)[keys.TOKENS].tenants() if t.startswith("t-"))
+    new_primary = f"postgresql://postgres@127.0.0.1:{pair.standby.port}/postgres"
     if service.guard is not None:
         await eventually(
             lambda: service.guard is not None and service.guard.stats.promotions == 1,
             timeout=10,
             message="the guard saw the new timeline",
         )
+
+        # The guard counts the promotion before it hands the writes back to the journal, so
+        # the journal can be empty for a moment yet: wait for the writes themselves.
+        async def applied_again() -> bool:
+            return set(lost) <= (await stored(new_primary, tenant)).agents
+
+        await eventually(
+            applied_again, timeout=30, message="the writes the new primary lacked applied again"
+        )
     await eventually(lambda: journal.depth == 0, timeout=30, message="the journal drained")
 
-    tenant = next(t for t in app_of(api)[keys.TOKENS].tenants() if t.startswith("t-"))
-    rows = await stored(f"postgresql://postgres@127.0.0.1:{pair.standby.port}/postgres", tenant)
+    rows = await stored(new_primary, tenant)
     agents = rows.agents
 
     assert set(replicated) <= agents
