@@ -10,14 +10,7 @@ import pytest
 
 from proxy.observability import collector
 from proxy.observability.collector import Refreezer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from proxy.resilience import FakeClock
 
 
 class Cycle:
@@ -36,8 +29,8 @@ def thawed() -> Iterator[None]:
 
 
 def test_what_survives_a_full_collection_is_frozen(thawed: None) -> None:
-    clock = Clock()
-    policy = Refreezer(full_every_s=600, clock=clock).install()
+    clock = FakeClock()
+    policy = Refreezer(full_every_s=600, clock=clock.monotonic).install()
     try:
         kept = [Cycle() for _ in range(100)]
         gc.collect()
@@ -52,8 +45,8 @@ def test_what_survives_a_full_collection_is_frozen(thawed: None) -> None:
 
 
 def test_a_cycle_among_frozen_objects_is_reclaimed_by_the_next_full_walk(thawed: None) -> None:
-    clock = Clock()
-    policy = Refreezer(full_every_s=600, clock=clock).install()
+    clock = FakeClock()
+    policy = Refreezer(full_every_s=600, clock=clock.monotonic).install()
     try:
         doomed = Cycle()
         alive = weakref.ref(doomed)
@@ -62,7 +55,7 @@ def test_a_cycle_among_frozen_objects_is_reclaimed_by_the_next_full_walk(thawed:
         gc.collect()
         # Frozen, the cycle outlives a full collection.
         assert alive() is not None
-        clock.now += 600
+        clock.advance(600)
         gc.collect()  # the period is over: this one hands the frozen objects back
         assert gc.get_freeze_count() == 0
         gc.collect()  # walks everything, then freezes again
