@@ -51,6 +51,7 @@ from bench.soak_samples import sample, sampler, slope_per_hour
 from bench.soak_traffic import Traffic
 from bench.soak_verify import verify
 from bench.status import wait_drained
+from proxy.store import counted_events
 
 _log = logger("soak")
 
@@ -262,9 +263,9 @@ def report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# How long the sidecar remembers performance event ids it has seen counted
-# (`proxy.store.counted_events`): its memory grows for that long by design, then stays level.
-EVENT_MEMORY_S = 900.0
+# How long the sidecar remembers performance event ids it has seen counted: its memory grows for
+# that long by design, then stays level.
+EVENT_MEMORY_S = counted_events.TTL_S
 
 
 def default_warmup(total_s: float) -> float:

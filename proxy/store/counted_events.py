@@ -19,10 +19,13 @@ from proxy.resilience import SYSTEM_CLOCK, Clock
 
 AgentKey = tuple[str, str]
 
+# How long an id is remembered by default: its memory grows this long, then stays level.
+TTL_S = 900.0
+
 
 class CountedEvents:
     def __init__(
-        self, *, ttl_s: float = 900.0, max_events: int = 100_000, clock: Clock = SYSTEM_CLOCK
+        self, *, ttl_s: float = TTL_S, max_events: int = 100_000, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         if ttl_s <= 0 or max_events < 1:
             raise ValueError("ttl_s must be > 0 and max_events >= 1")
