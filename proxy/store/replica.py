@@ -29,15 +29,18 @@ changes, never per read:
 - stats come from sums kept on change, and from the agents ordered by last heartbeat, so the
   active and idle counts need no scan either.
 
-Hand-written because it is the registry's own index; no library holds it.
+Hand-written because it is the registry's own index; no library holds it. The orders themselves
+are `sortedcontainers.SortedList`s: a plain list's sorted insert moves every entry after it, tens
+of microseconds per order in a tenant of tens of thousands of agents.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
@@ -48,7 +51,7 @@ from proxy.registry.models import AgentQuery
 from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
-from proxy.store.tenant_state import UNFILED_MAX, TenantState, orders
+from proxy.store.tenant_state import NO_AGENTS, UNFILED_MAX, TenantState, orders
 
 
 class Replica:
@@ -130,12 +133,11 @@ class Replica:
             if moved:
                 key = sort_key(old)
                 for order in orders(old):
-                    ranked = t.ranked[order]
-                    del ranked[bisect_left(ranked, key)]
+                    t.ranked[order].remove(key)
             beat = (old.last_heartbeat_at, agent_id)
-            del t.beats[bisect_left(t.beats, beat)]
+            t.beats.remove(beat)
             if old.active_tasks == 0:
-                del t.idle_beats[bisect_left(t.idle_beats, beat)]
+                t.idle_beats.remove(beat)
             t.utilization_sum -= old.utilization
             rate = old.success_rate
             if rate is not None:
@@ -146,11 +148,14 @@ class Replica:
             if moved:
                 key = sort_key(rec)
                 for order in orders(rec):
-                    insort(t.ranked.setdefault(order, []), key)
+                    ranked = t.ranked.get(order)
+                    if ranked is None:
+                        ranked = t.ranked[order] = SortedList()
+                    ranked.add(key)
             beat = (rec.last_heartbeat_at, agent_id)
-            insort(t.beats, beat)
+            t.beats.add(beat)
             if rec.active_tasks == 0:
-                insort(t.idle_beats, beat)
+                t.idle_beats.add(beat)
             t.utilization_sum += rec.utilization
             rate = rec.success_rate
             if rate is not None:
@@ -458,9 +463,9 @@ class Replica:
         current = t.current
         # Every agent that passes is in the order of the task type and of each language asked
         # for: the shortest of them is walked.
-        walk = t.ranked.get(q.task_type, [])
+        walk = t.ranked.get(q.task_type, NO_AGENTS)
         for language in q.languages:
-            narrower = t.ranked.get((q.task_type, language), [])
+            narrower = t.ranked.get((q.task_type, language), NO_AGENTS)
             if len(narrower) < len(walk):
                 walk = narrower
         for _key, agent_id in walk:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from sortedcontainers import SortedList
 
 from proxy.registry.agent import HEARTBEAT_TIMEOUT, AgentRecord
 from proxy.registry.matching import sort_key
 from proxy.registry.matching import stats as matching_stats
 from proxy.store.pending_write import PendingWrite
 
-__all__ = ["UNFILED_MAX", "Order", "TenantState", "orders"]
+__all__ = ["NO_AGENTS", "UNFILED_MAX", "Order", "Ranked", "TenantState", "orders"]
 
 Order = str | None | tuple[str | None, str]
 """An order of a tenant's agents, best first: all of them (None), those of a task type, and
 those of a task type (or of any) that speak a language, `(task type or None, language)`."""
+
+Ranked = SortedList[tuple[float, str]]
+"""The `(sort key, agent id)` of every agent in an order, best first."""
+
+NO_AGENTS: Ranked = SortedList()
+"""The order of a task type or language no agent has; never written to."""
 
 
 def orders(rec: AgentRecord) -> list[Order]:
@@ -25,11 +32,10 @@ def orders(rec: AgentRecord) -> list[Order]:
     return [*tasks, *((task, language) for task in tasks for language in rec.languages)]
 
 
-# Changed agents a tenant may hold unfiled. Filing an agent costs 20 to 50 us in a tenant of ten
-# thousand (a sorted insert per order it is in), all on the event loop: a batch of 1,024 stalled
-# every answer for 20 to 50 ms once a second under 1,000 registrations/s. In batches of 32 the
-# cost is the same and a pause stays near a millisecond; a change to an agent already waiting is
-# still filed once.
+# Changed agents a tenant may hold unfiled. Filing is done on the event loop: a batch of 1,024
+# stalled every answer for 20 to 50 ms once a second under 1,000 registrations/s. In batches of
+# 32 a pause stays well under a millisecond; a change to an agent already waiting is still filed
+# once.
 UNFILED_MAX = 32
 
 
@@ -41,9 +47,9 @@ class TenantState:
     # What reads show: each live agent as it is now (base row and pending writes), and the
     # orders and sums kept from it (see the module docstring).
     current: dict[str, AgentRecord] = field(default_factory=dict)
-    ranked: dict[Order, list[tuple[float, str]]] = field(default_factory=dict)
-    beats: list[tuple[datetime, str]] = field(default_factory=list)
-    idle_beats: list[tuple[datetime, str]] = field(default_factory=list)
+    ranked: dict[Order, Ranked] = field(default_factory=dict)
+    beats: SortedList[tuple[datetime, str]] = field(default_factory=SortedList)
+    idle_beats: SortedList[tuple[datetime, str]] = field(default_factory=SortedList)
     utilization_sum: float = 0.0
     success_sum: float = 0.0
     rated: int = 0
@@ -68,25 +74,23 @@ class TenantState:
         since = (now - HEARTBEAT_TIMEOUT, "")
         return {
             "total_agents": total,
-            "active_agents": len(self.beats) - bisect_left(self.beats, since),
-            "idle_agents": len(self.idle_beats) - bisect_left(self.idle_beats, since),
+            "active_agents": len(self.beats) - self.beats.bisect_left(since),
+            "idle_agents": len(self.idle_beats) - self.idle_beats.bisect_left(since),
             "average_utilization": max(0.0, self.utilization_sum) / total,
             "average_success_rate": self.success_sum / self.rated if self.rated else None,
         }
 
     def file_all(self, current: dict[str, AgentRecord]) -> None:
         """Make `current` what reads show, every order and sum built afresh, sorting once."""
-        ranked: dict[Order, list[tuple[float, str]]] = {None: []}
+        keys: dict[Order, list[tuple[float, str]]] = {None: []}
         for rec in current.values():
             key = sort_key(rec)
             for order in orders(rec):
-                ranked.setdefault(order, []).append(key)
-        for keys in ranked.values():
-            keys.sort()
+                keys.setdefault(order, []).append(key)
         self.current = current
-        self.ranked = ranked
-        self.beats = sorted((rec.last_heartbeat_at, rec.agent_id) for rec in current.values())
-        self.idle_beats = sorted(
+        self.ranked = {order: SortedList(entries) for order, entries in keys.items()}
+        self.beats = SortedList((rec.last_heartbeat_at, rec.agent_id) for rec in current.values())
+        self.idle_beats = SortedList(
             (rec.last_heartbeat_at, rec.agent_id)
             for rec in current.values()
             if rec.active_tasks == 0
