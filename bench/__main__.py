@@ -50,7 +50,7 @@ from bench.loadgen_wrk import find_wrk
 from bench.outages import recover, trip_breakers
 from bench.replica_memory import replica_memory_in_child
 from bench.reporting import logger, opening, publish, result_path
-from bench.servers import Server, baseline, sidecar
+from bench.servers import Server, baseline, postgres_root, sidecar
 from bench.status import breaker_summary, status_of, wait_replica
 
 _log = logger("bench")
@@ -61,7 +61,8 @@ async def run(plan: Plan) -> dict[str, Any]:
 
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-bench-"))
-    pg = EmbeddedPostgres(root=workdir / "pg")
+    pg_root, pg_storage = postgres_root(workdir, in_memory=plan.postgres_in_memory)
+    pg = EmbeddedPostgres(root=pg_root)
     tokens = BenchTokens.new()
     servers: list[Server] = []
     writes = bool({"register", "performance"} & set(plan.workloads))
@@ -80,6 +81,7 @@ async def run(plan: Plan) -> dict[str, Any]:
             "agents": plan.agents,
             "large_agents": large,
             "server_bound_connections": plan.pinned_connections,
+            "postgres_storage": pg_storage,
             "saturation_tool": "wrk" if plan.use_wrk and find_wrk() else "python",
             "open_loop_tool": "python",
             "workloads": list(plan.workloads),
@@ -227,9 +229,10 @@ async def run(plan: Plan) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(pg.stop, "immediate")
         if plan.keep:
-            _log(f"work folder kept: {workdir}")
+            _log(f"work folder kept: {workdir} (PostgreSQL: {pg_root})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(pg_root, ignore_errors=True)
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     return doc
 
@@ -306,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-seconds", type=float, default=8.0)
     parser.add_argument("--settle", type=float, default=1.0, help="pause between steps, s")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
+    parser.add_argument(
+        "--postgres-on-disk",
+        action="store_true",
+        help="keep PostgreSQL's files on disk, not in /dev/shm",
+    )
     args = parser.parse_args(argv)
     workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
     unknown = set(workloads) - set(ALL_WORKLOADS)
@@ -332,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         large_agents=max(0, args.large_agents),
         pinned_connections=max(1, args.server_bound_connections),
+        postgres_in_memory=not args.postgres_on_disk,
     )
     doc = asyncio.run(run(plan))
     publish(out, doc, report)

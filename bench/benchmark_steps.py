@@ -66,6 +66,8 @@ class Plan:
     large_agents: int = 10_000
     # The server-bound configuration of get by id: its connections (one generator thread).
     pinned_connections: int = 16
+    # PostgreSQL's files in memory (`bench.servers.postgres_root`) rather than on disk.
+    postgres_in_memory: bool = True
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,11 @@ class EmbeddedPostgres:
         with (self.data / "postgresql.conf").open("a") as conf:
             # A throwaway database: no fsync (the machine will not lose power under a test), but
             # commits stay synchronous, so a crash of the server (immediate shutdown, SIGKILL)
-            # never loses what it acknowledged, as on a real server.
+            # never loses what it acknowledged, as on a real server. A new cluster has no WAL
+            # segments to recycle and zero-fills each one it adds: a 16 MB write every few
+            # seconds under 1,000 writes/s that held every commit for about 40 ms.
             conf.write(
-                "\nfsync = off\nfull_page_writes = off\n"
+                "\nfsync = off\nfull_page_writes = off\nwal_init_zero = off\n"
                 "max_connections = 200\nshared_buffers = 128MB\n"
                 f"unix_socket_directories = '{self.root}'\nlog_min_messages = warning\n"
             )
