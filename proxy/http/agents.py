@@ -99,9 +99,13 @@ async def get_agent(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
+def agent_query(request: web.Request) -> AgentQuery:
+    """The capability query of a request's query string (the front door reads it here too)."""
+    return read_query(request, AgentQuery, lists=_LIST_PARAMS)
+
+
 async def query_agents(request: web.Request) -> web.Response:
-    query = read_query(request, AgentQuery, lists=_LIST_PARAMS)
-    answer = await request.app[keys.SERVICE].query(request[keys.CONTEXT], query)
+    answer = await request.app[keys.SERVICE].query(request[keys.CONTEXT], agent_query(request))
     return json_response(answer)
 
 

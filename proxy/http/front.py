@@ -1,13 +1,14 @@
 """The front door: the server's request handler, in front of aiohttp's router.
 
-Get-by-id is most of a registry consumer's traffic, and on the replica it costs less than
-aiohttp's own dispatch around it (route resolution, match info, the middleware chain, the
-response's preparation), so that one route is recognised here and served directly: through the
-same `Gate` the middlewares use (the same authentication, rate limit, deadline, problems,
-metrics, access line and, when tracing is on, server span), answered with a `DirectResponse`
-when the connection allows. Every other request, and every get-by-id path that is not a plain
-valid id (percent-escapes of a slash, say), goes to the application as it would without this
-door; a test walks such paths through both to keep them in step.
+Get-by-id and the capability query are most of a registry consumer's traffic, and on the replica
+each costs less than aiohttp's own dispatch around it (route resolution, match info, the
+middleware chain, the response's preparation), so those two routes are recognised here and served
+directly: through the same `Gate` the middlewares use (the same authentication, rate limit,
+deadline, problems, metrics, access line and, when tracing is on, server span), answered with a
+`DirectResponse` when the connection allows. Every other request, every get-by-id path that is
+not a plain valid id (percent-escapes of a slash, say) and every query whose path is not exactly
+`/v1/agents` goes to the application as it would without this door; a test walks such paths
+through both to keep them in step.
 
 Skipping aiohttp's dispatch means doing what it would have done, so the door stands in front of
 an app only when `refusal` finds nothing against it: the app's middlewares are exactly those the
@@ -26,17 +27,20 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy.http import keys
+from proxy.http.agents import agent_query
 from proxy.http.answer import answer_body, answer_headers, json_response
 from proxy.http.direct import DirectResponse, fits
 from proxy.http.middleware import GATE, Gate, guard, observe
 from proxy.observability.logging import REQUEST_ID
 from proxy.registry.models import ID_PATTERN
-from proxy.service import RegistryService
+from proxy.service import Answer, RegistryService
 
 AGENT_PREFIX = "/v1/agents/"
 # Unanchored, to match from an offset: `^` matches only at the string's real start.
 _ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 _ROUTE = "get_agent"
+QUERY_PATH = "/v1/agents"
+_QUERY_ROUTE = "query_agents"
 # The app's middlewares, outermost first, whose work `FrontDoor._get_agent` does itself through
 # the gate: `observe` is `Gate.enter` and `Gate.leave` around the handler, `guard` is
 # `Gate.admit`. Changing the app's middlewares means changing `_get_agent` and this together.
@@ -72,8 +76,11 @@ class FrontDoor:
             # The path as sent: no decoding needed, since an id has no '%' (nor '?', so a query
             # string sends the request the long way).
             path = request.raw_path
-            if path.startswith(AGENT_PREFIX) and _ID.fullmatch(path, len(AGENT_PREFIX)):
-                return self._get_agent(request, path[len(AGENT_PREFIX) :])
+            if path.startswith(AGENT_PREFIX):
+                if _ID.fullmatch(path, len(AGENT_PREFIX)):
+                    return self._get_agent(request, path[len(AGENT_PREFIX) :])
+            elif path.partition("?")[0] == QUERY_PATH:
+                return self._query_agents(request)
         # Looked up per request, not bound once: tests wrap the app's dispatch to watch it.
         return self._app._handle(request)  # type: ignore[arg-type]
 
@@ -94,10 +101,32 @@ class FrontDoor:
             return gate.leave(request, _ROUTE, gate.problem_for(exc, _ROUTE), request_id, started)
         finally:
             REQUEST_ID.reset(token)
+        return self._answer(request, _ROUTE, answer, request_id, started)
+
+    async def _query_agents(self, base: web.BaseRequest) -> web.StreamResponse:
+        request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
+        gate = self._gate
+        request_id, token, started = gate.enter(request, _QUERY_ROUTE)
+        try:
+            ctx = gate.admit(request, _QUERY_ROUTE)
+            assert ctx is not None  # query_agents needs a reader
+            answer = await self._service.query(ctx, agent_query(request))
+        except Exception as exc:
+            problem = gate.problem_for(exc, _QUERY_ROUTE)
+            return gate.leave(request, _QUERY_ROUTE, problem, request_id, started)
+        finally:
+            REQUEST_ID.reset(token)
+        return self._answer(request, _QUERY_ROUTE, answer, request_id, started)
+
+    def _answer(
+        self, request: web.Request, route: str, answer: Answer, request_id: str, started: float
+    ) -> web.StreamResponse:
+        """The answer written straight to the connection when it allows, else as aiohttp's."""
+        gate = self._gate
         body = answer_body(answer)
         if body is None or not fits(request):
-            return gate.leave(request, _ROUTE, json_response(answer), request_id, started)
-        gate.account(request, _ROUTE, answer.status, answer.source, request_id, started)
+            return gate.leave(request, route, json_response(answer), request_id, started)
+        gate.account(request, route, answer.status, answer.source, request_id, started)
         fields = answer_headers(answer)
         fields["X-Request-ID"] = request_id
         return DirectResponse(status=answer.status, fields=fields, body=body)

@@ -1,5 +1,6 @@
-"""The front door serves get-by-id itself: whatever it answers must be what aiohttp's router and
-the middlewares would have answered, for the paths it takes and for those it must leave alone."""
+"""The front door serves get-by-id and the capability query itself: whatever it answers must be
+what aiohttp's router and the middlewares would have answered, for the paths it takes and for
+those it must leave alone."""
 
 from __future__ import annotations
 
@@ -34,7 +35,18 @@ PATHS = [
     ("/v1/agents/" + "a" * 129, False),
     (f"/v1/agents/{AGENT}%20", False),
     ("/v1/agents/a%00b", False),
+    ("/v1/agents", True),
+    ("/v1/agents?task_type=code&limit=5", True),
+    ("/v1/agents?languages=python,go&specializations=&max_utilization=0.9", True),
+    ("/v1/agents?limit=0", True),  # refused: the same problem either way
+    ("/v1/agents?limit=1&limit=2", True),
+    ("/v1/agents?languages=python,,go", True),
+    ("/v1/agents?task_type=%63ode", True),  # a query string's escapes are the query's business
+    ("/v1/agents/?task_type=code", False),
+    ("/v1/%61gents?task_type=code", False),
+    ("/v1/agents%3Ftask_type=code", False),
 ]
+QUERY = "/v1/agents?task_type=code&languages=python"
 COMPARED_HEADERS = ("Content-Type", "ETag", "X-Registry-Source", "WWW-Authenticate", "Allow")
 
 
@@ -119,18 +131,22 @@ async def test_front_door_keeps_a_presented_request_id(
     assert body["agent_id"] == AGENT
 
 
+@pytest.mark.parametrize("path", [f"/v1/agents/{AGENT}", QUERY])
 async def test_direct_answer_has_the_routers_headers(
-    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]], tokens: Tokens
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]],
+    tokens: Tokens,
+    path: str,
 ) -> None:
     """The answer written straight to the transport carries every header aiohttp's response
     would, with the same values (but the clock's and the request's own)."""
     front, plain, calls = two_doors
     headers = {"Authorization": f"Bearer {tokens.reader}"}
     seen = []
+    bodies = []
     for client in (front, plain):
-        resp = await client.get(f"/v1/agents/{AGENT}", headers=headers)
+        resp = await client.get(path, headers=headers)
         assert resp.status == 200
-        await resp.read()
+        bodies.append(await resp.read())
         seen.append(
             {
                 k.lower(): v
@@ -140,6 +156,7 @@ async def test_direct_answer_has_the_routers_headers(
             | {"has-date": str("Date" in resp.headers)}
         )
     assert seen[0] == seen[1]
+    assert bodies[0] == bodies[1]
     assert not calls  # the front door answered
 
 
