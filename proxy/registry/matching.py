@@ -49,10 +49,14 @@ def matches(rec: AgentRecord, q: AgentQuery) -> bool:
         return False
     if q.task_type is not None and q.task_type not in rec.task_types:
         return False
-    if q.languages and not set(q.languages).issubset(rec.languages):
-        return False
-    if q.specializations and not set(q.specializations).issubset(rec.specializations):
-        return False
+    # A loop, not a set per call: the replica tests every agent of its walk, and a query asks
+    # for one or two of each.
+    for language in q.languages:
+        if language not in rec.languages:
+            return False
+    for specialization in q.specializations:
+        if specialization not in rec.specializations:
+            return False
     if q.max_utilization is not None and not rec.utilization < q.max_utilization:
         return False
     if q.min_success_rate is not None and q.min_success_rate > 0:
