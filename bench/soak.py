@@ -176,6 +176,7 @@ async def soak(plan: SoakPlan) -> dict[str, Any]:
         traffic={
             "answers": dict(sorted(traffic.answers.items())),
             "client_failures": dict(sorted(traffic.failures.items())),
+            "problems": dict(sorted(traffic.problems.items())),
         },
         writes=checks,
         memory={
@@ -258,6 +259,8 @@ def report(doc: dict[str, Any]) -> str:
     errs = doc.get("sidecar_errors", {})
     lines.append(f"sidecar log lines at level error: {errs.get('count', 0)}")
     lines.append(f"answers: {doc['traffic']['answers']}")
+    if doc["traffic"].get("problems"):
+        lines.append(f"refusals and errors by problem type: {doc['traffic']['problems']}")
     lines += replica_memory_lines(doc.get("replica_memory", {}))
     lines += acceptance_lines(doc["acceptance"])
     return "\n".join(lines)

@@ -39,6 +39,9 @@ class Traffic:
     acks: list[Ack] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    # Refusals and errors by the problem's type (`overloaded`, `database-unavailable`...): a
+    # status alone does not say which bound refused.
+    problems: Counter[str] = field(default_factory=Counter)
     live: list[str] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=itertools.count)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
@@ -95,7 +98,7 @@ class Traffic:
             req = ("POST", f"/v1/agents/{agent}/heartbeat", read_token, {}, key)
         method, path, token, payload, headers = req
         try:
-            status, _ = await http(
+            status, answer = await http(
                 self.url + path,
                 method=method,
                 token=token,
@@ -110,6 +113,8 @@ class Traffic:
                 self.live.append(agent)  # its fate is unknown: never delete it again
             return
         self.answers[f"{kind}:{status}"] += 1
+        if status >= 400:
+            self.problems[f"{kind}:{status}:{problem_type(answer)}"] += 1
         if method != "GET" and 200 <= status < 300:
             tenant = WRITE_TENANT if kind in ("register", "unregister") else READ_TENANT
             self.acks.append(Ack(tenant, op_id, kind, status, agent, event_id))
@@ -144,3 +149,9 @@ class Traffic:
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks, timeout=30)
+
+
+def problem_type(answer: Any) -> str:
+    """The last segment of a problem document's `type`; `?` for an answer that is not one."""
+    kind = answer.get("type") if isinstance(answer, dict) else None
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) and kind else "?"
