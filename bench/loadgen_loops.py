@@ -85,7 +85,10 @@ async def open_loop(
     duration_s: float,
     drain_s: float = 5.0,
     start_at: float | None = None,
+    on_answer: Callable[[float, float, int], None] | None = None,
 ) -> Tally:
+    """``on_answer(due, latency_s, status)`` for every measured answer (``due`` on
+    ``time.perf_counter``'s clock), for a caller that needs each answer and not only the tally."""
     clients = await _open_connections(host, port, connections, time.monotonic() + 30)
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
@@ -124,6 +127,8 @@ async def open_loop(
                 lag.append(int((sent - due) * 1e6))
                 tally.status(status)
                 last_done = max(last_done, done)
+                if on_answer is not None:
+                    on_answer(due, done - due, status)
 
     tasks = [asyncio.create_task(worker(c)) for c in clients]
     i = 0

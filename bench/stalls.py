@@ -28,10 +28,11 @@ from typing import Any
 
 from bench.dataset import seed
 from bench.loadgen import saturate
-from bench.loadgen_http import Client
+from bench.loadgen_loops import open_loop
 from bench.reporting import logger, machine_line, opening, publish, result_path
 from bench.servers import Server, Tokens, postgres_root, sidecar
 from bench.status import wait_replica
+from bench.tally import summarize
 from bench.workload import Workload, request_builder
 
 _log = logger("stalls")
@@ -118,31 +119,27 @@ class Samples:
     cpu: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (t, seconds each)
 
 
-async def _sample_postgres(dsn: str, t0: float, out: Samples, stop: asyncio.Event) -> None:
+async def _sample_postgres(dsn: str, out: Samples, stop: asyncio.Event) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
         while not stop.is_set():
             row = await conn.fetchrow(PG_SAMPLE)
-            out.postgres.append(
-                (time.perf_counter() - t0, row["waits"] or "", row["autovacuum"] or "")
-            )
+            out.postgres.append((time.perf_counter(), row["waits"] or "", row["autovacuum"] or ""))
             await asyncio.sleep(0.02)
     finally:
         await conn.close()
 
 
-async def _sample_cpu(
-    groups: dict[str, list[int]], t0: float, out: Samples, stop: asyncio.Event
-) -> None:
+async def _sample_cpu(groups: dict[str, list[int]], out: Samples, stop: asyncio.Event) -> None:
     tick = os.sysconf("SC_CLK_TCK")
     before = {name: _cpu_ticks(pids) for name, pids in groups.items()}
     while not stop.is_set():
         await asyncio.sleep(0.05)
         now = {name: _cpu_ticks(pids) for name, pids in groups.items()}
         used = {name: (now[name] - before[name]) / tick for name in groups}
-        out.cpu.append((time.perf_counter() - t0, used))
+        out.cpu.append((time.perf_counter(), used))
         before = now
 
 
@@ -158,37 +155,6 @@ def annotate(windows: list[Window], samples: Samples) -> None:
             if lo <= t <= hi:
                 for name, seconds in used.items():
                     w.cpu_s[name] = w.cpu_s.get(name, 0.0) + seconds
-
-
-async def _fixed_rate(
-    port: int, build: Any, rate: float, duration_s: float, connections: int
-) -> tuple[list[Answer], float]:
-    clients = [Client("127.0.0.1", port) for _ in range(connections)]
-    for c in clients:
-        await c.connect()
-    queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
-    answers: list[Answer] = []
-    t0 = time.perf_counter() + 0.01
-
-    async def worker(client: Client) -> None:
-        while True:
-            i, due = await queue.get()
-            status = await client.request(build(i))
-            answers.append(Answer(due - t0, time.perf_counter() - due, status))
-            queue.task_done()
-
-    workers = [asyncio.create_task(worker(c)) for c in clients]
-    for i in range(int(rate * duration_s)):
-        due = t0 + i / rate
-        if (wait := due - time.perf_counter()) > 0:
-            await asyncio.sleep(wait)
-        queue.put_nowait((i, due))
-    await queue.join()
-    for w in workers:
-        w.cancel()
-    for c in clients:
-        c.close()
-    return answers, t0
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,39 +213,37 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         groups: dict[str, list[int]] = {"sidecar": [server.pid], "generator": [os.getpid()]}
         if pg_pid is not None:
             groups["postgres"] = [pg_pid, *_children(pg_pid)]
-        t0 = time.perf_counter()
         samplers = [
-            asyncio.create_task(_sample_postgres(pg.dsn, t0, samples, stop)),
-            asyncio.create_task(_sample_cpu(groups, t0, samples, stop)),
+            asyncio.create_task(_sample_postgres(pg.dsn, samples, stop)),
+            asyncio.create_task(_sample_cpu(groups, samples, stop)),
         ]
+        answers: list[Answer] = []
+
+        def keep(due: float, latency_s: float, status: int) -> None:
+            answers.append(Answer(due, latency_s, status))
+
         build = request_builder(w, f"127.0.0.1:{server.port}", "fixed")
-        answers, started = await _fixed_rate(
-            server.port, build, args.rate, args.duration, args.connections
-        )
+        tally = await open_loop(
+            "127.0.0.1", server.port, build, rate=args.rate, connections=args.connections,
+            warmup_s=0.0, duration_s=args.duration, on_answer=keep,
+        )  # fmt: skip
         stop.set()
         await asyncio.gather(*samplers)
-        # The samplers' clock started before the first answer was due: shift their times.
-        shift = started - t0
-        samples.postgres = [(t - shift, a, b) for t, a, b in samples.postgres]
-        samples.cpu = [(t - shift, used) for t, used in samples.cpu]
+        # Every time from the first answer's due time on.
+        origin = min((a.due for a in answers), default=0.0)
+        for a in answers:
+            a.due -= origin
+        samples.postgres = [(t - origin, x, y) for t, x, y in samples.postgres]
+        samples.cpu = [(t - origin, used) for t, used in samples.cpu]
         windows = slow_windows(answers, args.slow_ms / 1000)
         annotate(windows, samples)
-        latencies = sorted(a.latency_s * 1000 for a in answers)
         total_cpu: dict[str, float] = {}
         for _, used in samples.cpu:
             for name, seconds in used.items():
                 total_cpu[name] = total_cpu.get(name, 0.0) + seconds
         span = samples.cpu[-1][0] - samples.cpu[0][0] if len(samples.cpu) > 1 else 0.0
-        doc["answers"] = {
-            "count": len(answers),
-            "statuses": dict(Counter(str(a.status) for a in answers)),
-            "latency_ms": {
-                p: round(latencies[min(len(latencies) - 1, int(len(latencies) * q))], 2)
-                for p, q in (("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
-            }
-            if latencies
-            else {},
-        }
+        # The same summary as `make bench`'s fixed-rate steps, and the answers kept here.
+        doc["answers"] = {"count": len(answers), **summarize([tally], w.expect, "open")}
         doc["cores_used"] = {k: round(v / span, 3) for k, v in total_cpu.items()} if span else {}
         doc["windows"] = [w.to_json() for w in windows]
     finally:
@@ -294,7 +258,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(doc: dict[str, Any]) -> str:
     lines = [machine_line(doc["machine"], load=True), f"command: {doc['command']}"]
     a = doc["answers"]
-    lines.append(f"answers: {a['count']} {a['statuses']}, latency ms {a['latency_ms']}")
+    lines.append(
+        f"answers: {a['count']} {a['statuses']}, errors {a['errors']}, unfinished"
+        f" {a['unfinished']}, latency ms {a['latency_ms']}"
+    )
     lines.append(f"cores used: {doc['cores_used']}")
     lines.append(f"slow windows (answers over {doc['plan']['slow_ms']} ms): {len(doc['windows'])}")
     for w in sorted(doc["windows"], key=lambda w: -w["worst_ms"])[:15]:
