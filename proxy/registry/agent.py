@@ -13,8 +13,9 @@ from typing import Any
 
 import orjson
 
-# An agent's score and the reasons that depend on it alone (`proxy.registry.matching`).
-MatchFacts = tuple[float, tuple[str, ...]]
+# An agent's score and the reasons that depend on it alone, then both as they are written in a
+# query's answer (`proxy.registry.matching`).
+MatchFacts = tuple[float, tuple[str, ...], bytes, bytes]
 
 # An agent that has not sent a heartbeat for this long is reported as unresponsive.
 HEARTBEAT_TIMEOUT = timedelta(minutes=5)

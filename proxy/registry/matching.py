@@ -96,7 +96,8 @@ def _query_reasons(q: AgentQuery) -> list[str]:
 
 def _facts(rec: AgentRecord) -> MatchFacts:
     """The score and the reasons that depend on the agent alone; kept with the record, which
-    never changes, so a replica that ranks the same agents query after query computes them once."""
+    never changes, so a replica that ranks the same agents query after query computes them once.
+    Encoded too, as `rank` writes them: the score, and the reasons closing the entry."""
     out: list[str] = []
     rate = rec.success_rate
     if rate is None:
@@ -105,29 +106,35 @@ def _facts(rec: AgentRecord) -> MatchFacts:
         out.append(f"success rate {rate:.0%} over {rec.task_count} tasks")
         out.append(f"average quality {rec.quality_sum / rec.task_count:.2f}")
     out.append(f"utilization {rec.utilization:.0%} ({rec.active_tasks}/{rec.max_concurrent_tasks})")
-    return score(rec), tuple(out)
+    value = score(rec)
+    return (
+        value,
+        tuple(out),
+        b',"match_score":' + orjson.dumps(round(value, 6)) + b',"match_reasons":[',
+        b",".join(map(orjson.dumps, out)) + b"]}",
+    )
 
 
 def rank(
     records: Iterable[AgentRecord], q: AgentQuery, now: datetime, *, ordered: bool = False
-) -> list[dict[str, Any]]:
+) -> list[orjson.Fragment]:
     """Best match first, at most ``q.limit`` results, each with its score and reasons.
 
     ``ordered``: the records already come best first (the replica keeps them so), and only the
-    first ``q.limit`` are taken. Each agent's document is its encoded JSON (an orjson fragment,
-    encoded once per record and status), so answers must be encoded with orjson.
+    first ``q.limit`` are taken. Each result is its encoded JSON, an orjson fragment
+    ``{"agent": ..., "match_score": ..., "match_reasons": [...]}``, put together from pieces
+    encoded once per record (the agent's document per status, its score and its own reasons):
+    a replica query answers the same agents again and again, and walking a dict per result to
+    encode it cost more than the rest of ranking. Answers must be encoded with orjson.
     """
     best = list(records)[: q.limit] if ordered else sorted(records, key=sort_key)[: q.limit]
-    asked = _query_reasons(q)
+    # The query's reasons come first in every result's list, its own after them (never none).
+    asked = b"".join([orjson.dumps(reason) + b"," for reason in _query_reasons(q)])
     out = []
     for rec in best:
-        value, tail = rec.match_facts(_facts)
+        facts = rec.match_facts(_facts)
         out.append(
-            {
-                "agent": orjson.Fragment(rec.public_json(now)),
-                "match_score": round(value, 6),
-                "match_reasons": [*asked, *tail],
-            }
+            orjson.Fragment(b'{"agent":' + rec.public_json(now) + facts[2] + asked + facts[3])
         )
     return out
 

@@ -50,6 +50,11 @@ def query(**params: Any) -> AgentQuery:
     return AgentQuery(**params)
 
 
+def decoded(ranked: list[orjson.Fragment]) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = orjson.loads(orjson.dumps(ranked))
+    return result
+
+
 # -- the record -------------------------------------------------------------------------------
 
 
@@ -228,7 +233,7 @@ def test_ordered_records_are_taken_as_they_come() -> None:
     # The replica hands them over best first: rank keeps that order and stops at the limit.
     first, second, third = agent("c"), agent("b", active_tasks=4), agent("a")
     ranked = matching.rank([first, second, third], query(limit=2), NOW, ordered=True)
-    assert [orjson.dumps(r["agent"]) for r in ranked] == [
+    assert [orjson.dumps(orjson.loads(orjson.dumps(r))["agent"]) for r in ranked] == [
         first.public_json(NOW),
         second.public_json(NOW),
     ]
@@ -270,8 +275,23 @@ def test_reasons_with_history_and_no_filters() -> None:
     ]
 
 
+def test_a_result_is_encoded_as_its_document_would_be() -> None:
+    # Each result is put together from pieces encoded once per record; the bytes must be those
+    # of the document encoded whole, with the query's reasons before the agent's own.
+    rec = agent(task_count=3, success_count=2, quality_sum=2.4, active_tasks=0)
+    for q in (query(), query(task_type="summarize", languages=["en", "fr"]), query(limit=1)):
+        for now in (NOW, NOW + timedelta(hours=1)):  # active, then unresponsive
+            [result] = matching.rank([rec], q, now)
+            whole = {
+                "agent": rec.to_public(now),
+                "match_score": round(matching.score(rec), 6),
+                "match_reasons": matching.reasons(rec, q),
+            }
+            assert orjson.dumps(result) == orjson.dumps(whole)
+
+
 def test_rank_carries_the_reasons() -> None:
-    [only] = matching.rank([agent()], query(task_type="summarize"), NOW)
+    [only] = decoded(matching.rank([agent()], query(task_type="summarize"), NOW))
     assert only["match_reasons"][0] == "handles task type summarize"
 
 
@@ -320,7 +340,7 @@ def test_match_score_is_rounded_to_six_decimals() -> None:
     rec = agent(
         task_count=7, success_count=2, quality_sum=3.3, active_tasks=1, max_concurrent_tasks=3
     )
-    [ranked] = matching.rank([rec], query(), NOW)
+    [ranked] = decoded(matching.rank([rec], query(), NOW))
     assert ranked["match_score"] == round(matching.score(rec), 6)
     assert ranked["match_score"] != round(matching.score(rec), 7)
 
