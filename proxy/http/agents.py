@@ -10,7 +10,6 @@ under the same Idempotency-Key can be told from a different request.
 from __future__ import annotations
 
 import re
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,7 +155,7 @@ async def post_performance(request: web.Request) -> web.Response:
     data = dict(client)
     if data["event_id"] is None:
         # Generated before the first attempt, so a retry or a replay counts it once.
-        data["event_id"] = uuid.uuid4().hex
+        data["event_id"] = request.app[keys.SERVICE].new_event_id()
     payload = {"agent_id": agent_id, "body": data}
     return await _write(request, WriteKind.PERFORMANCE, payload, agent_id, client)
 

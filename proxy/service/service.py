@@ -137,6 +137,7 @@ class RegistryService:
         self.stats = reads.stats
         self.operation = reads.operation
         self.write = writes.write
+        self.new_event_id = writes.new_event_id
         self.replay = replay.run
         self.replays: dict[str, Any] = replay.stats
         self.audit = admin.audit

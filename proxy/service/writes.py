@@ -94,6 +94,11 @@ class Writes:
         self._key_locks: dict[str, asyncio.Lock] = {}
         self._op_ids = UniqueIds()
 
+    def new_event_id(self) -> str:
+        """An id for a performance event its caller did not name: unique across sidecars and
+        restarts (`UniqueIds`), without a read of the system's random source per event."""
+        return self._op_ids.next()
+
     async def write(
         self,
         ctx: RequestContext,
