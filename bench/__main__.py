@@ -173,6 +173,10 @@ async def run(plan: Plan) -> dict[str, Any]:
                     b, rep, "sidecar-replica", plan.profile_dir
                 ),
             }
+            if "query" in plan.workloads:
+                doc["profile"]["sidecar-replica-query"] = await profile_sidecar(
+                    b, rep, "sidecar-replica-query", plan.profile_dir, "query"
+                )
         # The outage comes before the write workloads, so the replica holds the same 1,000
         # agents as in the healthy get step.
         if "down" in plan.workloads:
