@@ -80,9 +80,7 @@ async def test_after_the_heal_a_write_waits_for_its_agent_and_goes_to_postgresql
     assert (await admin.call("POST", "/v1/admin/breaker", {"state": "automatic"}))[0] == 200
     # A write for the last agent: its entries are taken first, then it is committed.
     body = {"event_id": "after", "success": True, "quality_score": 0.5, "latency_ms": 1}
-    status, answer, headers = await api.call(
-        "POST", f"/v1/agents/{agents[2]}/performance", body
-    )
+    status, answer, headers = await api.call("POST", f"/v1/agents/{agents[2]}/performance", body)
     assert status == 201, answer
     assert headers["X-Registry-Source"] == "database"
     await eventually(lambda: service.journal is not None and service.journal.depth == 0)

@@ -73,9 +73,7 @@ async def test_a_key_reused_with_another_body_in_a_later_outage_is_422(
     assert (await api.call("GET", "/v1/operations/k-a"))[1]["status"] == "applied"
 
     await outage(api, pg_proxy)
-    status, body, _ = await api.call(
-        "POST", "/v1/agents/idem/performance", event("a2", 0.9), key
-    )
+    status, body, _ = await api.call("POST", "/v1/agents/idem/performance", event("a2", 0.9), key)
     assert status == 422 and body["type"].endswith("/idempotency-key-reused"), body
     await heal(api, pg_proxy)
     assert await task_count(pg.dsn, tokens.tenant, "idem") == 1  # the second body never applied
@@ -92,9 +90,7 @@ async def test_the_same_key_and_body_in_a_later_outage_leaves_no_ghost(
     await heal(api, pg_proxy)
 
     await outage(api, pg_proxy)
-    status, body, headers = await api.call(
-        "POST", "/v1/agents/idem/performance", event("b1"), key
-    )
+    status, body, headers = await api.call("POST", "/v1/agents/idem/performance", event("b1"), key)
     assert status == 202 and body["status"] == "applied", body
     assert headers["Idempotent-Replayed"] == "true"
     service = app_of(api)[keys.SERVICE]

@@ -82,9 +82,7 @@ async def test_a_burst_then_an_immediate_read_never_counts_a_write_twice(
     history = History()
     # Journaled during an outage, then read again and again while the replay applies them.
     assert (await admin.call("POST", "/v1/admin/breaker", {"state": "forced_open"}))[0] == 200
-    await asyncio.gather(
-        *(history.post(api, n, "hot-0", history.new_event()) for n in range(100))
-    )
+    await asyncio.gather(*(history.post(api, n, "hot-0", history.new_event()) for n in range(100)))
     assert {o.status for o in history.ops} == {202}
     assert (await history.read(api, 0, "hot-0")).count == 100
     assert (await admin.call("POST", "/v1/admin/breaker", {"state": "automatic"}))[0] == 200
