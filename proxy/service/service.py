@@ -223,6 +223,6 @@ class RegistryService:
             self._backlog.look_again()
         if transition.to_state is BreakerState.OPEN and self.db.pool is not None:
             # Connections opened before the fault may be half-dead; start the recovery fresh.
-            task = asyncio.create_task(self.db.pool.expire_connections())
+            task = asyncio.create_task(self.db.expire())
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -35,6 +35,7 @@ from proxy.observability.asyncio_noise import quiet_abandoned_connects
 from proxy.observability.conditions import POOL_FLOOR, Condition
 from proxy.registry.errors import RegistryError
 from proxy.resilience import ErrorKind, Overloaded
+from proxy.store.lane import Lane
 from proxy.store.migrate import migrate
 from proxy.store.pg_errors import PRIMARY_MOVED, classify, refuses_connections
 
@@ -141,6 +142,8 @@ class Database:
         # what it wakes (the journal's replay) is built after the database.
         self.on_ready = on_ready
         self.pool: asyncpg.Pool | None = None
+        # Connections that ended their call cleanly, kept out of the pool for the next one.
+        self._lane: Lane | None = None
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error: str | None = None
@@ -199,6 +202,9 @@ class Database:
                     ),
                     reset=_release,
                 )
+                self._lane = Lane(
+                    pool, idle_s=self._idle_timeout, release_timeout_s=self._connect_timeout
+                )
                 self.pool = pool
                 self.last_error = None
             except (OSError, asyncpg.PostgresError, TimeoutError, asyncpg.InterfaceError) as exc:
@@ -233,6 +239,53 @@ class Database:
         pool = self.pool
         if pool is None:
             raise DatabaseNotConnected(self.last_error or "database not connected yet")
+        lane = self._lane
+        assert lane is not None  # made with the pool
+        epoch = lane.epoch
+        conn = lane.take()
+        if conn is None:
+            conn = await self._acquire(pool, timeout, bounded)
+        scoped = None
+        kept = False
+        try:
+            if self.pooler == "transaction":
+                scoped = conn.transaction()
+                conn.scope_next_begin(self._scope)
+                await scoped.start()
+            yield conn
+            if scoped is not None:
+                done, scoped = scoped, None
+                await done.commit()
+            kept = lane.keep(conn, epoch)
+        except BaseException as exc:
+            # A domain rejection or a data error reported by a healthy server leaves the protocol
+            # in step. Anything else (a timeout, a cancellation, a broken socket, a server going
+            # down mid-statement) may have left an operation half done, and the cheap release
+            # below would hand that connection to the next caller: it goes instead.
+            healthy = isinstance(exc, RegistryError) or (
+                isinstance(exc, asyncpg.PostgresError)
+                and classify(exc) in (ErrorKind.PERMANENT, ErrorKind.TRANSIENT)
+            )
+            if getattr(exc, "sqlstate", None) == PRIMARY_MOVED:
+                # This server no longer takes writes: neither do the pool's other connections
+                # to it. Those in use go when released, the idle ones at their next acquire.
+                await self.expire()
+            if not healthy:
+                # Already handed back when the pool noticed the socket die: nothing to end.
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
+            elif scoped is not None:
+                await self._roll_back(conn, scoped)
+            raise
+        finally:
+            if not kept:
+                # Bounds the reset's ROLLBACK, if one is needed (acquire no longer passes a
+                # timeout for release to inherit).
+                await pool.release(conn, timeout=self._connect_timeout)
+
+    async def _acquire(
+        self, pool: asyncpg.Pool, timeout: float | None, bounded: bool
+    ) -> asyncpg.Connection:
         # Callers were admitted by the bulkhead, so a connection is free or being opened: the
         # wait is spent connecting, and bounded by the caller's time.
         wait = self.acquire_timeout_s if timeout is None else timeout
@@ -262,45 +315,20 @@ class Database:
             # Every connection busy with real work explains the wait (more callers than the
             # bulkhead admits, e.g. background work piling up): capacity, not an outage. With
             # some free, the wait was spent connecting: a failure of the database.
-            if pool.get_size() - pool.get_idle_size() >= self._max:
+            if pool.get_size() - self._idle(pool) >= self._max:
                 raise Overloaded(
                     "all database connections are busy", reason="queue-timeout", retry_after=1.0
                 ) from None
             raise
-        scoped = None
-        try:
-            if self.pooler == "transaction":
-                scoped = conn.transaction()
-                conn.scope_next_begin(self._scope)
-                await scoped.start()
-            yield conn
-            if scoped is not None:
-                done, scoped = scoped, None
-                await done.commit()
-        except BaseException as exc:
-            # A domain rejection or a data error reported by a healthy server leaves the protocol
-            # in step. Anything else (a timeout, a cancellation, a broken socket, a server going
-            # down mid-statement) may have left an operation half done, and the cheap release
-            # below would hand that connection to the next caller: it goes instead.
-            healthy = isinstance(exc, RegistryError) or (
-                isinstance(exc, asyncpg.PostgresError)
-                and classify(exc) in (ErrorKind.PERMANENT, ErrorKind.TRANSIENT)
-            )
-            if getattr(exc, "sqlstate", None) == PRIMARY_MOVED:
-                # This server no longer takes writes: neither do the pool's other connections
-                # to it. Those in use go when released, the idle ones at their next acquire.
-                await pool.expire_connections()
-            if not healthy:
-                # Already handed back when the pool noticed the socket die: nothing to end.
-                with contextlib.suppress(asyncpg.InterfaceError):
-                    conn.terminate()
-            elif scoped is not None:
-                await self._roll_back(conn, scoped)
-            raise
-        finally:
-            # Bounds the reset's ROLLBACK, if one is needed (acquire no longer passes a timeout
-            # for release to inherit).
-            await pool.release(conn, timeout=self._connect_timeout)
+        return conn
+
+    async def expire(self) -> None:
+        """Every connection open now is closed once its call ends, and none is handed out
+        again: a new call opens a new one (to the server the DSN names now)."""
+        if self.pool is not None:
+            await self.pool.expire_connections()
+        if self._lane is not None:
+            await self._lane.expire()
 
     @staticmethod
     async def _roll_back(conn: asyncpg.Connection, scoped: Any) -> None:
@@ -317,13 +345,18 @@ class Database:
         self._set_scope(tenants)
         if self.pool is not None:
             self.pool.set_connect_args(self._dsn, server_settings=self.server_settings)
-            await self.pool.expire_connections()
+        await self.expire()
 
     def _floor_restored(self, pool: asyncpg.Pool) -> None:
         # asyncpg logs each failure to reopen its minimum of connections, never the success
         # (`proxy.observability.conditions.POOL_FLOOR`): the pool at its floor again is that.
         if pool.get_size() >= self._min:
             POOL_FLOOR.ended()
+
+    def _idle(self, pool: asyncpg.Pool) -> int:
+        # Connections kept in the lane wait for a call like the pool's idle ones.
+        idle: int = pool.get_idle_size()
+        return idle + (len(self._lane) if self._lane is not None else 0)
 
     def stats(self) -> dict[str, Any]:
         pool = self.pool
@@ -337,7 +370,7 @@ class Database:
                 "max": self._max,
                 "last_error": self.last_error,
             }
-        size, idle = pool.get_size(), pool.get_idle_size()
+        size, idle = pool.get_size(), self._idle(pool)
         return {
             "connected": True,
             "in_use": size - idle,
@@ -355,6 +388,9 @@ class Database:
         if self.pool is not None:
             try:
                 async with asyncio.timeout(timeout):
+                    if self._lane is not None:
+                        # The pool's close waits for every connection out, the lane's too.
+                        await self._lane.drain()
                     await self.pool.close()
             except TimeoutError:
                 self.pool.terminate()
