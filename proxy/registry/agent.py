@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
-# An agent's score and the reasons that depend on it alone, then both as they are written in a
-# query's answer (`proxy.registry.matching`).
-MatchFacts = tuple[float, tuple[str, ...], bytes, bytes]
+# An agent's score and the reasons that depend on it alone (`proxy.registry.matching`).
+MatchFacts = tuple[float, tuple[str, ...]]
+# Both as a query's answer writes them, around the query's own reasons (`matching.rank`).
+RankedParts = tuple[bytes, bytes]
 
 # An agent that has not sent a heartbeat for this long is reported as unresponsive.
 HEARTBEAT_TIMEOUT = timedelta(minutes=5)
@@ -55,6 +56,9 @@ class AgentRecord:
     # What capability matching derives from this record alone (`proxy.registry.matching`):
     # computed on the first query that ranks it, then reused by every later one.
     _match: Any = field(default=None, init=False, repr=False, compare=False)
+    # The same, encoded: only once a query answers with this record, since most records of a
+    # large tenant are filed (which needs the score) and never make a query's top.
+    _ranked: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def utilization(self) -> float:
@@ -94,6 +98,14 @@ class AgentRecord:
             facts = compute(self)
             object.__setattr__(self, "_match", facts)  # a cache, not a change
         return facts  # type: ignore[no-any-return]
+
+    def ranked_parts(self, compute: Callable[[AgentRecord], RankedParts]) -> RankedParts:
+        """`compute(self)`, once per record, like `match_facts` (matching's encoding of them)."""
+        parts = self._ranked
+        if parts is None:
+            parts = compute(self)
+            object.__setattr__(self, "_ranked", parts)  # a cache, not a change
+        return parts  # type: ignore[no-any-return]
 
     def to_public(self, now: datetime) -> dict[str, Any]:
         """The agent document of the API (see `proxy.registry.models.Agent`)."""

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from proxy.registry.agent import AgentRecord, MatchFacts
+from proxy.registry.agent import AgentRecord, MatchFacts, RankedParts
 from proxy.registry.models import AgentQuery
 
 PRIOR = 0.5
@@ -96,8 +96,7 @@ def _query_reasons(q: AgentQuery) -> list[str]:
 
 def _facts(rec: AgentRecord) -> MatchFacts:
     """The score and the reasons that depend on the agent alone; kept with the record, which
-    never changes, so a replica that ranks the same agents query after query computes them once.
-    Encoded too, as `rank` writes them: the score, and the reasons closing the entry."""
+    never changes, so a replica that ranks the same agents query after query computes them once."""
     out: list[str] = []
     rate = rec.success_rate
     if rate is None:
@@ -106,12 +105,15 @@ def _facts(rec: AgentRecord) -> MatchFacts:
         out.append(f"success rate {rate:.0%} over {rec.task_count} tasks")
         out.append(f"average quality {rec.quality_sum / rec.task_count:.2f}")
     out.append(f"utilization {rec.utilization:.0%} ({rec.active_tasks}/{rec.max_concurrent_tasks})")
-    value = score(rec)
+    return score(rec), tuple(out)
+
+
+def _parts(rec: AgentRecord) -> RankedParts:
+    """`_facts` as `rank` writes them: the score, then the agent's reasons closing the entry."""
+    value, reasons = rec.match_facts(_facts)
     return (
-        value,
-        tuple(out),
         b',"match_score":' + orjson.dumps(round(value, 6)) + b',"match_reasons":[',
-        b",".join(map(orjson.dumps, out)) + b"]}",
+        b",".join(map(orjson.dumps, reasons)) + b"]}",
     )
 
 
@@ -132,10 +134,8 @@ def rank(
     asked = b"".join([orjson.dumps(reason) + b"," for reason in _query_reasons(q)])
     out = []
     for rec in best:
-        facts = rec.match_facts(_facts)
-        out.append(
-            orjson.Fragment(b'{"agent":' + rec.public_json(now) + facts[2] + asked + facts[3])
-        )
+        head, tail = rec.ranked_parts(_parts)
+        out.append(orjson.Fragment(b'{"agent":' + rec.public_json(now) + head + asked + tail))
     return out
 
 
