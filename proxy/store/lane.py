@@ -73,8 +73,11 @@ class Lane:
     def keep(self, conn: asyncpg.Connection, epoch: int) -> bool:
         """Keep ``conn``, whose call ended cleanly, for the next call; False if it must be
         released to the pool instead."""
-        if epoch != self.epoch or conn.is_closed() or conn.is_in_transaction():
-            return False
+        try:
+            if epoch != self.epoch or conn.is_closed() or conn.is_in_transaction():
+                return False
+        except asyncpg.InterfaceError:
+            return False  # its socket closed as the call ended: asyncpg took it back already
         self._held.append((self._clock(), conn))
         if self._sweep is None and self._idle_s > 0:  # 0: idle connections never close
             self._sweep = asyncio.get_running_loop().call_later(self._idle_s, self._swept)

@@ -139,6 +139,29 @@ async def test_a_connection_the_server_ended_while_kept_is_not_handed_out(
         assert await backend(db) != first
 
 
+async def test_a_call_whose_connection_died_as_it_ended_still_ends_cleanly(
+    make_db: Callable[..., Awaitable[Database]], migrated_dsn: str
+) -> None:
+    db = await make_db(min_size=1, max_size=2)
+    admin = await asyncpg.connect(migrated_dsn)
+    try:
+        async with db.connection(5.0) as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", first)
+
+            def noticed() -> bool:
+                try:
+                    return bool(conn.is_closed())
+                except asyncpg.InterfaceError:
+                    return True
+
+            await eventually(noticed)
+        # The call's work was done: its end raises nothing, and the dead connection is not kept.
+    finally:
+        await admin.close()
+    assert await backend(db) != first
+
+
 async def test_close_does_not_wait_for_the_kept_connections(
     make_db: Callable[..., Awaitable[Database]],
 ) -> None:
