@@ -182,7 +182,7 @@ def _service_hooks(metrics: Metrics, tracing: Tracing | None) -> ServiceHooks:
         db_call=metrics.observe_db_call,
         replica_hit=metrics.replica_hits.inc,  # per read: no wrapper frame
         journal_append=journaled,
-        committed=lambda path: metrics.writes_committed.labels(path).inc(),
+        committed=metrics.writes_committed.inc,
         reapplied=metrics.failover_reapplied.inc,
         replayed=lambda outcome: metrics.journal_replay.labels(outcome).inc(),
         shed=lambda reason: metrics.shed.labels(reason).inc(),
@@ -317,7 +317,7 @@ async def _service(app: web.Application) -> AsyncIterator[None]:
             limit=settings.database.pool_max_size,
             max_queue=settings.database.queue_max,
             max_wait_s=settings.database.acquire_timeout_ms / 1000,
-            hooks=BulkheadHooks(waited=metrics.db_queue_wait.observe),
+            hooks=BulkheadHooks(waited=metrics.observe_queue_wait),
         ),
         lag=app[LAG],
     )

@@ -4,7 +4,7 @@ The resilience core does not import this module: the app attaches these metrics 
 listeners and retry hooks, so the core stays free of instrumentation.
 
 What is counted per request (requests by route and status, latency by route, database calls,
-replica hits) is kept as plain numbers by `RequestMetrics`, `PlainHistogram` and `CountsByLabel`,
+the wait for a connection, replica hits, committed writes) is kept as plain numbers by `RequestMetrics`, `PlainHistogram` and `CountsByLabel`,
 turned into samples only when scraped. prometheus_client's own metrics take a lock on every
 increment, to be safe across threads; these are counted on the event loop's one thread, where
 that lock and the label lookups cost as much as the rest of a replica read's bookkeeping.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -68,6 +68,9 @@ class PlainHistogram(Collector):
         self._bounds = buckets
         self._les = [repr(float(b)) for b in buckets] + ["+Inf"]  # as Go formats them
         self._series: dict[tuple[str, ...], _Latency] = {}
+        if not self._labels:
+            # Its one series exists from the start, at 0, like an unlabelled Histogram's.
+            self._series[()] = _Latency(len(self._les))
 
     def observe(self, key: tuple[str, ...], seconds: float) -> None:
         latency = self._series.get(key)
@@ -132,11 +135,14 @@ class CountsByLabel(Collector):
     """A counter with one label, kept as plain numbers like `RequestMetrics`; for counts taken
     on every read (replica hits). Only the event loop's thread may call `inc`."""
 
-    def __init__(self, name: str, documentation: str, label: str) -> None:
+    def __init__(
+        self, name: str, documentation: str, label: str, *, known: Sequence[str] = ()
+    ) -> None:
         self._name = name
         self._documentation = documentation
         self._label = label
-        self._counts: dict[str, int] = {}
+        # Values exposed (at 0) before the first count, so a rate over them starts at once.
+        self._counts: dict[str, int] = dict.fromkeys(known, 0)
 
     def inc(self, value: str) -> None:
         self._counts[value] = self._counts.get(value, 0) + 1
@@ -243,9 +249,13 @@ class Metrics:
         self.writes_accepted = Counter(
             PREFIX + "writes_accepted", "Writes acknowledged with 202 (journaled)", registry=r
         )
-        self.writes_committed = Counter(
-            PREFIX + "writes_committed", "Writes committed in PostgreSQL", ["path"], registry=r
+        self.writes_committed = CountsByLabel(
+            PREFIX + "writes_committed",
+            "Writes committed in PostgreSQL",
+            "path",
+            known=("direct", "replay"),
         )
+        r.register(self.writes_committed)
         # The failover guard: writes no standby is known to hold, and those a promotion sent back.
         self.failover_unconfirmed = Gauge(
             PREFIX + "failover_unconfirmed_writes",
@@ -263,12 +273,13 @@ class Metrics:
             "Requests waiting for a database connection (the bulkhead's queue)",
             registry=r,
         )
-        self.db_queue_wait = Histogram(
+        # Observed on every database call a request makes: plain numbers, like the requests'.
+        self.db_queue_wait = PlainHistogram(
             PREFIX + "db_queue_wait_seconds",
             "Time a request waited for a database connection",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            [],
         )
+        r.register(self.db_queue_wait)
         self.shed = Counter(
             PREFIX + "shed",
             "Requests refused for lack of capacity (503 overloaded, or a read from the replica)",
@@ -290,10 +301,11 @@ class Metrics:
             self.retries.labels(kind)
         for outcome in ("ok", "failed"):
             self.probes.labels(outcome)
-        for path in ("direct", "replay"):
-            self.writes_committed.labels(path)
         for state in ("in_use", "idle", "max"):
             self.pool_connections.labels(state)
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self.db_queue_wait.observe((), seconds)
 
     def observe_db_call(self, operation: str, outcome: str, seconds: float) -> None:
         self.db_call_duration.observe((operation, outcome), seconds)

@@ -98,3 +98,40 @@ def test_db_call_histogram_matches_prometheus_client() -> None:
     ours = _samples(generate_latest(metrics.registry).decode(), family)
     assert ours == _samples(generate_latest(reference_registry).decode(), family)
     assert len(ours) == 3 * (len(LATENCY_BUCKETS) + 3)  # three series
+
+
+def test_queue_wait_and_committed_writes_match_prometheus_client() -> None:
+    # Both were prometheus_client's own metrics before; a dashboard must not see a difference,
+    # including the series that exist before anything is counted.
+    metrics = Metrics()
+    reference_registry = CollectorRegistry()
+    wait = Histogram(
+        "registry_proxy_db_queue_wait_seconds",
+        "Time a request waited for a database connection",
+        buckets=LATENCY_BUCKETS,
+        registry=reference_registry,
+    )
+    committed = Counter(
+        "registry_proxy_writes_committed",
+        "Writes committed in PostgreSQL",
+        ["path"],
+        registry=reference_registry,
+    )
+    for path in ("direct", "replay"):
+        committed.labels(path)
+
+    def compare() -> None:
+        for family in ("registry_proxy_db_queue_wait_seconds", "registry_proxy_writes_committed"):
+            ours = _samples(generate_latest(metrics.registry).decode(), family)
+            theirs = _samples(generate_latest(reference_registry).decode(), family)
+            assert ours == theirs, family
+            assert ours
+
+    compare()
+    for v in (0.0, 0.0005, 0.003, 2.0):
+        metrics.observe_queue_wait(v)
+        wait.observe(v)
+    for path in ("direct", "direct", "replay"):
+        metrics.writes_committed.inc(path)
+        committed.labels(path).inc()
+    compare()
