@@ -4,10 +4,11 @@ The resilience core does not import this module: the app attaches these metrics 
 listeners and retry hooks, so the core stays free of instrumentation.
 
 What is counted per request (requests by route and status, latency by route, database calls,
-the wait for a connection, replica hits, committed writes) is kept as plain numbers by `RequestMetrics`, `PlainHistogram` and `CountsByLabel`,
-turned into samples only when scraped. prometheus_client's own metrics take a lock on every
-increment, to be safe across threads; these are counted on the event loop's one thread, where
-that lock and the label lookups cost as much as the rest of a replica read's bookkeeping.
+the wait for a connection, replica hits, committed writes) is kept as plain numbers by
+`RequestMetrics`, `PlainHistogram` and `CountsByLabel`, turned into samples only when scraped.
+prometheus_client's own metrics take a lock on every increment, to be safe across threads;
+these are counted on the event loop's one thread, where that lock and the label lookups cost as
+much as the rest of a replica read's bookkeeping.
 """
 
 from __future__ import annotations
