@@ -328,7 +328,7 @@ class Database:
         if self.pool is not None:
             await self.pool.expire_connections()
         if self._lane is not None:
-            await self._lane.expire()
+            self._lane.expire()
 
     @staticmethod
     async def _roll_back(conn: asyncpg.Connection, scoped: Any) -> None:

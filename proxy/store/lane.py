@@ -13,7 +13,9 @@ What the pool would have done on release still happens:
 - a connection whose call failed, that is closed or that is inside a transaction is not kept:
   the caller releases it to the pool, whose reset and terminate run as before;
 - `expire` (after `Pool.expire_connections`) empties the lane into the pool, which closes those
-  connections for their old generation; one taken before and finished after is not kept either;
+  connections for their old generation (in the background: a close is a round trip, and the
+  caller is a request that met a moved primary); one taken before and finished after is not
+  kept either;
 - a connection left in the lane for `idle_s` goes back to the pool, whose inactivity timer then
   closes it like any idle connection beyond the pool's minimum;
 - a connection that dies in the lane (the server ended it) is dropped when next seen: asyncpg
@@ -109,11 +111,17 @@ class Lane:
             with contextlib.suppress(asyncpg.InterfaceError, OSError, TimeoutError):
                 await self._pool.release(conn, timeout=self._release_timeout)
 
-    async def expire(self) -> None:
+    def expire(self) -> None:
         """After `Pool.expire_connections`: every connection kept goes back to the pool (which
-        closes it), and none out now is kept when its call ends."""
+        closes it) in the background, and none out now is kept when its call ends."""
         self.epoch += 1
-        await self.drain()
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        if self._held:
+            conns = [conn for _, conn in self._held]
+            self._held.clear()
+            self._release_soon(conns)
 
     async def drain(self) -> None:
         """Release every kept connection to the pool, and wait for earlier such releases."""
