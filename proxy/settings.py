@@ -78,7 +78,7 @@ class DatabaseSettings(BaseModel):
         "(a pooler in that mode; transaction needs database_direct_url; docs/fleet.md)",
     )
     idle_timeout_ms: int = Field(
-        30_000, ge=0, le=3_600_000, description="idle connections close after it; 0 to 3600000"
+        30_000, ge=0, le=3_600_000, description="idle connections close within it; 0 to 3600000"
     )
     reconnect_interval_ms: int = Field(
         500,

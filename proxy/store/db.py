@@ -193,8 +193,10 @@ class Database:
                     timeout=self._connect_timeout,
                     statement_cache_size=self._cache,
                     # Idle connections go back to the server (a fleet's sum is what it pays for);
-                    # one idle for long may be on the far side of a dead network anyway.
-                    max_inactive_connection_lifetime=self._idle_timeout,
+                    # one idle for long may be on the far side of a dead network anyway. Half
+                    # here, half in the lane, whose idle ones come back here first: closed
+                    # within the idle timeout either way.
+                    max_inactive_connection_lifetime=self._idle_timeout / 2,
                     server_settings=self.server_settings,
                     init=self._name_tenants if self.pooler == "session" else None,
                     connection_class=(
@@ -203,7 +205,7 @@ class Database:
                     reset=_release,
                 )
                 self._lane = Lane(
-                    pool, idle_s=self._idle_timeout, release_timeout_s=self._connect_timeout
+                    pool, idle_s=self._idle_timeout / 2, release_timeout_s=self._connect_timeout
                 )
                 self.pool = pool
                 self.last_error = None

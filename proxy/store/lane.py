@@ -17,7 +17,8 @@ What the pool would have done on release still happens:
   caller is a request that met a moved primary); one taken before and finished after is not
   kept either;
 - a connection left in the lane for `idle_s` goes back to the pool, whose inactivity timer then
-  closes it like any idle connection beyond the pool's minimum;
+  closes it like any idle connection beyond the pool's minimum (`Database` gives each half of
+  its idle timeout);
 - a connection that dies in the lane (the server ended it) is dropped when next seen: asyncpg
   already gave it back to the pool when its socket closed;
 - `drain` empties the lane before the pool closes (which waits for every connection out).

@@ -110,7 +110,8 @@ async def test_a_connection_kept_past_the_idle_timeout_goes_back_and_closes(
 ) -> None:
     db = await make_db(min_size=0, max_size=2, idle_timeout_s=0.2)
     first = await backend(db)
-    # Back in the pool after 0.2 s, closed by its inactivity timer 0.2 s after that.
+    # Back in the pool after half the idle timeout, closed by its inactivity timer after the
+    # other half.
     await eventually(lambda: gone(migrated_dsn, first))
     assert db.stats()["idle"] == 0
     assert await backend(db) != first
