@@ -36,6 +36,9 @@ from proxy.store import repository
 from proxy.store.journal import Journal
 from proxy.store.replica import Replica
 
+# The outcome of a call the breaker refused; an enum's `.value` is a property, read per outage read.
+_REFUSED = ErrorKind.REJECTED.value
+
 
 class Reads:
     def __init__(
@@ -220,7 +223,7 @@ class Reads:
         costs."""
         if not self._breaker_refuses():
             return None
-        self._hooks.db_call(operation, ErrorKind.REJECTED.value, 0.0)
+        self._hooks.db_call(operation, _REFUSED, 0.0)
         if self._spans is not None:
             self._call.refused(operation)
         return self._replica_for(ctx, None)
