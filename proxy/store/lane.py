@@ -112,25 +112,25 @@ class Lane:
             with contextlib.suppress(asyncpg.InterfaceError, OSError, TimeoutError):
                 await self._pool.release(conn, timeout=self._release_timeout)
 
-    def expire(self) -> None:
-        """After `Pool.expire_connections`: every connection kept goes back to the pool (which
-        closes it) in the background, and none out now is kept when its call ends."""
-        self.epoch += 1
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        if self._held:
-            conns = [conn for _, conn in self._held]
-            self._held.clear()
-            self._release_soon(conns)
-
-    async def drain(self) -> None:
-        """Release every kept connection to the pool, and wait for earlier such releases."""
+    def _take_all(self) -> list[asyncpg.Connection]:
+        """Every kept connection, out of the lane, and no sweep left armed."""
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
         conns = [conn for _, conn in self._held]
         self._held.clear()
-        await self._release(conns)
+        return conns
+
+    def expire(self) -> None:
+        """After `Pool.expire_connections`: every connection kept goes back to the pool (which
+        closes it) in the background, and none out now is kept when its call ends."""
+        self.epoch += 1
+        conns = self._take_all()
+        if conns:
+            self._release_soon(conns)
+
+    async def drain(self) -> None:
+        """Release every kept connection to the pool, and wait for earlier such releases."""
+        await self._release(self._take_all())
         if self._releasing:
             await asyncio.gather(*self._releasing, return_exceptions=True)
