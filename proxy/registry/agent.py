@@ -81,7 +81,8 @@ class AgentRecord:
         }
 
     def public_json(self, now: datetime) -> bytes:
-        """`to_public` encoded as JSON."""
+        """The agent document of the API (see `proxy.registry.models.Agent`) as of `now`, encoded
+        as JSON."""
         status = self.status(now)
         cached = self._encoded
         if cached is not None and cached[0] == status:
@@ -106,10 +107,6 @@ class AgentRecord:
             parts = compute(self)
             object.__setattr__(self, "_ranked", parts)  # a cache, not a change
         return parts  # type: ignore[no-any-return]
-
-    def to_public(self, now: datetime) -> dict[str, Any]:
-        """The agent document of the API (see `proxy.registry.models.Agent`)."""
-        return self._public(self.status(now))
 
     def _public(self, status: str) -> dict[str, Any]:
         return {

@@ -1,9 +1,9 @@
 """The effect of one write on an agent, computed without a database.
 
 The replica uses this to show a journaled write to the host app before PostgreSQL has it
-(read-your-writes during an outage). The rules mirror `registry_write` (migration 0004);
-PostgreSQL stays the judge: when the journal is replayed, its answer replaces this provisional
-one.
+(read-your-writes during an outage). The rules mirror `registry_write_v2` (migrations 0004,
+0005); PostgreSQL stays the judge: when the journal is replayed, its answer replaces this
+provisional one.
 
 The revision (the ETag) is computed exactly as PostgreSQL will: the base row's, +1 for each
 patch that changes a value, +1 for a re-registration. So an ETag read from the replica during an

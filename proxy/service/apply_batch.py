@@ -40,7 +40,7 @@ def replay_context(entry: JournalEntry, max_agents: int) -> repository.WriteCont
 
 
 async def apply_batch(
-    conn: asyncpg.Connection, batch: list[JournalEntry], max_agents: int, now: datetime
+    conn: asyncpg.Connection, batch: list[JournalEntry], max_agents: int
 ) -> tuple[list[Applied], list[AgentRecord], tuple[JournalEntry, BaseException] | None]:
     """Apply entries in order in one transaction, each in a savepoint of its own.
 
@@ -58,7 +58,6 @@ async def apply_batch(
                     replay_context(entry, max_agents),
                     kind=entry.kind,
                     payload=meta["payload"],
-                    render=lambda rec: rec.to_public(now),
                     op_id=op_id_of(entry.op_id),
                     req_hash=meta.get("hash", ""),
                 )

@@ -20,7 +20,7 @@ import structlog
 from proxy.resilience import CircuitBreaker, Deadline
 from proxy.service.apply_batch import apply_batch, replay_context
 from proxy.service.backlog import AgentKey, Backlog
-from proxy.service.context import ServiceHooks, op_id_of, utc_now
+from proxy.service.context import ServiceHooks, op_id_of
 from proxy.service.database_call import OPEN_STATES, DatabaseCall, DatabaseUnavailable
 from proxy.service.failover_guard import Committed, FailoverGuard
 from proxy.settings import Settings
@@ -175,13 +175,12 @@ class Replay:
         deadline = Deadline.after(
             max(self._settings.request.default_timeout_ms / 1000, _BATCH_TIMEOUT_S)
         )
-        now = utc_now()
         try:
             with self._span(batch):
                 applied = await self._call.run(
                     deadline,
                     "replay",
-                    lambda c: apply_batch(c, batch, self._settings.max_agents, now),
+                    lambda c: apply_batch(c, batch, self._settings.max_agents),
                     background=True,
                 )
         except DatabaseUnavailable as exc:

@@ -190,7 +190,6 @@ class Writes:
                     wctx,
                     kind=kind,
                     payload=payload,
-                    render=lambda rec: rec.to_public(now),
                     op_id=op_id,
                     req_hash=req_hash,
                 ),

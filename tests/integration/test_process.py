@@ -196,7 +196,7 @@ async def test_sigterm_drains_in_flight_requests_and_exits_zero(
         async def all_waiting() -> bool:
             n = await watcher.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                "AND query LIKE '%registry_write(''load''%'"
+                "AND query LIKE '%registry_write_v2(''load''%'"
             )
             return bool(n >= 10)
 

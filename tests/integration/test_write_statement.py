@@ -1,11 +1,12 @@
-"""A write is one statement, `registry_write` (migration 0004), and so one round trip: its ledger
-check, effect, ledger row, audit row and notification together.
+"""A write is one statement, `registry_write_v2` (migrations 0004, 0005), and so one round trip:
+its ledger check, effect, ledger row, audit row and notification together.
 
 What the separate statements did, the statement does: an op id seen before gets its stored
 answer and no second effect, a different request under it is refused, a refusal leaves its
 ledger and audit rows and nothing else, a write inside a caller's transaction fails alone, and
-row-level security walls the caller in. The answer PostgreSQL renders is the sidecar's own, to
-the type of each number and the digits of each timestamp.
+row-level security walls the caller in. The answers PostgreSQL renders are the sidecar's own, to
+the type of each number and the digits of each timestamp; an agent's document, which the sidecar
+renders from the row the statement returns, is given back to a retry byte for byte.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ async def test_postgresql_renders_the_agent_as_the_sidecar_does(db: asyncpg.Conn
         )
     assert len(found) == len(rows)
     for row in found:
-        expected = orjson.loads(orjson.dumps(repository.record_from_row(row).to_public(now)))
+        expected = orjson.loads(repository.record_from_row(row).public_json(now))
         rendered = orjson.loads(row["doc"])
         assert _strict(rendered) == _strict(expected), row["agent_id"]
         assert _keys(rendered) == _keys(expected), row["agent_id"]
@@ -296,9 +297,7 @@ async def test_the_answer_of_each_kind(db: asyncpg.Connection) -> None:
     ctx = _ctx(_tenant())
     registered = await _write(db, ctx, "register", _payloads("a1")["register"])
     assert registered.status == 201 and registered.record is not None
-    assert orjson.loads(registered.body) == orjson.loads(
-        orjson.dumps(registered.record.to_public(registered.record.updated_at))
-    )
+    assert registered.body == registered.record.public_json(registered.record.updated_at)
 
     beat = await _write(db, ctx, "heartbeat", _payloads("a1")["heartbeat"])
     assert beat.record is not None
@@ -392,6 +391,37 @@ async def test_an_op_id_seen_before_gets_its_answer_and_no_second_effect(
 
     with pytest.raises(errors.IdempotencyMismatch):
         await _write(db, ctx, "performance", payload, op_id="op-1", req_hash="another request")
+
+
+async def test_a_retry_gets_the_agents_document_byte_for_byte_as_it_was_at_the_write(
+    db: asyncpg.Connection,
+) -> None:
+    ctx = _ctx(_tenant())
+    payloads = _payloads("a1")
+    writes = [("register", "op-r"), ("patch", "op-p"), ("load", "op-l")]
+    first = {op: await _write(db, ctx, kind, payloads[kind], op_id=op) for kind, op in writes}
+    # The agent changes afterwards; the answers of the writes before it do not.
+    await _write(db, ctx, "patch", {"agent_id": "a1", "body": {"name": "x"}, "if_match": None})
+    for kind, op in writes:
+        assert first[op].body is not None and first[op].record is not None
+        assert orjson.loads(first[op].body)["version"] == first[op].record.version
+        again = await _write(db, ctx, kind, payloads[kind], op_id=op)
+        assert again.from_ledger and again.record is None and again.body == first[op].body
+
+    # A retry ten minutes on: the document still says the status it said then.
+    await db.execute(
+        "UPDATE operations SET completed_at = completed_at - interval '10 minutes', "
+        "response_row = jsonb_set(response_row::jsonb, '{last_heartbeat_at}', to_jsonb("
+        "(response_row->>'last_heartbeat_at')::timestamptz - interval '10 minutes'))::json "
+        "WHERE tenant_id = $1 AND op_id = 'op-r'",
+        ctx.tenant,
+    )
+    later = await _write(db, ctx, "register", payloads["register"], op_id="op-r")
+    doc = orjson.loads(later.body or b"null")
+    assert doc["status"] == "active" and doc["name"] == "Agent a1"
+    assert datetime.fromisoformat(doc["last_heartbeat_at"]) < datetime.now(UTC) - timedelta(
+        minutes=9
+    )
 
 
 async def test_one_new_op_id_sent_twice_at_once_is_applied_once(
@@ -601,9 +631,13 @@ async def test_the_write_statement_keeps_the_row_level_security_wall(
     app_role: str, db: asyncpg.Connection
 ) -> None:
     mine, theirs = _tenant(), _tenant()
-    assert not await db.fetchval(
-        "SELECT prosecdef FROM pg_proc WHERE proname = 'registry_write'"
-    ), "registry_write must run with the caller's rights"
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM pg_proc WHERE proname IN ('registry_write', 'registry_write_v2') "
+            "AND NOT prosecdef"
+        )
+        == 2
+    ), "registry_write and registry_write_v2 must run with the caller's rights"
     # Their op id, already used: invisible to a connection that serves only `mine`.
     await _write(db, _ctx(theirs), "register", _payloads("t1")["register"], op_id="op-1")
     conn = await asyncpg.connect(app_role, server_settings=tenant_settings([mine]))

@@ -25,9 +25,11 @@ def _record() -> AgentRecord:
     return rec
 
 
-def test_encoded_document_is_the_public_document() -> None:
+def test_encoded_document_is_the_one_encoded_afresh() -> None:
     rec = _record()
-    assert orjson.loads(rec.public_json(NOW)) == orjson.loads(orjson.dumps(rec.to_public(NOW)))
+    cached = rec.public_json(NOW)
+    assert rec.public_json(NOW) is cached
+    assert replace(rec).public_json(NOW) == cached
 
 
 def test_encoded_once_per_status() -> None:

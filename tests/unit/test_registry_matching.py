@@ -93,7 +93,7 @@ def test_status_turns_unresponsive_just_after_the_heartbeat_timeout() -> None:
 
 def test_public_document() -> None:
     rec = agent(task_count=2, success_count=1, quality_sum=1.5, latency_ms_sum=30.0)
-    assert rec.to_public(NOW) == {
+    assert orjson.loads(rec.public_json(NOW)) == {
         "agent_id": "a",
         "name": "agent a",
         "model_family": "fam",
@@ -104,9 +104,9 @@ def test_public_document() -> None:
         },
         "max_concurrent_tasks": 4,
         "status": "active",
-        "registered_at": NOW - timedelta(days=1),
-        "last_heartbeat_at": NOW - timedelta(seconds=30),
-        "updated_at": NOW - timedelta(seconds=10),
+        "registered_at": (NOW - timedelta(days=1)).isoformat(),
+        "last_heartbeat_at": (NOW - timedelta(seconds=30)).isoformat(),
+        "updated_at": (NOW - timedelta(seconds=10)).isoformat(),
         "version": 7,
         "revision": 3,
         "load": {"active_tasks": 1, "queued_tasks": 2, "utilization": 0.25},
@@ -226,7 +226,7 @@ def test_order_is_score_then_id() -> None:
     ranked = orjson.loads(orjson.dumps(matching.rank([busy, idle_c, idle_b], query(limit=2), NOW)))
     assert [r["agent"]["agent_id"] for r in ranked] == ["b", "c"]
     assert ranked[0]["match_score"] == round(matching.score(idle_b), 6)
-    assert ranked[0]["agent"] == orjson.loads(orjson.dumps(idle_b.to_public(NOW)))
+    assert ranked[0]["agent"] == orjson.loads(idle_b.public_json(NOW))
 
 
 def test_ordered_records_are_taken_as_they_come() -> None:
@@ -283,7 +283,7 @@ def test_a_result_is_encoded_as_its_document_would_be() -> None:
         for now in (NOW, NOW + timedelta(hours=1)):  # active, then unresponsive
             [result] = matching.rank([rec], q, now)
             whole = {
-                "agent": rec.to_public(now),
+                "agent": orjson.loads(rec.public_json(now)),
                 "match_score": round(matching.score(rec), 6),
                 "match_reasons": matching.reasons(rec, q),
             }

@@ -5,7 +5,7 @@ Callers import from here; the modules split it by concept:
 
 - `rows`: the agents table's columns and the record built from a row;
 - `reads`: agents, statistics and the capability query with its scoring SQL;
-- `writes`: each kind of write as its call of `registry_write` (migration 0004), the SQL
+- `writes`: each kind of write as its call of `registry_write_v2` (migration 0005), the SQL
   function that has the effect and writes the ledger and audit rows in one statement;
 - `ledger`: a write sent and its outcome read, exactly once per op id, and the ledger's and
   audit log's own reads.

@@ -1,15 +1,16 @@
 """Exactly once per op id: the ledger of operations and the audit log, written with each write.
 
-`execute_write` sends one write as one statement, `registry_write` (migration 0004), that checks
-the ledger, has the effect and writes the ledger row and the audit row: the effect, the record
-that it happened and the trace of who asked commit together or not at all, in one round trip.
+`execute_write` sends one write as one statement, `registry_write_v2` (migration 0005), that
+checks the ledger, has the effect and writes the ledger row and the audit row: the effect, the
+record that it happened and the trace of who asked commit together or not at all, in one round
+trip.
 An op id (or Idempotency-Key) seen before gets the stored answer instead of a second effect.
 The ledger's and the audit log's reads and the ledger's retention are here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +27,7 @@ from proxy.store.repository.writes import WRITES, WriteContext, target_of
 class WriteOutcome:
     status: int
     body: bytes | None
-    """The answer's document, encoded JSON as PostgreSQL rendered it; None when it has none."""
+    """The answer's document, encoded JSON; None when it has none."""
     record: AgentRecord | None
     applied: bool
     reason: str | None = None
@@ -34,7 +35,7 @@ class WriteOutcome:
     from_ledger: bool = False
 
 
-# The refusals `registry_write` answers with, by slug.
+# The refusals `registry_write_v2` answers with, by slug.
 _PROBLEMS: dict[str, type[errors.RegistryError]] = {
     cls.slug: cls
     for cls in (
@@ -70,7 +71,6 @@ async def execute_write(
     *,
     kind: str,
     payload: dict[str, Any],
-    render: Callable[[AgentRecord], Any] | None = None,
     op_id: str,
     req_hash: str,
 ) -> WriteOutcome:
@@ -82,10 +82,10 @@ async def execute_write(
     A domain rejection (duplicate, full, not found, stale If-Match) is an outcome too: it is
     recorded with its reason, so a rejected replay leaves a readable trace.
 
-    The answer's body is the document PostgreSQL rendered and stored in the ledger (the agent
-    as `AgentRecord.to_public` gives it, or the write's own answer, or the problem), encoded,
-    so a retry gets back the document the first attempt got. `render` is not called: it is
-    accepted so that callers written for the answer rendered here keep working.
+    The answer's body is the agent's document (`AgentRecord.public_json`, rendered here from the
+    row the statement answers with, at the time of the write) or the document PostgreSQL
+    rendered (the write's own answer, or the problem); the ledger keeps what it is made from,
+    so a retry gets back the document the first attempt got.
     `kind` is a `WriteKind` or its value, as a journal record gives it back.
     """
     write = WRITES.get(kind)
@@ -117,13 +117,22 @@ async def execute_write(
 
 
 def _outcome(row: asyncpg.Record) -> WriteOutcome:
+    seen = row["w_seen"]
+    if seen and not row["w_same"]:
+        raise errors.IdempotencyMismatch(
+            "this Idempotency-Key was used before with a different request"
+        )
+    record = record_from_row(row) if row["agent_id"] is not None else None
     body = row["w_body"]
-    encoded = body.encode() if body is not None else None
-    if row["w_seen"]:
-        if not row["w_same"]:
-            raise errors.IdempotencyMismatch(
-                "this Idempotency-Key was used before with a different request"
-            )
+    if body is not None:
+        encoded: bytes | None = body.encode()
+    elif record is not None and row["w_status"] != 204:
+        # The agent's document as it stood at the write (its status is "unresponsive" once its
+        # heartbeat is old enough): the same bytes for a retry as for the first answer.
+        encoded = record.public_json(row["w_at"])
+    else:
+        encoded = None
+    if seen:
         return WriteOutcome(
             status=row["w_status"],
             body=encoded,
@@ -142,12 +151,7 @@ def _outcome(row: asyncpg.Record) -> WriteOutcome:
             reason=row["w_reason"],
             problem=_PROBLEMS[slug](row["w_detail"]),
         )
-    return WriteOutcome(
-        status=row["w_status"],
-        body=encoded,
-        record=record_from_row(row) if row["agent_id"] is not None else None,
-        applied=True,
-    )
+    return WriteOutcome(status=row["w_status"], body=encoded, record=record, applied=True)
 
 
 async def record_rejection(

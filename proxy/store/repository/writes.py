@@ -1,12 +1,12 @@
-"""Every write to the registry as one statement: a call of `registry_write` with its kind's
+"""Every write to the registry as one statement: a call of `registry_write_v2` with its kind's
 arguments taken from a plain JSON payload.
 
 A write takes a plain JSON payload, so a write answered directly and the same write replayed
 from the journal run exactly the same code. The effect itself, its refusals (a `RegistryError`'s
-slug and detail) and its answer are SQL, in migration 0004, so that the effect, the ledger row
-and the audit row reach PostgreSQL in one round trip; `proxy.store.repository.ledger` sends it
-and reads what came back. Callers never supply SQL; column names are fixed here.
-"""
+slug and detail) and the answers other than an agent's document are SQL (migrations 0004 and
+0005), so that the effect, the ledger row and the audit row reach PostgreSQL in one round trip;
+`proxy.store.repository.ledger` sends it, reads what came back and renders an agent's document
+from the row it answers with. Callers never supply SQL; column names are fixed here."""
 
 from __future__ import annotations
 
@@ -41,20 +41,20 @@ class Write:
     args: Args
 
 
-# What `registry_write` answers, with the agent's row in the columns `record_from_row` reads.
+# What `registry_write_v2` answers, with the agent's row in the columns `record_from_row` reads.
 _OUTCOME = "w.w_seen, w.w_same, w.w_state, w.w_status, w.w_body, w.w_reason, w.w_slug, " + (
-    "w.w_detail, " + ", ".join(f"(w.w_agent).{c}" for c in COLUMN_NAMES)
+    "w.w_detail, w.w_at, " + ", ".join(f"(w.w_agent).{c}" for c in COLUMN_NAMES)
 )
 _COMMON = "$1, $2, $3, $4, $5, $6, $7"
 
 
 def _statement(kind: WriteKind, params: tuple[str, ...], *, action: str | None = None) -> str:
-    """The call of `registry_write` for `kind`: the common arguments by position, the audit
+    """The call of `registry_write_v2` for `kind`: the common arguments by position, the audit
     action (the kind's name unless given), then the kind's own arguments by name."""
     first = 8 if action is None else 9
     named = "".join(f", p_{name} => ${n}" for n, name in enumerate(params, start=first))
     action = action or f"'{kind.value}'"
-    return f"SELECT {_OUTCOME} FROM registry_write('{kind.value}', {_COMMON}, {action}{named}) w"
+    return f"SELECT {_OUTCOME} FROM registry_write_v2('{kind.value}', {_COMMON}, {action}{named}) w"
 
 
 def _dt(value: str | None) -> datetime | None:
