@@ -23,9 +23,10 @@ Reads are answered from what each agent looks like now (its base row with its pe
 folded in), kept per tenant and refreshed whenever a row or a pending write of that agent
 changes, never per read:
 
-- a capability query walks agents best first, in an order kept per task type (the same sort key
-  as `proxy.registry.matching.rank`, so both paths answer the same), and stops once `limit`
-  agents pass the remaining filters;
+- a capability query walks agents best first, in an order kept per task type and language (the
+  same sort key as `proxy.registry.matching.rank`, so both paths answer the same), and stops
+  once `limit` agents pass the remaining filters; an order is built the first time a query walks
+  it and kept on change from then on, the others only counted;
 - stats come from sums kept on change, and from the agents ordered by last heartbeat, so the
   active and idle counts need no scan either.
 
@@ -40,8 +41,6 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from sortedcontainers import SortedList
-
 from proxy.registry import errors
 from proxy.registry.agent import AgentRecord
 from proxy.registry.apply import apply_write
@@ -51,7 +50,7 @@ from proxy.registry.models import AgentQuery
 from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
-from proxy.store.tenant_state import NO_AGENTS, UNFILED_MAX, TenantState, orders
+from proxy.store.tenant_state import UNFILED_MAX, Order, TenantState
 
 
 class Replica:
@@ -120,20 +119,18 @@ class Replica:
         if old is rec:
             return
         # A change that moves neither its score nor its capabilities (a heartbeat) keeps its
-        # place in every order.
+        # place in every order; its score matters only to orders already built.
         moved = (
             old is None
             or rec is None
-            or sort_key(old) != sort_key(rec)
             or old.task_types != rec.task_types
             or old.languages != rec.languages
+            or (bool(t.ranked) and sort_key(old) != sort_key(rec))
         )
         if old is not None:
             del t.current[agent_id]
             if moved:
-                key = sort_key(old)
-                for order in orders(old):
-                    t.ranked[order].remove(key)
+                t.leave(old)
             beat = (old.last_heartbeat_at, agent_id)
             t.beats.remove(beat)
             if old.active_tasks == 0:
@@ -146,12 +143,7 @@ class Replica:
         if rec is not None:
             t.current[agent_id] = rec
             if moved:
-                key = sort_key(rec)
-                for order in orders(rec):
-                    ranked = t.ranked.get(order)
-                    if ranked is None:
-                        ranked = t.ranked[order] = SortedList()
-                    ranked.add(key)
+                t.enter(rec)
             beat = (rec.last_heartbeat_at, agent_id)
             t.beats.add(beat)
             if rec.active_tasks == 0:
@@ -218,6 +210,8 @@ class Replica:
                 t.pending = old[name].pending
                 t.pending_total = old[name].pending_total
                 t.doubt = old[name].doubt
+                # Which orders queries use: `_rebuild` builds them again, from the new base.
+                t.ranked = old[name].ranked
         # A held agent keeps the base it has until the replay releases it; the resync's row
         # for it waits in the buffer like any other.
         self._loading = True
@@ -463,12 +457,15 @@ class Replica:
         current = t.current
         # Every agent that passes is in the order of the task type and of each language asked
         # for: the shortest of them is walked.
-        walk = t.ranked.get(q.task_type, NO_AGENTS)
+        sizes = t.sizes
+        shortest: Order = q.task_type
+        size = sizes.get(shortest, 0)
         for language in q.languages:
-            narrower = t.ranked.get((q.task_type, language), NO_AGENTS)
-            if len(narrower) < len(walk):
-                walk = narrower
-        for _key, agent_id in walk:
+            narrower = (q.task_type, language)
+            n = sizes.get(narrower, 0)
+            if n < size:
+                shortest, size = narrower, n
+        for _key, agent_id in t.order(shortest):
             rec = current[agent_id]
             if matches(rec, q):
                 out.append(rec)

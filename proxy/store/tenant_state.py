@@ -27,9 +27,18 @@ NO_AGENTS: Ranked = SortedList()
 
 
 def orders(rec: AgentRecord) -> list[Order]:
-    """Every order the agent is filed in."""
+    """Every order the agent is counted in (and filed in, for those built)."""
     tasks: tuple[str | None, ...] = (None, *rec.task_types)
     return [*tasks, *((task, language) for task in tasks for language in rec.languages)]
+
+
+def _in_order(rec: AgentRecord, order: Order) -> bool:
+    if order is None:
+        return True
+    if isinstance(order, str):
+        return order in rec.task_types
+    task, language = order
+    return (task is None or task in rec.task_types) and language in rec.languages
 
 
 # Changed agents a tenant may hold unfiled. Filing is done on the event loop: a batch of 1,024
@@ -47,6 +56,11 @@ class TenantState:
     # What reads show: each live agent as it is now (base row and pending writes), and the
     # orders and sums kept from it (see the module docstring).
     current: dict[str, AgentRecord] = field(default_factory=dict)
+    # The agents in each order, counted for every order that has any; the order itself only
+    # once a query has walked it (`order`), kept in step with every change from then on. An
+    # order kept for every combination of task type and language cost 9 sorted inserts per
+    # registration of an agent with two of each, for orders a consumer may never ask for.
+    sizes: dict[Order, int] = field(default_factory=dict)
     ranked: dict[Order, Ranked] = field(default_factory=dict)
     beats: SortedList[tuple[datetime, str]] = field(default_factory=SortedList)
     idle_beats: SortedList[tuple[datetime, str]] = field(default_factory=SortedList)
@@ -80,15 +94,65 @@ class TenantState:
             "average_success_rate": self.success_sum / self.rated if self.rated else None,
         }
 
+    def order(self, order: Order) -> Ranked:
+        """The agents of `order`, best first; built from what reads show the first time."""
+        ranked = self.ranked.get(order)
+        if ranked is None:
+            if not self.sizes.get(order):
+                return NO_AGENTS
+            ranked = self.ranked[order] = SortedList(
+                sort_key(rec) for rec in self.current.values() if _in_order(rec, order)
+            )
+        return ranked
+
+    def enter(self, rec: AgentRecord) -> None:
+        """Count and file `rec` in each of its orders."""
+        key = None
+        sizes, ranked = self.sizes, self.ranked
+        for order in orders(rec):
+            sizes[order] = sizes.get(order, 0) + 1
+            built = ranked.get(order)
+            if built is not None:
+                if key is None:
+                    key = sort_key(rec)
+                built.add(key)
+
+    def leave(self, rec: AgentRecord) -> None:
+        """Take `rec`, as it was entered, out of each of its orders."""
+        key = None
+        sizes, ranked = self.sizes, self.ranked
+        for order in orders(rec):
+            left = sizes[order] - 1
+            built = ranked.get(order)
+            if built is not None:
+                if key is None:
+                    key = sort_key(rec)
+                built.remove(key)
+            if left:
+                sizes[order] = left
+            else:
+                # An order with no agent left is forgotten: what queries ask for that no agent
+                # has holds no memory.
+                del sizes[order]
+                ranked.pop(order, None)
+
     def file_all(self, current: dict[str, AgentRecord]) -> None:
-        """Make `current` what reads show, every order and sum built afresh, sorting once."""
-        keys: dict[Order, list[tuple[float, str]]] = {None: []}
+        """Make `current` what reads show, every count and sum afresh and the orders queries
+        had built built again, sorting once."""
+        sizes: dict[Order, int] = {}
+        keys: dict[Order, list[tuple[float, str]]] = {order: [] for order in self.ranked}
         for rec in current.values():
-            key = sort_key(rec)
+            key = None
             for order in orders(rec):
-                keys.setdefault(order, []).append(key)
+                sizes[order] = sizes.get(order, 0) + 1
+                entries = keys.get(order)
+                if entries is not None:
+                    if key is None:
+                        key = sort_key(rec)
+                    entries.append(key)
         self.current = current
-        self.ranked = {order: SortedList(entries) for order, entries in keys.items()}
+        self.sizes = sizes
+        self.ranked = {order: SortedList(entries) for order, entries in keys.items() if entries}
         self.beats = SortedList((rec.last_heartbeat_at, rec.agent_id) for rec in current.values())
         self.idle_beats = SortedList(
             (rec.last_heartbeat_at, rec.agent_id)
