@@ -47,6 +47,7 @@ from proxy.store.journal import Journal
 from proxy.store.replica import Replica
 from proxy.store.replica_sync import ReplicaSync
 from proxy.store.repository import prune_ledger
+from proxy.store.side_loop import SideLoop
 from proxy.store.snapshot import encode_in_steps, read_snapshot, write_snapshot_body
 
 if TYPE_CHECKING:  # imported only when tracing is on (proxy.observability.spans.load)
@@ -344,18 +345,18 @@ async def _probe(app: web.Application) -> AsyncIterator[None]:
     dsn = _dsn(settings)
 
     async def probe_query(timeout: float) -> None:
-        # A loop of its own per probe: the connect timeout cuts openings short there too.
-        quiet_abandoned_connects(asyncio.get_running_loop())
         conn = await asyncpg.connect(dsn, timeout=timeout, server_settings=db.server_settings)
         try:
             await conn.execute("SELECT 1")
         finally:
             await conn.close(timeout=timeout)
 
+    # A loop of its own: a sidecar whose loop is behind under load would otherwise time its
+    # probe out against a healthy PostgreSQL and stay open.
+    side = SideLoop(name="registry-proxy-probe", setup=quiet_abandoned_connects)
+
     async def check(timeout: float) -> None:
-        # On a thread with an event loop of its own: a sidecar whose loop is behind under load
-        # would otherwise time its probe out against a healthy PostgreSQL and stay open.
-        await asyncio.to_thread(asyncio.run, probe_query(timeout))
+        await side.run(probe_query(timeout))
 
     b = settings.breaker
     probes = app[keys.METRICS].probes
@@ -374,6 +375,7 @@ async def _probe(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await probe.stop()
+        await side.close()
 
 
 class _Snapshots:
