@@ -17,7 +17,7 @@ from aiohttp import web
 
 from proxy.http import keys
 from proxy.http.answer import json_response
-from proxy.http.body import read_model, read_query
+from proxy.http.body import read_model, read_model_within, read_query
 from proxy.http.problems import ProblemError
 from proxy.registry.models import (
     ID_PATTERN,
@@ -30,6 +30,8 @@ from proxy.registry.models import (
     RegisterRequest,
 )
 from proxy.registry.requests import WriteKind, request_hash
+from proxy.service import Answer, RegistryService, RequestContext
+from proxy.settings import RequestSettings
 
 _ID = re.compile(ID_PATTERN)
 _IF_MATCH = re.compile(IF_MATCH_PATTERN)
@@ -84,8 +86,6 @@ async def _write(
         req_hash=request_hash(kind, target, client),
         idempotency_key=_idempotency_key(request),
     )
-    if answer.status == 201 and kind is WriteKind.REGISTER:
-        answer.headers.setdefault("Location", f"/v1/agents/{payload['body']['agent_id']}")
     return json_response(answer)
 
 
@@ -116,9 +116,27 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def register(request: web.Request) -> web.Response:
-    body = await read_model(request, RegisterRequest)
+    service, ctx = request.app[keys.SERVICE], request[keys.CONTEXT]
+    settings = request.app[keys.SETTINGS].request
+    return json_response(await register_answer(request, service, ctx, settings))
+
+
+async def register_answer(
+    request: web.Request, service: RegistryService, ctx: RequestContext, limits: RequestSettings
+) -> Answer:
+    """A registration's answer (the front door calls this too, with what the route would give)."""
+    body = await read_model_within(request, RegisterRequest, limits)
     data = body.model_dump(mode="json")
-    return await _write(request, WriteKind.REGISTER, {"body": data}, None, data)
+    answer = await service.write(
+        ctx,
+        WriteKind.REGISTER,
+        {"body": data},
+        req_hash=request_hash(WriteKind.REGISTER, None, data),
+        idempotency_key=_idempotency_key(request),
+    )
+    if answer.status == 201:
+        answer.headers.setdefault("Location", f"/v1/agents/{data['agent_id']}")
+    return answer
 
 
 async def patch_agent(request: web.Request) -> web.Response:

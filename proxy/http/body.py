@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from proxy.http import keys
 from proxy.http.problems import ProblemError
+from proxy.settings import RequestSettings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -103,7 +104,15 @@ def validate(model: type[M], value: Any) -> M:
 
 async def read_model(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:
     """The request's JSON body as ``model``, within the limits the settings give."""
-    limits = request.app[keys.SETTINGS].request
+    return await read_model_within(
+        request, model, request.app[keys.SETTINGS].request, allow_empty=allow_empty
+    )
+
+
+async def read_model_within(
+    request: web.Request, model: type[M], limits: RequestSettings, *, allow_empty: bool = False
+) -> M:
+    """`read_model` with the limits given (the front door has no route, so no `request.app`)."""
     raw = await read_json(
         request,
         max_bytes=limits.max_body_bytes,

@@ -5,10 +5,12 @@ each costs less than aiohttp's own dispatch around it (route resolution, match i
 middleware chain, the response's preparation), so those two routes are recognised here and served
 directly: through the same `Gate` the middlewares use (the same authentication, rate limit,
 deadline, problems, metrics, access line and, when tracing is on, server span), answered with a
-`DirectResponse` when the connection allows. Every other request, every get-by-id path that is
-not a plain valid id (percent-escapes of a slash, say) and every query whose path is not exactly
-`/v1/agents` goes to the application as it would without this door; a test walks such paths
-through both to keep them in step.
+`DirectResponse` when the connection allows. Registration, the write a fleet of agents sends
+most, comes in here too (`POST /v1/agents`, the path exactly that): aiohttp's dispatch and
+answer are a few percent of its cost. Every other request, every get-by-id path that is not a
+plain valid id (percent-escapes of a slash, say) and every query or registration whose path is
+not exactly `/v1/agents` goes to the application as it would without this door; a test walks
+such paths and requests through both to keep them in step.
 
 Skipping aiohttp's dispatch means doing what it would have done, so the door stands in front of
 an app only when `refusal` finds nothing against it: the app's middlewares are exactly those the
@@ -27,7 +29,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from proxy.http import keys
-from proxy.http.agents import agent_query
+from proxy.http.agents import agent_query, register_answer
 from proxy.http.answer import answer_body, answer_headers, json_response
 from proxy.http.direct import DirectResponse, fits
 from proxy.http.middleware import GATE, Gate, guard, observe
@@ -41,6 +43,7 @@ _ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 _ROUTE = "get_agent"
 QUERY_PATH = "/v1/agents"
 _QUERY_ROUTE = "query_agents"
+_REGISTER_ROUTE = "register"
 # The app's middlewares, outermost first, whose work `FrontDoor._get_agent` does itself through
 # the gate: `observe` is `Gate.enter` and `Gate.leave` around the handler, `guard` is
 # `Gate.admit`. Changing the app's middlewares means changing `_get_agent` and this together.
@@ -69,6 +72,7 @@ class FrontDoor:
         self._app = app
         self._gate: Gate = app[GATE]
         self._service: RegistryService = app[keys.SERVICE]
+        self._limits = app[keys.SETTINGS].request
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         # Not a coroutine itself: it hands aiohttp the one that answers, one frame fewer.
@@ -81,6 +85,13 @@ class FrontDoor:
                     return self._get_agent(request, path[len(AGENT_PREFIX) :])
             elif path.partition("?")[0] == QUERY_PATH:
                 return self._query_agents(request)
+        elif (
+            request.method == "POST"
+            and request.raw_path == QUERY_PATH
+            # aiohttp's dispatch answers `Expect: 100-continue` before the body is read.
+            and "Expect" not in request.headers
+        ):
+            return self._register(request)
         # Looked up per request, not bound once: tests wrap the app's dispatch to watch it.
         return self._app._handle(request)  # type: ignore[arg-type]
 
@@ -117,6 +128,21 @@ class FrontDoor:
         finally:
             REQUEST_ID.reset(token)
         return self._answer(request, _QUERY_ROUTE, answer, request_id, started)
+
+    async def _register(self, base: web.BaseRequest) -> web.StreamResponse:
+        request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
+        gate = self._gate
+        request_id, token, started = gate.enter(request, _REGISTER_ROUTE)
+        try:
+            ctx = gate.admit(request, _REGISTER_ROUTE)
+            assert ctx is not None  # register needs a writer
+            answer = await register_answer(request, self._service, ctx, self._limits)
+        except Exception as exc:
+            problem = gate.problem_for(exc, _REGISTER_ROUTE)
+            return gate.leave(request, _REGISTER_ROUTE, problem, request_id, started)
+        finally:
+            REQUEST_ID.reset(token)
+        return self._answer(request, _REGISTER_ROUTE, answer, request_id, started)
 
     def _answer(
         self, request: web.Request, route: str, answer: Answer, request_id: str, started: float

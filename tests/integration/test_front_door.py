@@ -231,3 +231,108 @@ async def test_connections_that_close_get_aiohttps_own_answer(
     assert orjson.loads(body)["agent_id"] == AGENT
     assert fields["x-registry-source"] == "replica"
     assert not calls  # still the front door, with aiohttp's response
+
+
+# ---- registration ------------------------------------------------------------------------------
+
+# What varies between two registrations made the same way: the agent's own id and clock.
+_OWN = ("agent_id", "name", "registered_at", "last_heartbeat_at", "updated_at", "version")
+
+
+def _registration(door: str, case: str, tokens: Tokens) -> tuple[str, dict[str, str], bytes]:
+    """(path, headers, body) of one registration case, for the agent of `door`."""
+    agent_id = f"reg-{case}-{door}"
+    headers = {"Authorization": f"Bearer {tokens.writer}", "Content-Type": "application/json"}
+    body = orjson.dumps(agent_body(agent_id))
+    path = "/v1/agents"
+    if case == "duplicate":
+        body = orjson.dumps(agent_body(AGENT))
+    elif case == "not-json":
+        body = b'{"agent_id": '
+    elif case == "text":
+        headers["Content-Type"] = "text/plain"
+    elif case == "fields":
+        body = orjson.dumps({"agent_id": agent_id, "max_concurrent_tasks": -1})
+    elif case == "too-large":
+        body = b'{"name": "' + b"x" * (2 << 20) + b'"}'
+    elif case == "empty":
+        body = b""
+    elif case == "reader":
+        headers["Authorization"] = f"Bearer {tokens.reader}"
+    elif case == "anonymous":
+        del headers["Authorization"]
+    elif case == "bad-key":
+        headers["Idempotency-Key"] = "not a key"
+    elif case == "expect":
+        headers["Expect"] = "100-continue"
+    elif case == "query-string":
+        path = "/v1/agents?debug=1"
+    return path, headers, body
+
+
+async def _posted(
+    client: TestClient[Any, Any], path: str, headers: dict[str, str], body: bytes
+) -> Any:
+    resp = await client.post(URL(path, encoded=True), headers=headers, data=body)
+    raw = await resp.read()
+    doc = orjson.loads(raw) if raw else None
+    if isinstance(doc, dict):
+        doc.pop("instance", None)
+        for key in _OWN:
+            doc.pop(key, None)
+    kept = {h: resp.headers.get(h) for h in (*COMPARED_HEADERS, "Location")}
+    return resp.status, kept, doc, resp.headers.get("X-Request-ID")
+
+
+@pytest.mark.parametrize(
+    ("case", "fast", "status"),
+    [
+        ("new", True, 201),
+        ("duplicate", True, 409),
+        ("not-json", True, 400),
+        ("text", True, 415),
+        ("fields", True, 422),
+        ("too-large", True, 413),
+        ("empty", True, 400),
+        ("reader", True, 403),
+        ("anonymous", True, 401),
+        ("bad-key", True, 422),
+        ("expect", False, 201),
+        ("query-string", False, 201),
+    ],
+)
+async def test_front_door_registers_as_the_router_does(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]],
+    tokens: Tokens,
+    case: str,
+    fast: bool,
+    status: int,
+) -> None:
+    front, plain, calls = two_doors
+    answers = []
+    for door, client in (("front", front), ("plain", plain)):
+        answers.append(await _posted(client, *_registration(door, case, tokens)))
+    via_front, via_router = answers
+    assert via_front[0] == status
+    location = via_front[1].pop("Location")
+    assert via_router[1].pop("Location") == (
+        location.replace("-front", "-plain") if location else None
+    )
+    assert via_front[:3] == via_router[:3]
+    assert via_front[3] and via_router[3]
+    assert bool(calls) is not fast
+
+
+async def test_a_registration_through_the_front_door_is_replayed_under_its_key(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]], tokens: Tokens
+) -> None:
+    front, _, calls = two_doors
+    headers = {"Authorization": f"Bearer {tokens.writer}", "Idempotency-Key": "front-key-1"}
+    answers = []
+    for _ in range(2):
+        resp = await front.post("/v1/agents", headers=headers, json=agent_body("reg-keyed"))
+        answers.append((resp.status, resp.headers.get("Idempotent-Replayed"), await resp.read()))
+    assert answers[0][:2] == (201, None)
+    assert answers[1][:2] == (201, "true")
+    assert answers[1][2] == answers[0][2]
+    assert not calls
