@@ -23,7 +23,7 @@ own dispatch for every request and says why, once, at start-up.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -35,7 +35,7 @@ from proxy.http.direct import DirectResponse, fits
 from proxy.http.middleware import GATE, Gate, guard, observe
 from proxy.observability.logging import REQUEST_ID
 from proxy.registry.models import ID_PATTERN
-from proxy.service import Answer, RegistryService
+from proxy.service import Answer, RegistryService, RequestContext
 
 AGENT_PREFIX = "/v1/agents/"
 # Unanchored, to match from an offset: `^` matches only at the string's real start.
@@ -84,14 +84,14 @@ class FrontDoor:
                 if _ID.fullmatch(path, len(AGENT_PREFIX)):
                     return self._get_agent(request, path[len(AGENT_PREFIX) :])
             elif path.partition("?")[0] == QUERY_PATH:
-                return self._query_agents(request)
+                return self._served(request, _QUERY_ROUTE, self._query)
         elif (
             request.method == "POST"
             and request.raw_path == QUERY_PATH
             # aiohttp's dispatch answers `Expect: 100-continue` before the body is read.
             and "Expect" not in request.headers
         ):
-            return self._register(request)
+            return self._served(request, _REGISTER_ROUTE, self._register)
         # Looked up per request, not bound once: tests wrap the app's dispatch to watch it.
         return self._app._handle(request)  # type: ignore[arg-type]
 
@@ -114,35 +114,31 @@ class FrontDoor:
             REQUEST_ID.reset(token)
         return self._answer(request, _ROUTE, answer, request_id, started)
 
-    async def _query_agents(self, base: web.BaseRequest) -> web.StreamResponse:
+    async def _served(
+        self,
+        base: web.BaseRequest,
+        route: str,
+        answer_of: Callable[[web.Request, RequestContext], Awaitable[Answer]],
+    ) -> web.StreamResponse:
+        """`Gate.serve` around ``answer_of`` for a route that needs a role, written out."""
         request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
         gate = self._gate
-        request_id, token, started = gate.enter(request, _QUERY_ROUTE)
+        request_id, token, started = gate.enter(request, route)
         try:
-            ctx = gate.admit(request, _QUERY_ROUTE)
-            assert ctx is not None  # query_agents needs a reader
-            answer = await self._service.query(ctx, agent_query(request))
+            ctx = gate.admit(request, route)
+            assert ctx is not None  # every route served here needs a role
+            answer = await answer_of(request, ctx)
         except Exception as exc:
-            problem = gate.problem_for(exc, _QUERY_ROUTE)
-            return gate.leave(request, _QUERY_ROUTE, problem, request_id, started)
+            return gate.leave(request, route, gate.problem_for(exc, route), request_id, started)
         finally:
             REQUEST_ID.reset(token)
-        return self._answer(request, _QUERY_ROUTE, answer, request_id, started)
+        return self._answer(request, route, answer, request_id, started)
 
-    async def _register(self, base: web.BaseRequest) -> web.StreamResponse:
-        request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
-        gate = self._gate
-        request_id, token, started = gate.enter(request, _REGISTER_ROUTE)
-        try:
-            ctx = gate.admit(request, _REGISTER_ROUTE)
-            assert ctx is not None  # register needs a writer
-            answer = await register_answer(request, self._service, ctx, self._limits)
-        except Exception as exc:
-            problem = gate.problem_for(exc, _REGISTER_ROUTE)
-            return gate.leave(request, _REGISTER_ROUTE, problem, request_id, started)
-        finally:
-            REQUEST_ID.reset(token)
-        return self._answer(request, _REGISTER_ROUTE, answer, request_id, started)
+    def _query(self, request: web.Request, ctx: RequestContext) -> Awaitable[Answer]:
+        return self._service.query(ctx, agent_query(request))
+
+    def _register(self, request: web.Request, ctx: RequestContext) -> Awaitable[Answer]:
+        return register_answer(request, self._service, ctx, self._limits)
 
     def _answer(
         self, request: web.Request, route: str, answer: Answer, request_id: str, started: float
