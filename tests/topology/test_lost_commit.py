@@ -14,6 +14,7 @@ loses them.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 
@@ -67,6 +68,9 @@ class Pair:
     def stop(self) -> None:
         self.standby.cleanup()
         self.primary.cleanup()
+        # The roots are this harness's (`make_root`), not the servers': theirs to remove.
+        for server in (self.standby, self.primary):
+            shutil.rmtree(server.root, ignore_errors=True)
 
 
 @pytest.fixture
