@@ -10,6 +10,7 @@ under the same Idempotency-Key can be told from a different request.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,15 +79,27 @@ def _if_match(request: web.Request) -> int | None:
 async def _write(
     request: web.Request, kind: WriteKind, payload: dict[str, Any], target: str | None, client: Any
 ) -> web.Response:
-    service = request.app[keys.SERVICE]
-    answer = await service.write(
-        request[keys.CONTEXT],
+    service, ctx = request.app[keys.SERVICE], request[keys.CONTEXT]
+    return json_response(await _written(request, service, ctx, kind, payload, target, client))
+
+
+def _written(
+    request: web.Request,
+    service: RegistryService,
+    ctx: RequestContext,
+    kind: WriteKind,
+    payload: dict[str, Any],
+    target: str | None,
+    client: Any,
+) -> Awaitable[Answer]:
+    """The service's answer to the write, with the fingerprint of what the client sent."""
+    return service.write(
+        ctx,
         kind,
         payload,
         req_hash=request_hash(kind, target, client),
         idempotency_key=_idempotency_key(request),
     )
-    return json_response(answer)
 
 
 # ---- reads ------------------------------------------------------------------------------------
@@ -127,13 +140,7 @@ async def register_answer(
     """A registration's answer (the front door calls this too, with what the route would give)."""
     body = await read_model_within(request, RegisterRequest, limits)
     data = body.model_dump(mode="json")
-    answer = await service.write(
-        ctx,
-        WriteKind.REGISTER,
-        {"body": data},
-        req_hash=request_hash(WriteKind.REGISTER, None, data),
-        idempotency_key=_idempotency_key(request),
-    )
+    answer = await _written(request, service, ctx, WriteKind.REGISTER, {"body": data}, None, data)
     if answer.status == 201:
         answer.headers.setdefault("Location", f"/v1/agents/{data['agent_id']}")
     return answer
