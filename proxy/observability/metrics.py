@@ -52,6 +52,14 @@ class _Latency:
         self.sum = 0.0
 
 
+class _Answered:
+    __slots__ = ("count", "latency")
+
+    def __init__(self, latency: _Latency) -> None:
+        self.count = 0
+        self.latency = latency
+
+
 class PlainHistogram(Collector):
     """A labelled histogram kept as plain numbers; only the event loop's thread may call
     `observe`. Label values come as one tuple, in the order of ``labels``."""
@@ -76,11 +84,19 @@ class PlainHistogram(Collector):
     def observe(self, key: tuple[str, ...], seconds: float) -> None:
         latency = self._series.get(key)
         if latency is None:
-            latency = self._series[key] = _Latency(len(self._les))
+            latency = self.series(key)
         # le is inclusive: a value equal to a bound belongs to that bound's bucket.
         latency.buckets[bisect_left(self._bounds, seconds)] += 1
         latency.count += 1
         latency.sum += seconds
+
+    def series(self, key: tuple[str, ...]) -> _Latency:
+        """The series of ``key``, made on first use; for a caller that keeps it and observes
+        into it itself (`RequestMetrics`)."""
+        latency = self._series.get(key)
+        if latency is None:
+            latency = self._series[key] = _Latency(len(self._les))
+        return latency
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
@@ -101,21 +117,33 @@ class RequestMetrics(Collector):
     as plain numbers; only the event loop's thread may call `observe`."""
 
     def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
-        self._counts: dict[tuple[str, str, int, str], int] = {}
+        # Per (route, method, status, source): the count and the latency series of (route,
+        # method, source), found with one lookup per request.
+        self._counts: dict[tuple[str, str, int, str], _Answered] = {}
         self._latency = PlainHistogram(
             PREFIX + "request_duration_seconds",
             "HTTP request latency",
             ["route", "method", "source"],
             buckets,
         )
+        self._bounds = buckets
 
     def observe(self, route: str, method: str, status: int, source: str, seconds: float) -> None:
-        key = (route, method, status, source)
-        self._counts[key] = self._counts.get(key, 0) + 1
-        self._latency.observe((route, method, source), seconds)
+        answered = self._counts.get((route, method, status, source))
+        if answered is None:
+            answered = self._counts[(route, method, status, source)] = _Answered(
+                self._latency.series((route, method, source))
+            )
+        answered.count += 1
+        latency = answered.latency
+        # le is inclusive, as in `PlainHistogram.observe`.
+        latency.buckets[bisect_left(self._bounds, seconds)] += 1
+        latency.count += 1
+        latency.sum += seconds
 
     def count(self, route: str, method: str, status: int, source: str) -> int:
-        return self._counts.get((route, method, status, source), 0)
+        answered = self._counts.get((route, method, status, source))
+        return 0 if answered is None else answered.count
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -123,8 +151,8 @@ class RequestMetrics(Collector):
             "HTTP requests answered",
             labels=["route", "method", "status", "source"],
         )
-        for (route, method, status, source), n in list(self._counts.items()):
-            requests.add_metric([route, method, str(status), source], n)
+        for (route, method, status, source), answered in list(self._counts.items()):
+            requests.add_metric([route, method, str(status), source], answered.count)
         yield requests
         yield from self._latency.collect()
 

@@ -29,9 +29,12 @@ def test_latency_histogram_matches_prometheus_client() -> None:
         buckets=LATENCY_BUCKETS,
         registry=reference_registry,
     )
-    for v in values:
-        metrics.requests.observe("get_agent", "GET", 200, "replica", v)
+    # The latency has no status label: answers of every status share one series.
+    for v, status in zip(values, [200, 404, 200, 304, 500, 200, 429, 200], strict=True):
+        metrics.requests.observe("get_agent", "GET", status, "replica", v)
         reference.labels("get_agent", "GET", "replica").observe(v)
+    metrics.requests.observe("query_agents", "GET", 200, "replica", 0.003)
+    reference.labels("query_agents", "GET", "replica").observe(0.003)
     ours = _samples(
         generate_latest(metrics.registry).decode(), "registry_proxy_request_duration_seconds"
     )
@@ -39,7 +42,9 @@ def test_latency_histogram_matches_prometheus_client() -> None:
         generate_latest(reference_registry).decode(), "registry_proxy_request_duration_seconds"
     )
     assert ours == theirs
-    assert len(ours) == len(LATENCY_BUCKETS) + 1 + 2  # buckets with +Inf, count, sum
+    assert len(ours) == 2 * (len(LATENCY_BUCKETS) + 1 + 2)  # buckets with +Inf, count, sum
+    assert metrics.requests.count("get_agent", "GET", 200, "replica") == 4
+    assert metrics.requests.count("get_agent", "GET", 200, "database") == 0
 
 
 def test_requests_counted_by_route_method_status_source() -> None:
