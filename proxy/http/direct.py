@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import HttpVersion11, web
 from aiohttp.http import SERVER_SOFTWARE
+from multidict import CIMultiDict, CIMultiDictProxy
 
 _TAIL = f"\r\nServer: {SERVER_SOFTWARE}\r\nDate: "
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+# `headers` of every direct answer: read-only, so nothing can be added that would not be sent.
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 class _Date:
@@ -57,11 +62,18 @@ class DirectResponse(web.StreamResponse):
     """A complete answer: status, header fields and body.
 
     The fields are a plain dict written as given, not aiohttp's `headers` multidict (which
-    stays empty): names and values the sidecar wrote itself, never a caller's bytes unchecked.
-    Content-Length, Date and Server are added as aiohttp adds them."""
+    stays empty, and read-only): names and values the sidecar wrote itself, never a caller's
+    bytes unchecked. Content-Length, Date and Server are added as aiohttp adds them.
+
+    `StreamResponse.__init__` is not called: the headers multidict and state it makes for every
+    answer cost as much as the rest of this answer's writing. What aiohttp's request handler and
+    `StreamResponse`'s properties read is set here; the rest are the class's defaults."""
 
     def __init__(self, *, status: int, fields: dict[str, str], body: bytes) -> None:
-        super().__init__(status=status)
+        self._status = status
+        self._reason = _REASONS.get(status, "")
+        self._headers = _NO_HEADERS  # type: ignore[assignment]
+        self._state = {}
         self.fields = fields
         self._body_bytes = body
         self._sent = False
