@@ -90,8 +90,14 @@ class Replica:
         return None
 
     def fresh_within(self, seconds: float) -> bool:
+        if not self.connected:
+            return False
+        last = self._last_contact
+        if last is not None:
+            # `age` without its frame and its max(0, ...): asked once per replica read.
+            return self.clock.monotonic() - last <= seconds
         age = self.age()
-        return self.connected and age is not None and age <= seconds
+        return age is not None and age <= seconds
 
     # -- base rows -------------------------------------------------------------------------
 
