@@ -117,7 +117,10 @@ class _ProblemRequestHandler(RequestHandler):
         count = self._request_count
         super().data_received(data)
         if self._request_count != count:
-            self._cancel_head_timer()  # a whole head arrived (or one the parser refused)
+            # A whole head arrived (or one the parser refused). Checked here, not only in the
+            # call: every request comes through this line, and the timer is rarely set.
+            if self._head_timer is not None:
+                self._cancel_head_timer()
         elif idle and data and self._head_timer is None and not self._force_close:
             # The first piece of a request head that did not arrive whole.
             server = cast(_ProblemServer, self._manager)
