@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from bench.collector import collector_paused
 from bench.loadgen_loops import closed_loop, open_loop
 from bench.loadgen_wrk import find_wrk, on_cpus, run_wrk
 from bench.tally import Tally, summarize
@@ -69,31 +70,32 @@ def _worker_main(args: argparse.Namespace) -> int:
         return base_build(i + offset)
 
     run = _event_loop_runner()
-    if spec["mode"] == "closed":
-        tally = run(
-            closed_loop(
-                host,
-                port,
-                build,
-                connections=spec["connections"],
-                warmup_s=spec["warmup_s"],
-                duration_s=spec["duration_s"],
-                start_at=spec.get("start_at"),
+    with collector_paused():
+        if spec["mode"] == "closed":
+            tally = run(
+                closed_loop(
+                    host,
+                    port,
+                    build,
+                    connections=spec["connections"],
+                    warmup_s=spec["warmup_s"],
+                    duration_s=spec["duration_s"],
+                    start_at=spec.get("start_at"),
+                )
             )
-        )
-    else:
-        tally = run(
-            open_loop(
-                host,
-                port,
-                build,
-                rate=spec["rate"],
-                connections=spec["connections"],
-                warmup_s=spec["warmup_s"],
-                duration_s=spec["duration_s"],
-                start_at=spec.get("start_at"),
+        else:
+            tally = run(
+                open_loop(
+                    host,
+                    port,
+                    build,
+                    rate=spec["rate"],
+                    connections=spec["connections"],
+                    warmup_s=spec["warmup_s"],
+                    duration_s=spec["duration_s"],
+                    start_at=spec.get("start_at"),
+                )
             )
-        )
     Path(args.out).write_bytes(orjson.dumps(asdict(tally)))
     return 0
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import shutil
 import sys
@@ -51,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.collector import collector_paused
 from bench.cpu import cpu_delta, cpu_snapshot, process_tree
 from bench.dataset import seed
 from bench.metrics import metrics_figures, metrics_snapshot
@@ -108,43 +108,39 @@ async def load(plan: Plan, run: Run, server: Server, pg_proxy: Any) -> None:
     at_start = await metrics_snapshot(server)
     # The generator's own garbage collections would stall every client at once and show up as
     # the sidecar's latency: none during the load (it keeps a few hundred MiB at most).
-    gc.collect()
-    gc.freeze()
-    gc.disable()
-    run.t0 = time.monotonic()
-    tasks = [asyncio.create_task(client_loop(run, i, plan.seed)) for i in range(plan.clients)]
-    tasks.append(asyncio.create_task(poll_status(run)))
-    tasks.append(asyncio.create_task(generator_lag(run)))
-    try:
-        run.marks["warm"] = 0.0
-        await asyncio.sleep(plan.warm_s)
-        at_cut = await metrics_snapshot(server)
-        _log("cut: disabling the proxy in front of PostgreSQL")
-        run.phase = "cut"
-        run.marks["cut"] = run.now()
-        await asyncio.to_thread(pg_proxy.disable)
-        run.marks["cut_done"] = run.now()
-        await asyncio.sleep(max(0.0, run.marks["cut"] + plan.cut_s - run.now()))
-        at_heal = await metrics_snapshot(server)
-        _log("heal: enabling the proxy again")
-        run.marks["heal_call"] = run.now()
-        await asyncio.to_thread(pg_proxy.enable)
-        run.phase = "heal"
-        run.marks["heal"] = run.now()
-        run.marks["heal_wall"] = time.time()
-        await asyncio.sleep(max(0.0, run.marks["heal"] + plan.heal_s - run.now()))
-        run.marks["load_end"] = run.now()
-        run.stopping = True
-        _log("load stopped; waiting for the requests in flight")
-        await asyncio.wait(tasks, timeout=CLIENT_TIMEOUT_S + 5)
-        at_end = await metrics_snapshot(server)
-    finally:
-        run.stopping = True
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        gc.enable()
-        gc.unfreeze()
+    with collector_paused():
+        run.t0 = time.monotonic()
+        tasks = [asyncio.create_task(client_loop(run, i, plan.seed)) for i in range(plan.clients)]
+        tasks.append(asyncio.create_task(poll_status(run)))
+        tasks.append(asyncio.create_task(generator_lag(run)))
+        try:
+            run.marks["warm"] = 0.0
+            await asyncio.sleep(plan.warm_s)
+            at_cut = await metrics_snapshot(server)
+            _log("cut: disabling the proxy in front of PostgreSQL")
+            run.phase = "cut"
+            run.marks["cut"] = run.now()
+            await asyncio.to_thread(pg_proxy.disable)
+            run.marks["cut_done"] = run.now()
+            await asyncio.sleep(max(0.0, run.marks["cut"] + plan.cut_s - run.now()))
+            at_heal = await metrics_snapshot(server)
+            _log("heal: enabling the proxy again")
+            run.marks["heal_call"] = run.now()
+            await asyncio.to_thread(pg_proxy.enable)
+            run.phase = "heal"
+            run.marks["heal"] = run.now()
+            run.marks["heal_wall"] = time.time()
+            await asyncio.sleep(max(0.0, run.marks["heal"] + plan.heal_s - run.now()))
+            run.marks["load_end"] = run.now()
+            run.stopping = True
+            _log("load stopped; waiting for the requests in flight")
+            await asyncio.wait(tasks, timeout=CLIENT_TIMEOUT_S + 5)
+            at_end = await metrics_snapshot(server)
+        finally:
+            run.stopping = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     for name, before, after in (
         ("warm", at_start, at_cut),
         ("cut", at_cut, at_heal),

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.collector import collector_paused
 from bench.dataset import seed
 from bench.loadgen import saturate
 from bench.loadgen_loops import open_loop
@@ -223,10 +224,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             answers.append(Answer(due, latency_s, status))
 
         build = request_builder(w, f"127.0.0.1:{server.port}", "fixed")
-        tally = await open_loop(
-            "127.0.0.1", server.port, build, rate=args.rate, connections=args.connections,
-            warmup_s=0.0, duration_s=args.duration, on_answer=keep,
-        )  # fmt: skip
+        with collector_paused():
+            tally = await open_loop(
+                "127.0.0.1", server.port, build, rate=args.rate, connections=args.connections,
+                warmup_s=0.0, duration_s=args.duration, on_answer=keep,
+            )  # fmt: skip
         stop.set()
         await asyncio.gather(*samplers)
         # Every time from the first answer's due time on.
