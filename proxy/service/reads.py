@@ -72,16 +72,28 @@ class Reads:
         problem it raises. None when PostgreSQL must be asked.
 
         `get_agent` is this, then `get_agent_from_database`; the front door calls the two
-        itself so that a replica read is not a coroutine."""
-        reason = self._replica_first(ctx.tenant, agent_id)
-        if reason is not None:
-            rep = self._replica
-            assert rep is not None
-        else:
-            rep = self._replica_during_outage(ctx, "get_agent")
-            if rep is None:
-                return None
+        itself so that a replica read is not a coroutine.
+
+        `_replica_first`, then `_replica_during_outage`, written out: both ask whether the
+        replica holds the tenant, and an outage read then asked three more frames for it again.
+        The query and the stats take the long way; a test holds the three reads to the same
+        answers in every state."""
+        rep = self._replica
+        tenant = ctx.tenant
+        if rep is None or not rep.warm or not rep.knows_tenant(tenant):
+            if self._breaker_refuses():
+                self._refused("get_agent")
+                raise self._call.no_answer(None, "the local replica has no copy of this tenant")
+            return None
+        if rep.has_pending(tenant, agent_id):
+            reason = PENDING
+        elif self._replica_reads and rep.fresh_within(self._max_staleness_s):
+            reason = READ_MODE
+        elif self._breaker_refuses():
+            self._refused("get_agent")
             reason = UNREACHABLE
+        else:
+            return None
         return self._agent_from_replica(rep, ctx, agent_id, None, reason)
 
     async def get_agent_from_database(self, ctx: RequestContext, agent_id: str) -> Answer:
@@ -223,10 +235,14 @@ class Reads:
         costs."""
         if not self._breaker_refuses():
             return None
+        self._refused(operation)
+        return self._replica_for(ctx, None)
+
+    def _refused(self, operation: str) -> None:
+        """What a database call the breaker refused records (its metric, its span)."""
         self._hooks.db_call(operation, _REFUSED, 0.0)
         if self._spans is not None:
             self._call.refused(operation)
-        return self._replica_for(ctx, None)
 
     def _replica_for(self, ctx: RequestContext, exc: DatabaseUnavailable | None) -> Replica:
         rep = self._replica
