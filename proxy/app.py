@@ -181,6 +181,7 @@ def _service_hooks(metrics: Metrics, tracing: Tracing | None) -> ServiceHooks:
 
     return ServiceHooks(
         db_call=metrics.observe_db_call,
+        db_refused=metrics.observe_refused_call,
         replica_hit=metrics.replica_hits.inc,  # per read: no wrapper frame
         journal_append=journaled,
         committed=metrics.writes_committed.inc,

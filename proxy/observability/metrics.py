@@ -21,6 +21,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 PREFIX = "registry_proxy_"
+# The outcome of a database call the breaker refused (`ErrorKind.REJECTED`'s value).
+REFUSED_OUTCOME = "rejected"
 BREAKER_STATES = ("closed", "open", "half_open", "forced_open", "disabled")
 SHED_REASONS = ("loop-lag", "queue-full", "queue-timeout", "backlog")
 
@@ -235,6 +237,7 @@ class Metrics:
             ["operation", "outcome"],
         )
         r.register(self.db_call_duration)
+        self._refused: dict[str, _Latency] = {}
         self.pool_connections = Gauge(
             PREFIX + "pool_connections",
             "Connection pool use",
@@ -338,6 +341,17 @@ class Metrics:
 
     def observe_db_call(self, operation: str, outcome: str, seconds: float) -> None:
         self.db_call_duration.observe((operation, outcome), seconds)
+
+    def observe_refused_call(self, operation: str) -> None:
+        """`observe_db_call(operation, "rejected", 0.0)` with the series found by operation
+        alone: every read while PostgreSQL is away records one."""
+        latency = self._refused.get(operation)
+        if latency is None:
+            latency = self._refused[operation] = self.db_call_duration.series(
+                (operation, REFUSED_OUTCOME)
+            )
+        latency.buckets[0] += 1  # no time: the first bucket; the sum does not move
+        latency.count += 1
 
     def set_breaker_state(self, dependency: str, state: str) -> None:
         for s in BREAKER_STATES:

@@ -71,6 +71,9 @@ class ServiceHooks:
     """Instrumentation points; the app wires metrics and logs here, tests may leave them."""
 
     db_call: Callable[[str, str, float], None] = lambda op, outcome, seconds: None
+    db_refused: Callable[[str], None] = lambda op: None
+    """A database call the open breaker refused before it began: `db_call` with the outcome
+    `rejected` and no time, as one call, made on every read while PostgreSQL is away."""
     replica_hit: Callable[[str], None] = lambda kind: None
     journal_append: Callable[[], None] = lambda: None
     committed: Callable[[str], None] = lambda path: None

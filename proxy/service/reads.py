@@ -19,7 +19,6 @@ from typing import Any
 
 from proxy.registry import errors, matching
 from proxy.registry.models import AgentQuery
-from proxy.resilience import ErrorKind
 from proxy.service.context import (
     PENDING,
     READ_MODE,
@@ -35,9 +34,6 @@ from proxy.settings import ReadMode, Settings
 from proxy.store import repository
 from proxy.store.journal import Journal
 from proxy.store.replica import Replica
-
-# The outcome of a call the breaker refused; an enum's `.value` is a property, read per outage read.
-_REFUSED = ErrorKind.REJECTED.value
 
 
 class Reads:
@@ -240,7 +236,7 @@ class Reads:
 
     def _refused(self, operation: str) -> None:
         """What a database call the breaker refused records (its metric, its span)."""
-        self._hooks.db_call(operation, _REFUSED, 0.0)
+        self._hooks.db_refused(operation)
         if self._spans is not None:
             self._call.refused(operation)
 

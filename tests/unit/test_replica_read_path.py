@@ -53,7 +53,11 @@ def _reads(
         read_mode="replica" if replica_mode else "database",
     )
     calls: list[tuple[str, str, float]] = []
-    hooks = ServiceHooks(db_call=lambda op, outcome, s: calls.append((op, outcome, s)))
+    # Both hooks record into one list: the metrics make the same sample of either.
+    hooks = ServiceHooks(
+        db_call=lambda op, outcome, s: calls.append((op, outcome, s)),
+        db_refused=lambda op: calls.append((op, "rejected", 0.0)),
+    )
     breaker = CircuitBreaker("db", failure_threshold=1, open_base_s=60.0, clock=clock)
     if refusing:
         breaker.force_open("test")

@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.observability.metrics import LATENCY_BUCKETS, Metrics
+from proxy.resilience import ErrorKind
 
 
 def _samples(text: str, family: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -140,3 +141,19 @@ def test_queue_wait_and_committed_writes_match_prometheus_client() -> None:
         metrics.writes_committed.inc(path)
         committed.labels(path).inc()
     compare()
+
+
+def test_a_refused_call_is_a_rejected_call_of_no_time() -> None:
+    ours, reference = Metrics(), Metrics()
+    calls = [("get_agent", "success", 0.002), ("get_agent", "rejected", 0.0)]
+    for operation, outcome, seconds in calls:
+        ours.observe_db_call(operation, outcome, seconds)
+        reference.observe_db_call(operation, outcome, seconds)
+    for operation in ("get_agent", "get_agent", "query", "get_agent"):
+        ours.observe_refused_call(operation)
+        reference.observe_db_call(operation, ErrorKind.REJECTED.value, 0.0)
+    family = "registry_proxy_db_call_duration_seconds"
+    got = _samples(generate_latest(ours.registry).decode(), family)
+    assert got == _samples(generate_latest(reference.registry).decode(), family)
+    count = ("registry_proxy_db_call_duration_seconds_count", (("operation", "get_agent"),))
+    assert got[(count[0], (*count[1], ("outcome", "rejected")))] == 4.0
