@@ -70,32 +70,18 @@ def _worker_main(args: argparse.Namespace) -> int:
         return base_build(i + offset)
 
     run = _event_loop_runner()
+    common: dict[str, Any] = {
+        "connections": spec["connections"],
+        "warmup_s": spec["warmup_s"],
+        "duration_s": spec["duration_s"],
+        "start_at": spec.get("start_at"),
+    }
+    if spec["mode"] == "closed":
+        loop = closed_loop(host, port, build, **common)
+    else:
+        loop = open_loop(host, port, build, rate=spec["rate"], **common)
     with collector_paused():
-        if spec["mode"] == "closed":
-            tally = run(
-                closed_loop(
-                    host,
-                    port,
-                    build,
-                    connections=spec["connections"],
-                    warmup_s=spec["warmup_s"],
-                    duration_s=spec["duration_s"],
-                    start_at=spec.get("start_at"),
-                )
-            )
-        else:
-            tally = run(
-                open_loop(
-                    host,
-                    port,
-                    build,
-                    rate=spec["rate"],
-                    connections=spec["connections"],
-                    warmup_s=spec["warmup_s"],
-                    duration_s=spec["duration_s"],
-                    start_at=spec.get("start_at"),
-                )
-            )
+        tally = run(loop)
     Path(args.out).write_bytes(orjson.dumps(asdict(tally)))
     return 0
 
