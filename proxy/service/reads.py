@@ -72,8 +72,8 @@ class Reads:
 
         `_replica_first`, then `_replica_during_outage`, written out: both ask whether the
         replica holds the tenant, and an outage read then asked three more frames for it again.
-        The query and the stats take the long way; a test holds the three reads to the same
-        answers in every state."""
+        The query and the stats take the long way; a test holds this to the long way's
+        answers, problems and metrics in every state."""
         rep = self._replica
         tenant = ctx.tenant
         if rep is None or not rep.warm or not rep.knows_tenant(tenant):
