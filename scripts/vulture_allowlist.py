@@ -32,6 +32,11 @@ _.instance
 _.prepare
 _.write_eof
 _.charset
+# StreamResponse's own fields, which its properties (status, reason, headers) read: the direct
+# answer sets them without calling StreamResponse.__init__.
+_._status
+_._reason
+_._headers
 _.exc_text
 _.__class__
 _.__cause__
