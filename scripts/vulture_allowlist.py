@@ -32,10 +32,8 @@ _.instance
 _.prepare
 _.write_eof
 _.charset
-# StreamResponse's own fields, which its properties (status, reason, headers) read: the direct
-# answer sets them without calling StreamResponse.__init__.
-_._status
-_._reason
+# StreamResponse's own field, which its `headers` property reads: the direct answer sets it
+# without calling StreamResponse.__init__.
 _._headers
 _.exc_text
 _.__class__

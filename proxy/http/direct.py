@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import HttpVersion11, web
@@ -28,7 +27,6 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
 _TAIL = f"\r\nServer: {SERVER_SOFTWARE}\r\nDate: "
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
 # `headers` of every direct answer: read-only, so nothing can be added that would not be sent.
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
@@ -70,8 +68,7 @@ class DirectResponse(web.StreamResponse):
     `StreamResponse`'s properties read is set here; the rest are the class's defaults."""
 
     def __init__(self, *, status: int, fields: dict[str, str], body: bytes) -> None:
-        self._status = status
-        self._reason = _REASONS.get(status, "")
+        self._set_status(status, None)  # aiohttp's own: its reason phrases, its checks
         self._headers = _NO_HEADERS  # type: ignore[assignment]
         self._state = {}
         self.fields = fields
