@@ -4,6 +4,7 @@ error, and cancels it there when the caller gives up or the loop closes."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import pytest
@@ -72,3 +73,37 @@ async def test_close_cancels_what_still_runs_and_stops_the_thread() -> None:
     with pytest.raises(asyncio.CancelledError):
         await pending
     await side.close()  # a second close does nothing
+
+
+async def test_a_failure_after_the_caller_gave_up_is_not_reported_as_never_retrieved() -> None:
+    # A probe cancelled by its timeout whose connection's close then times out: the side task
+    # ends with that error, and no one is waiting for it any more.
+    reported: list[dict[str, object]] = []
+    side = SideLoop(
+        name="test-side",
+        setup=lambda loop: loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx)),
+    )
+    try:
+        ended = threading.Event()
+
+        async def fails_on_its_way_out() -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                raise TimeoutError("close timed out") from None
+            finally:
+                ended.set()
+
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await side.run(fails_on_its_way_out())
+        assert await asyncio.to_thread(ended.wait, 5)
+
+        async def collected() -> None:
+            # The report comes from the finished task's finalizer, on the side loop's thread.
+            gc.collect()
+
+        await side.run(collected())
+        assert reported == []
+    finally:
+        await side.close()
