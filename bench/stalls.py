@@ -92,15 +92,22 @@ def slow_windows(answers: list[Answer], slow_s: float, gap_s: float = WINDOW_GAP
     return windows
 
 
-def _cpu_ticks(pids: list[int]) -> int:
-    total = 0
+def _cpu_ticks(pids: list[int]) -> dict[int, int]:
+    """CPU ticks of each process still there."""
+    ticks = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue  # gone, or not Linux
-        total += int(fields[11]) + int(fields[12])
-    return total
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def _ticks_used(before: dict[int, int], now: dict[int, int]) -> int:
+    """Ticks used between two readings by the processes in both: one that exited in between
+    (a PostgreSQL backend, say) takes its whole count with it, which is not a negative use."""
+    return sum(ticks - before[pid] for pid, ticks in now.items() if pid in before)
 
 
 def _children(parent: int) -> list[int]:
@@ -139,7 +146,7 @@ async def _sample_cpu(groups: dict[str, list[int]], out: Samples, stop: asyncio.
     while not stop.is_set():
         await asyncio.sleep(0.05)
         now = {name: _cpu_ticks(pids) for name, pids in groups.items()}
-        used = {name: (now[name] - before[name]) / tick for name in groups}
+        used = {name: _ticks_used(before[name], now[name]) / tick for name in groups}
         out.cpu.append((time.perf_counter(), used))
         before = now
 

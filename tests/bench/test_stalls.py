@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.stalls import Answer, Samples, annotate, slow_windows
+from bench.stalls import Answer, Samples, _ticks_used, annotate, slow_windows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +45,12 @@ def test_a_window_is_annotated_with_what_was_seen_around_it() -> None:
     assert window.waits == {"IO:WalInitWrite": 2, "Lock:transactionid": 1}
     assert window.autovacuum == {"autovacuum: VACUUM public.agents"}
     assert window.cpu_s == {"sidecar": pytest.approx(0.08)}
+
+
+def test_a_process_that_exits_between_two_readings_is_not_a_negative_use() -> None:
+    before = {10: 500, 11: 300, 12: 40}
+    now = {10: 520, 12: 45, 13: 7}  # 11 exited, 13 started: neither is a use in between
+    assert _ticks_used(before, now) == 25
 
 
 @pytest.mark.slow
