@@ -52,6 +52,7 @@ from bench.replica_memory import replica_memory_in_child
 from bench.reporting import logger, opening, publish, result_path
 from bench.servers import Server, baseline, postgres_root, sidecar
 from bench.status import breaker_summary, status_of, wait_replica
+from bench.stopping import run_until_terminated
 
 _log = logger("bench")
 
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         pinned_connections=max(1, args.server_bound_connections),
         postgres_in_memory=not args.postgres_on_disk,
     )
-    doc = asyncio.run(run(plan))
+    doc = run_until_terminated(run(plan))
     publish(out, doc, report)
     return 0
 

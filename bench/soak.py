@@ -51,6 +51,7 @@ from bench.soak_samples import sample, sampler, slope_per_hour
 from bench.soak_traffic import Traffic
 from bench.soak_verify import verify
 from bench.status import wait_drained
+from bench.stopping import run_until_terminated
 from proxy.store import counted_events
 
 _log = logger("soak")
@@ -345,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         out=args.out or result_path("soak"),
         keep=args.keep,
     )
-    doc = asyncio.run(soak(plan))
+    doc = run_until_terminated(soak(plan))
     publish(plan.out, doc, report)
     return 0 if doc["passed"] else 1
 
