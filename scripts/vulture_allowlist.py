@@ -58,3 +58,9 @@ _.wait_ready
 _.size_bytes
 # One agent's reasons for one query, as `rank` lists them: the tests pin the wording through it.
 _.reasons
+
+# aiohttp's request handler state that `_ProblemRequestHandler` keeps as aiohttp's request loop
+# does, for a request it answers in its read callback (aiohttp reads them).
+_.requests_count
+_._keepalive
+_._next_keepalive_close_time

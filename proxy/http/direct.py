@@ -6,8 +6,10 @@ writer per request and three awaits between them. The answer needs none of it: a
 known length, a few headers the sidecar sets itself, HTTP/1.1 keep-alive. `DirectResponse` keeps
 the contract aiohttp's request handler holds a response to (``prepare``, ``write_eof``,
 ``keep_alive``) and writes status line, headers and body with one call to the transport. Like
-aiohttp's writer with an answer this small, it does not wait for the transport to drain: the
-transport buffers, and aiohttp stops reading a connection whose requests pile up.
+aiohttp's writer with an answer this small, it waits for the transport to drain only when the
+client has stopped reading (the transport paused writing); aiohttp then stops reading a
+connection whose requests pile up. The same bytes (`wire`) are what the server writes for a
+request it answers from the parser's callback (`proxy.http.server`).
 
 It is for HTTP/1.1 requests that keep the connection open, which is what `fits` checks; anything
 else is answered by a plain `web.Response`. It uses aiohttp's public names only, but leans on how
@@ -23,6 +25,7 @@ from email.utils import formatdate
 from typing import Any
 
 from aiohttp import HttpVersion11, web
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -74,6 +77,7 @@ class DirectResponse(web.StreamResponse):
         self.fields = fields
         self._body_bytes = body
         self._sent = False
+        self._protocol: BaseProtocol | None = None
 
     @property
     def keep_alive(self) -> bool:
@@ -83,17 +87,26 @@ class DirectResponse(web.StreamResponse):
         if self._sent:
             return None
         self._sent = True
+        self._protocol = request.protocol
         transport = request.transport
         if transport is None or transport.is_closing():
             # aiohttp's own writer raises a ConnectionError here, which its handler expects.
             raise ConnectionResetError("the client closed the connection")
+        transport.write(self.wire())
+        return None
+
+    def wire(self) -> bytes:
+        """The answer as it goes out: status line, header fields, body."""
         body = self._body_bytes
         lines = [f"HTTP/1.1 {self.status} {self.reason}"]
         for name, value in self.fields.items():
             lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(body)}{_TAIL}{_DATE.now()}\r\n\r\n")
-        transport.write("\r\n".join(lines).encode("latin-1") + body)
-        return None
+        return "\r\n".join(lines).encode("latin-1") + body
 
     async def write_eof(self, data: bytes = b"") -> None:
-        return None  # everything went out in `prepare`
+        # Everything went out in `prepare`. A client that does not read its answers gets no
+        # more of them until it does: aiohttp then stops reading its requests.
+        protocol = self._protocol
+        if protocol is not None and protocol.writing_paused:
+            await protocol._drain_helper()

@@ -12,6 +12,14 @@ plain valid id (percent-escapes of a slash, say) and every query or registration
 not exactly `/v1/agents` goes to the application as it would without this door; a test walks
 such paths and requests through both to keep them in step.
 
+A get-by-id that arrives alone on an idle connection goes one step further (`at_once`): the
+server's protocol hands the door the parser's message in the callback that read it, and a replica
+read is answered there, with no request object and no task (on Python 3.11 a task, and a loop pass
+to start it and one to finish it, cost more than the read). Whatever needs aiohttp after all (a
+problem, a read that must ask PostgreSQL) is made there too, then handed to aiohttp to send as
+that request's answer; nothing is done twice. With tracing on, every request keeps its task: a
+request's span is current in it from the start to the answer.
+
 Skipping aiohttp's dispatch means doing what it would have done, so the door stands in front of
 an app only when `refusal` finds nothing against it: the app's middlewares are exactly those the
 door does itself (`REPRODUCED`: a middleware added later would otherwise be skipped on the
@@ -24,8 +32,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.typedefs import Middleware
 
 from proxy.http import keys
@@ -52,6 +62,24 @@ REPRODUCED: tuple[Middleware, ...] = (observe, guard)
 _DISPATCH = "_handle"
 
 
+class Head(dict[Any, Any]):
+    """A request answered from the parser's message (`FrontDoor.at_once`), as the gate and the
+    answer read it: method, headers, version, keep-alive, and the mapping the gate keeps the
+    request's id, principal, context and span in."""
+
+    __slots__ = ("headers", "keep_alive", "method", "version")
+
+    def __init__(self, message: RawRequestMessage) -> None:
+        self.method = message.method
+        self.headers = message.headers
+        self.version = message.version
+        self.keep_alive = not message.should_close
+
+
+async def _ready(response: web.StreamResponse) -> web.StreamResponse:
+    return response
+
+
 def refusal(app: web.Application, server: web.Server) -> str | None:
     """Why the front door must not stand in front of ``app`` on ``server``; None if it may."""
     if tuple(app.middlewares) != REPRODUCED:
@@ -73,6 +101,9 @@ class FrontDoor:
         self._gate: Gate = app[GATE]
         self._service: RegistryService = app[keys.SERVICE]
         self._limits = app[keys.SETTINGS].request
+        # A request's span is current in the task that runs it, from its start to its answer:
+        # with tracing on, every request gets a task.
+        self.answers_at_once = self._gate.spans is None
 
     def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         # Not a coroutine itself: it hands aiohttp the one that answers, one frame fewer.
@@ -96,8 +127,8 @@ class FrontDoor:
         return self._app._handle(request)  # type: ignore[arg-type]
 
     async def _get_agent(self, base: web.BaseRequest, agent_id: str) -> web.StreamResponse:
-        # `Gate.serve` around the handler, written out: a replica read then runs in this one
-        # coroutine without awaiting anything, and its answer is made once, request id and all.
+        # `_get_agent_now` and `_get_agent_later` in one coroutine, written out: a read from
+        # PostgreSQL then pays for one coroutine and one log context, not two.
         request: web.Request = base  # type: ignore[assignment]  # the app makes web.Requests
         gate = self._gate
         request_id, token, started = gate.enter(request, _ROUTE)
@@ -113,6 +144,71 @@ class FrontDoor:
         finally:
             REQUEST_ID.reset(token)
         return self._answer(request, _ROUTE, answer, request_id, started)
+
+    def _get_agent_now(
+        self, request: web.Request, agent_id: str
+    ) -> web.StreamResponse | Awaitable[web.StreamResponse]:
+        """`_get_agent` up to its answer from the replica (or its problem), for `at_once`; what
+        needs PostgreSQL after all comes back as the coroutine that asks it."""
+        gate = self._gate
+        request_id, token, started = gate.enter(request, _ROUTE)
+        try:
+            ctx = gate.admit(request, _ROUTE)
+            assert ctx is not None  # get_agent needs a reader
+            answer = self._service.get_agent_at_once(ctx, agent_id)
+            if answer is None:
+                return self._get_agent_later(request, ctx, agent_id, request_id, started)
+        except Exception as exc:
+            return gate.leave(request, _ROUTE, gate.problem_for(exc, _ROUTE), request_id, started)
+        finally:
+            REQUEST_ID.reset(token)
+        return self._answer(request, _ROUTE, answer, request_id, started)
+
+    async def _get_agent_later(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        agent_id: str,
+        request_id: str,
+        started: float,
+    ) -> web.StreamResponse:
+        gate = self._gate
+        token = gate.resume(request, request_id)
+        try:
+            answer = await self._service.get_agent_from_database(ctx, agent_id)
+        except Exception as exc:
+            return gate.leave(request, _ROUTE, gate.problem_for(exc, _ROUTE), request_id, started)
+        finally:
+            REQUEST_ID.reset(token)
+        return self._answer(request, _ROUTE, answer, request_id, started)
+
+    def at_once(self, message: RawRequestMessage) -> bytes | Awaitable[web.StreamResponse] | None:
+        """A get-by-id taken from the connection's parser, without aiohttp's request object
+        and the task it runs each request in (`proxy.http.server` calls this when the request
+        arrived alone on an idle connection).
+
+        Gives the whole answer to write at once; or, for an answer aiohttp must send (a
+        problem, a read that needs PostgreSQL), the awaitable to hand aiohttp in place of this
+        door for that one request; or None, having done nothing, for any other request."""
+        if (
+            message.method != "GET"
+            or message.version != HttpVersion11
+            or message.should_close
+            or message.upgrade
+        ):
+            return None
+        path = message.path
+        if not path.startswith(AGENT_PREFIX) or not _ID.fullmatch(path, len(AGENT_PREFIX)):
+            return None
+        if not self._service.may_answer_at_once():
+            return None  # every read asks PostgreSQL: aiohttp's task from the start
+        request: web.Request = Head(message)  # type: ignore[assignment]  # what the gate reads
+        now = self._get_agent_now(request, path[len(AGENT_PREFIX) :])
+        if isinstance(now, DirectResponse):
+            return now.wire()
+        if isinstance(now, web.StreamResponse):
+            return _ready(now)
+        return now
 
     async def _served(
         self,

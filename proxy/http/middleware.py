@@ -95,6 +95,12 @@ class Gate:
             return request_id, REQUEST_ID.set(request_id, span.trace_id), perf_counter()
         return request_id, REQUEST_ID.set(request_id), perf_counter()
 
+    def resume(self, request: web.Request, request_id: str) -> Token[str | None]:
+        """`enter`'s log context again, for the rest of a request that goes on in a task;
+        reset with the token like `enter`'s."""
+        span = request[keys.SPAN] if self.spans is not None else None
+        return REQUEST_ID.set(request_id, span.trace_id if span is not None else None)
+
     def leave(
         self,
         request: web.Request,

@@ -2,6 +2,13 @@
 cannot parse, a bound on the time a client takes to send its request head, and a cap on open
 connections.
 
+A request that arrives alone on an idle connection is offered to the front door in the protocol's
+`data_received`, before aiohttp's request loop is woken (`FrontDoor.at_once`); a replica read is
+answered there, its answer written with the others of the same loop pass (`Outbox`). While the
+client is not reading its answers (the transport paused writing) every request goes aiohttp's
+way, where the answer waits for the transport to drain and aiohttp stops reading a connection
+whose requests pile up.
+
 aiohttp answers a request its parser refuses (a header line over the limit, a NUL or a bare CR in
 a header, a malformed request line) from its protocol handler, before any middleware runs, and
 in text/plain. The sidecar promises an RFC 9457 problem for every error, so its runner installs
@@ -30,13 +37,16 @@ from __future__ import annotations
 import asyncio
 import resource
 import uuid
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, cast
 
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web import BaseRequest, RequestHandler
+from aiohttp.web_protocol import _ErrInfo
 
 from proxy.http import keys
 from proxy.http.front import FrontDoor, refusal
@@ -77,14 +87,45 @@ def connection_cap(configured: int) -> int:
     return max(16, min(configured, soft - _RESERVED_DESCRIPTORS))
 
 
+class _Handover:
+    """The request handler for one request whose answer the front door already has: aiohttp
+    sends it (its request object, its writer), and the door takes the next request again."""
+
+    __slots__ = ("_answer", "_door", "_protocol")
+
+    def __init__(
+        self,
+        protocol: _ProblemRequestHandler,
+        answer: Awaitable[web.StreamResponse],
+        door: Callable[[BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> None:
+        self._protocol = protocol
+        self._answer = answer
+        self._door = door
+
+    def __call__(self, request: BaseRequest) -> Awaitable[web.StreamResponse]:
+        self._protocol._request_handler = self._door
+        return self._answer
+
+    def discard(self) -> None:
+        """The connection went before aiohttp took the request: nothing will await it."""
+        answer = self._answer
+        if isinstance(answer, Coroutine):
+            answer.close()
+
+
 class _ProblemRequestHandler(RequestHandler):
-    __slots__ = ("_head_timer", "_refused")
+    __slots__ = ("_at_once", "_head_timer", "_refused")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         # Armed while the client owes us a request head; None otherwise.
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        door = manager.request_handler
+        self._at_once = (
+            door.at_once if isinstance(door, FrontDoor) and door.answers_at_once else None
+        )
 
     # ---- the connection's life ---------------------------------------------------------
 
@@ -106,6 +147,9 @@ class _ProblemRequestHandler(RequestHandler):
         if self._refused:
             return  # never registered with the server, nothing started
         self._cancel_head_timer()
+        handover = self._request_handler
+        if isinstance(handover, _Handover):
+            handover.discard()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -115,7 +159,25 @@ class _ProblemRequestHandler(RequestHandler):
         # Waiting for a request (idle between requests, or before the first one).
         idle = waiter is not None and not waiter.done()
         count = self._request_count
-        super().data_received(data)
+        if (
+            idle
+            and self._at_once is not None
+            and not self._messages
+            and self._payload_parser is None
+            and not self._upgraded
+        ):
+            # start() is held back (no waiter to wake) until it is known whether the request
+            # is left for it to run.
+            self._waiter = None
+            try:
+                super().data_received(data)
+            finally:
+                self._waiter = waiter
+            if self._messages and not self._answered_at_once():
+                assert waiter is not None
+                waiter.set_result(None)
+        else:
+            super().data_received(data)
         if self._request_count != count:
             # A whole head arrived (or one the parser refused). Checked here, not only in the
             # call: every request comes through this line, and the timer is rarely set.
@@ -125,6 +187,50 @@ class _ProblemRequestHandler(RequestHandler):
             # The first piece of a request head that did not arrive whole.
             server = cast(_ProblemServer, self._manager)
             self._head_timer = self._loop.call_later(server.header_timeout, self._head_late)
+
+    def _answered_at_once(self, /) -> bool:
+        """Answer the one queued request in this callback when the front door can: a replica
+        read then costs no request object, no task and no trip through the event loop.
+
+        True when it was answered and is gone from the queue. Otherwise it stays queued for
+        start(), which runs it as usual; when the door already has its answer (a problem, a
+        read that needs PostgreSQL) aiohttp is handed that instead of asking the door again."""
+        messages = self._messages
+        # Writing paused: the client is not reading its answers; start() waits for it to.
+        if len(messages) != 1 or self._buffer_paused or self._paused:
+            return False
+        message, payload = messages[0]
+        transport = cast(asyncio.WriteTransport | None, self.transport)
+        if (
+            payload is not EMPTY_PAYLOAD
+            or isinstance(message, _ErrInfo)
+            or transport is None
+            or transport.is_closing()
+        ):
+            return False
+        assert self._at_once is not None
+        answer = self._at_once(message)
+        if answer is None:
+            return False
+        if not isinstance(answer, bytes):
+            door = self._request_handler
+            assert door is not None
+            self._request_handler = _Handover(self, answer, door)
+            return False
+        # What start() does around a request it answered and keeps the connection open for.
+        messages.popleft()
+        assert self._parser is not None
+        self._parser.message_consumed()
+        assert self._manager is not None
+        self._manager.requests_count += 1
+        server = cast(_ProblemServer, self._manager)
+        server.outbox.send(transport, answer)
+        self._keepalive = True
+        close_time = self._loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = self._loop.call_at(close_time, self._process_keepalive)
+        return True
 
     # ---- the head timeout and eviction ---------------------------------------------------
 
@@ -196,8 +302,37 @@ _HEAD_LATE = _raw_problem(
 )
 
 
+class Outbox:
+    """Answers made in the protocol's callbacks, written together once the loop has read what
+    the last poll found.
+
+    Written at once, each answer would wake its client's process on its own, and on a busy
+    server those wake-ups cost more than the answer saved; aiohttp's own answers go out a loop
+    pass after their request was read, all together, and these go out the same way."""
+
+    __slots__ = ("_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: list[tuple[asyncio.WriteTransport, bytes]] = []
+
+    def send(self, transport: asyncio.WriteTransport, data: bytes) -> None:
+        pending = self._pending
+        if not pending:
+            self._loop.call_soon(self._flush)
+        pending.append((transport, data))
+
+    def _flush(self) -> None:
+        pending = self._pending
+        self._pending = []
+        for transport, data in pending:
+            if not transport.is_closing():  # a client that left is owed nothing
+                transport.write(data)
+
+
 class _ProblemServer(web.Server):
     # Set by SidecarRunner once the server is made (the class is swapped in, not constructed).
+    outbox: Outbox
     header_timeout: float = 10.0
     max_connections: int = 4096
     refused: int = 0
@@ -243,6 +378,7 @@ class SidecarRunner(web.AppRunner):
         problem_server = cast(_ProblemServer, server)
         limits = self.app[keys.SETTINGS].request
         problem_server.header_timeout = limits.header_timeout_s
+        problem_server.outbox = Outbox(asyncio.get_running_loop())
         problem_server.max_connections = connection_cap(limits.max_connections)
         if problem_server.max_connections < limits.max_connections:
             log.info(

@@ -92,6 +92,17 @@ class Reads:
             return None
         return self._agent_from_replica(rep, ctx, agent_id, None, reason)
 
+    def may_answer_at_once(self) -> bool:
+        """False when `get_agent_at_once` gives None for every agent now (database read mode,
+        PostgreSQL not refused, nothing journaled); cheaper than asking it, and records
+        nothing."""
+        rep = self._replica
+        return (
+            self._replica_reads
+            or (rep is not None and rep.pending_count() > 0)
+            or self._breaker_refuses()
+        )
+
     async def get_agent_from_database(self, ctx: RequestContext, agent_id: str) -> Answer:
         """The rest of `get_agent`, once `get_agent_at_once` gave None."""
         try:

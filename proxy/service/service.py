@@ -132,6 +132,7 @@ class RegistryService:
 
         self.get_agent = reads.get_agent
         self.get_agent_at_once = reads.get_agent_at_once
+        self.may_answer_at_once = reads.may_answer_at_once
         self.get_agent_from_database = reads.get_agent_from_database
         self.query = reads.query
         self.stats = reads.stats

@@ -1,7 +1,8 @@
 """Get by id decides "replica now, or PostgreSQL?" in one pass (`Reads.get_agent_at_once`); the
 query and the stats take the long way (`_replica_first`, then `_replica_during_outage`). Both
 must give the same answer, the same problem and the same metrics in every state of the replica,
-the read mode and the breaker."""
+the read mode and the breaker; and where `Reads.may_answer_at_once` says no, the first must give
+None."""
 
 from __future__ import annotations
 
@@ -107,6 +108,7 @@ def test_get_by_id_decides_as_the_long_way_does(
     tmp_path: Path, kind: str, pending: bool, connected: bool, replica_mode: bool, refusing: bool
 ) -> None:
     outcomes, metrics = [], []
+    foretold = None
     for way in ("at once", "long"):
         clock = FakeClock()
         rep = _replica(kind, clock, pending=pending, connected=connected)
@@ -114,11 +116,16 @@ def test_get_by_id_decides_as_the_long_way_does(
             tmp_path, rep, replica_mode=replica_mode, refusing=refusing, clock=clock
         )
         ctx = RequestContext(tenant=T, actor="t", request_id="r", deadline=Deadline.after(5))
+        if way == "at once":
+            foretold = reads.may_answer_at_once()
+            assert calls == []  # foretelling records nothing
         read = reads.get_agent_at_once if way == "at once" else partial(_long_way, reads)
         outcomes.append(_outcome(partial(read, ctx, "a")))
         metrics.append(calls)
     assert outcomes[0] == outcomes[1]
     assert metrics[0] == metrics[1]
+    # May foretell an answer where there is none; never none where there is one.
+    assert foretold or outcomes[0] is None
     # The table has every kind of outcome in it, not only "ask PostgreSQL".
     if kind == "holds-tenant" and refusing:
         assert outcomes[0] is not None and outcomes[0][1] == "replica"
