@@ -151,7 +151,7 @@ class FrontDoor:
         """`_get_agent` up to its answer from the replica (or its problem), for `at_once`; what
         needs PostgreSQL after all comes back as the coroutine that asks it."""
         gate = self._gate
-        request_id, token, started = gate.enter(request, _ROUTE)
+        request_id, token, started = gate.enter(request, _ROUTE, in_task=False)
         try:
             ctx = gate.admit(request, _ROUTE)
             assert ctx is not None  # get_agent needs a reader

@@ -76,9 +76,12 @@ class Gate:
             REQUEST_ID.reset(token)
         return self.leave(request, route, response, request_id, started)
 
-    def enter(self, request: web.Request, route: str) -> tuple[str, Token[str | None], float]:
+    def enter(
+        self, request: web.Request, route: str, *, in_task: bool = True
+    ) -> tuple[str, Token[str | None], float]:
         """The first half of `serve`: the request's id, in the log context from here on, and
-        its span when tracing is on.
+        its span when tracing is on. ``in_task=False`` from a callback outside any task (where
+        tracing is not used).
 
         The caller resets the context with the token once the answer is made (whatever
         happened), then calls `leave` with the id and the start time."""
@@ -93,6 +96,8 @@ class Gate:
         if spans is not None:
             span = request[keys.SPAN] = spans.start(request.method, route, request_id, headers)
             return request_id, REQUEST_ID.set(request_id, span.trace_id), perf_counter()
+        if not in_task:
+            return request_id, REQUEST_ID.set_outside_tasks(request_id), perf_counter()
         return request_id, REQUEST_ID.set(request_id), perf_counter()
 
     def resume(self, request: web.Request, request_id: str) -> Token[str | None]:

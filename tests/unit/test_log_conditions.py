@@ -169,6 +169,36 @@ async def test_a_task_started_during_a_request_does_not_carry_its_id(
     assert REQUEST_ID.get() is None
 
 
+async def test_a_request_id_set_in_a_loop_callback_is_its_own_and_no_tasks(
+    captured: io.StringIO,
+) -> None:
+    """`set_outside_tasks`, as a protocol's `data_received` uses it: lines of the callback carry
+    the id, a task it starts does not."""
+    log = structlog.get_logger("test")
+    loop = asyncio.get_running_loop()
+    started: list[asyncio.Task[None]] = []
+    ran = asyncio.Event()
+
+    async def background() -> None:
+        log.info("background line")
+
+    def callback() -> None:
+        token = REQUEST_ID.set_outside_tasks("req-3")
+        try:
+            log.info("callback line")
+            started.append(loop.create_task(background()))
+        finally:
+            REQUEST_ID.reset(token)
+        ran.set()
+
+    loop.call_soon(callback)
+    await ran.wait()
+    await started[0]
+    lines = {line["event"]: line for line in _lines(captured)}
+    assert lines["callback line"]["request_id"] == "req-3"
+    assert "request_id" not in lines["background line"]
+
+
 def test_the_request_id_outside_a_loop() -> None:
     token = REQUEST_ID.set("req-2")
     try:
