@@ -3,11 +3,12 @@ its exit status."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
@@ -17,13 +18,17 @@ from bench.stopping import EXIT_TERMINATED
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _started_by_soak(soak: psutil.Process, since: float) -> list[psutil.Process]:
-    """The soak's sidecar (its child) and PostgreSQL (pg_ctl leaves it to init; its data folder
-    is in the soak's work folder)."""
-    found = [c for c in soak.children(recursive=True) if "proxy serve" in " ".join(c.cmdline())]
-    for p in psutil.process_iter(["cmdline", "create_time"]):
-        cmdline = " ".join(p.info["cmdline"] or [])
-        if p.info["create_time"] >= since and "registry-proxy-soak-" in cmdline:
+def _started_by_soak(soak: psutil.Process) -> list[psutil.Process]:
+    """The soak's sidecar (its child) and its PostgreSQL: pg_ctl leaves the postmaster to init,
+    so it is found by the port in the sidecar's DSN (another soak's may run beside this one)."""
+    sidecars = [c for c in soak.children(recursive=True) if "proxy serve" in " ".join(c.cmdline())]
+    ports = {str(urlsplit(c.environ()["REGISTRY_PROXY_DATABASE_URL"]).port) for c in sidecars}
+    found = list(sidecars)
+    for p in psutil.process_iter(["name", "cmdline"]):
+        args = p.info["cmdline"] or []
+        if p.info["name"] == "postgres" and any(
+            flag == "-p" and port in ports for flag, port in itertools.pairwise(args)
+        ):
             found.append(p)
     return found
 
@@ -31,7 +36,6 @@ def _started_by_soak(soak: psutil.Process, since: float) -> list[psutil.Process]
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_a_soak_stopped_with_sigterm_stops_what_it_started(tmp_path: Path) -> None:
-    since = time.time() - 1
     cmd = [sys.executable, "-m", "bench.soak", "--minutes", "5", "--out", str(tmp_path / "s.json")]
     run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -39,7 +43,7 @@ def test_a_soak_stopped_with_sigterm_stops_what_it_started(tmp_path: Path) -> No
         for line in run.stderr:  # until the load runs, or the soak ends
             if b"running" in line:
                 break
-        started = _started_by_soak(psutil.Process(run.pid), since)
+        started = _started_by_soak(psutil.Process(run.pid))
         names = {p.name() for p in started}
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=60)
