@@ -86,7 +86,10 @@ class Reads:
         elif self._replica_reads and rep.fresh_within(self._max_staleness_s):
             reason = READ_MODE
         elif self._breaker_refuses():
-            self._refused("get_agent")
+            # `_refused`, written out: every read of an outage comes here.
+            self._hooks.db_refused("get_agent")
+            if self._spans is not None:
+                self._call.refused("get_agent")
             reason = UNREACHABLE
         else:
             return None
@@ -97,10 +100,11 @@ class Reads:
         PostgreSQL not refused, nothing journaled); cheaper than asking it, and records
         nothing."""
         rep = self._replica
+        # The breaker before the journal: during an outage every read asks this.
         return (
             self._replica_reads
-            or (rep is not None and rep.pending_count() > 0)
             or self._breaker_refuses()
+            or (rep is not None and rep.pending_count() > 0)
         )
 
     async def get_agent_from_database(self, ctx: RequestContext, agent_id: str) -> Answer:
