@@ -17,15 +17,9 @@ from aiohttp.test_utils import TestClient
 
 from proxy.http.front import FrontDoor
 from tests.conftest import AppFactory, Tokens, agent_body
+from tests.wire import read_answer
 
 AGENT = "agent-at-once"
-
-
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in head[1:] if line)
-    body = await reader.readexactly(int(fields["Content-Length"]))
-    return head[0], {k.lower(): v for k, v in fields.items()}, body
 
 
 @contextlib.asynccontextmanager
@@ -63,6 +57,18 @@ def _long_way(client: TestClient[Any, Any]) -> list[str]:
     return taken
 
 
+async def _three_reads_from_postgresql(
+    client: TestClient[Any, Any], token: str, prefix: str
+) -> None:
+    async with _connection(client) as (reader, writer):
+        for n in range(3):
+            writer.write(_get(AGENT, token, f"{prefix}-{n}"))
+            status_line, fields, body = await read_answer(reader)
+            assert (status_line, fields["x-request-id"]) == ("HTTP/1.1 200 OK", f"{prefix}-{n}")
+            assert fields["x-registry-source"] == "database"
+            assert orjson.loads(body)["agent_id"] == AGENT
+
+
 @pytest.fixture
 async def replica_api(make_api: AppFactory) -> TestClient[Any, Any]:
     api = await make_api(read_mode="replica")
@@ -82,7 +88,7 @@ async def test_reads_one_after_another_on_a_kept_connection(
     async with _connection(replica_api) as (reader, writer):
         for n in range(5):
             writer.write(_get(AGENT, tokens.reader, f"read-{n}"))
-            answers.append(await _read_answer(reader))
+            answers.append(await read_answer(reader))
     assert [(a[0], a[1]["x-request-id"]) for a in answers] == [
         ("HTTP/1.1 200 OK", f"read-{n}") for n in range(5)
     ]
@@ -100,11 +106,11 @@ async def test_problems_are_sent_by_aiohttp_in_order(
     taken = _long_way(replica_api)
     async with _connection(replica_api) as (reader, writer):
         writer.write(_get("missing-agent", tokens.reader, "missing"))
-        missing = await _read_answer(reader)
+        missing = await read_answer(reader)
         writer.write(_get(AGENT, "z" * 40, "unknown-token"))
-        refused = await _read_answer(reader)
+        refused = await read_answer(reader)
         writer.write(_get(AGENT, tokens.reader, "after"))
-        after = await _read_answer(reader)
+        after = await read_answer(reader)
     assert (missing[0], missing[1]["x-request-id"]) == ("HTTP/1.1 404 Not Found", "missing")
     assert missing[1]["content-type"] == "application/problem+json"
     assert refused[0] == "HTTP/1.1 401 Unauthorized"
@@ -125,7 +131,7 @@ async def test_requests_written_without_waiting_are_answered_in_order(
             agent = AGENT if n % 3 else "missing-agent"
             writer.write(_get(agent, tokens.reader, request_id))
             await writer.drain()
-        answers = [await _read_answer(reader) for _ in ids]
+        answers = [await read_answer(reader) for _ in ids]
     assert [a[1]["x-request-id"] for a in answers] == ids
     assert [a[0].split(" ")[1] for a in answers] == [
         "200" if n % 3 else "404" for n in range(len(ids))
@@ -140,7 +146,7 @@ async def test_a_head_in_two_pieces_is_answered(
         writer.write(data[:20])
         await writer.drain()
         writer.write(data[20:])
-        status, fields, body = await _read_answer(reader)
+        status, fields, body = await read_answer(reader)
     assert (status, fields["x-request-id"]) == ("HTTP/1.1 200 OK", "pieces")
     assert orjson.loads(body)["agent_id"] == AGENT
 
@@ -148,19 +154,13 @@ async def test_a_head_in_two_pieces_is_answered(
 async def test_a_read_that_needs_postgresql_goes_aiohttps_way(
     make_api: AppFactory, tokens: Tokens
 ) -> None:
-    """Known before anything is done (`RegistryService.answers_at_once`): the request is left
+    """Known before anything is done (`RegistryService.may_answer_at_once`): the request is left
     to aiohttp's task, as if the callback had not looked at it."""
     api = await make_api(read_mode="database")
     status, _, _ = await api.call("POST", "/v1/agents", json=agent_body(AGENT))
     assert status == 201
     taken = _long_way(api.client)
-    async with _connection(api.client) as (reader, writer):
-        for n in range(3):
-            writer.write(_get(AGENT, tokens.reader, f"db-{n}"))
-            status_line, fields, body = await _read_answer(reader)
-            assert (status_line, fields["x-request-id"]) == ("HTTP/1.1 200 OK", f"db-{n}")
-            assert fields["x-registry-source"] == "database"
-            assert orjson.loads(body)["agent_id"] == AGENT
+    await _three_reads_from_postgresql(api.client, tokens.reader, "db")
     assert taken == [AGENT] * 3
 
 
@@ -173,13 +173,7 @@ async def test_a_read_the_replica_cannot_answer_is_handed_to_aiohttp(
     status, _, _ = await api.call("POST", "/v1/agents", json=agent_body(AGENT))
     assert status == 201
     taken = _long_way(api.client)
-    async with _connection(api.client) as (reader, writer):
-        for n in range(3):
-            writer.write(_get(AGENT, tokens.reader, f"late-{n}"))
-            status_line, fields, body = await _read_answer(reader)
-            assert (status_line, fields["x-request-id"]) == ("HTTP/1.1 200 OK", f"late-{n}")
-            assert fields["x-registry-source"] == "database"
-            assert orjson.loads(body)["agent_id"] == AGENT
+    await _three_reads_from_postgresql(api.client, tokens.reader, "late")
     assert not taken
     metrics = await (await api.client.get("/metrics")).text()
     served = [

@@ -20,6 +20,7 @@ from proxy.app import SYNC, create_app
 from proxy.http import keys
 from proxy.http.front import FrontDoor
 from tests.conftest import AppFactory, Tokens, agent_body, make_settings
+from tests.wire import read_answer
 
 AGENT = "agent-front"
 # (path, taken by the front door)
@@ -160,13 +161,6 @@ async def test_direct_answer_has_the_routers_headers(
     assert not calls  # the front door answered
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> tuple[str, dict[str, str], bytes]:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-    fields = dict(line.split(": ", 1) for line in head[1:] if line)
-    body = await reader.readexactly(int(fields["Content-Length"]))
-    return head[0], {k.lower(): v for k, v in fields.items()}, body
-
-
 @contextlib.asynccontextmanager
 async def _sent(client: TestClient[Any, Any], data: bytes) -> AsyncIterator[asyncio.StreamReader]:
     """A connection of its own to the server, ``data`` written to it; the reader, for 10 s."""
@@ -192,7 +186,7 @@ async def test_pipelined_requests_are_answered_in_order(
         f"GET /v1/agents/{AGENT} HTTP/1.1\r\n{auth}X-Request-ID: third\r\n\r\n"
     ).encode()
     async with _sent(front, data) as reader:
-        answers = [await _read_answer(reader) for _ in range(3)]
+        answers = [await read_answer(reader) for _ in range(3)]
     assert [(a[0], a[1]["x-request-id"]) for a in answers] == [
         ("HTTP/1.1 200 OK", "first"),
         ("HTTP/1.1 404 Not Found", "second"),
@@ -225,7 +219,7 @@ async def test_connections_that_close_get_aiohttps_own_answer(
         f"Authorization: Bearer {tokens.reader}\r\n{extra}\r\n"
     ).encode()
     async with _sent(front, data) as reader:
-        status, fields, body = await _read_answer(reader)
+        status, fields, body = await read_answer(reader)
         assert await reader.read() == b""  # closed by the server
     assert status == status_line
     assert orjson.loads(body)["agent_id"] == AGENT
