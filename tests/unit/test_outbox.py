@@ -26,17 +26,20 @@ class _Transport:
         return self.closing
 
 
+def _sends(outbox: Outbox, *items: tuple[_Transport, bytes]) -> None:
+    for transport, data in items:
+        outbox.send(cast(Any, transport), data)
+
+
 async def test_answers_of_one_pass_are_written_together_in_order_on_the_next() -> None:
     written: list[tuple[str, bytes]] = []
     outbox = Outbox(asyncio.get_running_loop())
     a, b = _Transport(written, "a"), _Transport(written, "b")
-    outbox.send(cast(Any, a), b"1")
-    outbox.send(cast(Any, b), b"2")
-    outbox.send(cast(Any, a), b"3")
+    _sends(outbox, (a, b"1"), (b, b"2"), (a, b"3"))
     assert written == []  # nothing before the loop's next pass
     await asyncio.sleep(0)
     assert written == [("a", b"1"), ("b", b"2"), ("a", b"3")]
-    outbox.send(cast(Any, b), b"4")  # a later pass schedules its own flush
+    _sends(outbox, (b, b"4"))  # a later pass schedules its own flush
     await asyncio.sleep(0)
     assert written[-1] == ("b", b"4")
 
@@ -45,8 +48,7 @@ async def test_a_connection_closed_before_the_flush_is_written_nothing() -> None
     written: list[tuple[str, bytes]] = []
     outbox = Outbox(asyncio.get_running_loop())
     gone, kept = _Transport(written, "gone"), _Transport(written, "kept")
-    outbox.send(cast(Any, gone), b"x")
-    outbox.send(cast(Any, kept), b"y")
+    _sends(outbox, (gone, b"x"), (kept, b"y"))
     gone.closing = True
     await asyncio.sleep(0)
     assert written == [("kept", b"y")]
