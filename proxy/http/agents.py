@@ -10,7 +10,7 @@ under the same Idempotency-Key can be told from a different request.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -156,33 +156,73 @@ async def patch_agent(request: web.Request) -> web.Response:
 
 
 async def put_load(request: web.Request) -> web.Response:
-    agent_id = _agent_id(request)
-    body = await read_model(request, LoadRequest)
-    data = body.model_dump(mode="json")
-    return await _write(
-        request, WriteKind.LOAD, {"agent_id": agent_id, "body": data}, agent_id, data
-    )
+    return await _agent_write(request, load_answer)
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    agent_id = _agent_id(request)
-    body = await read_model(request, HeartbeatRequest, allow_empty=True)
-    client = body.model_dump(mode="json", exclude_unset=True)
-    observed = body.observed_at or datetime.now(UTC)
-    payload = {"agent_id": agent_id, "observed_at": observed.isoformat()}
-    return await _write(request, WriteKind.HEARTBEAT, payload, agent_id, client)
+    return await _agent_write(request, heartbeat_answer)
 
 
 async def post_performance(request: web.Request) -> web.Response:
+    return await _agent_write(request, performance_answer)
+
+
+AgentWrite = Callable[
+    [web.Request, RegistryService, RequestContext, RequestSettings, str], Awaitable[Answer]
+]
+"""The answer to a write addressed to one agent (its id in the path, already checked): the
+route's handler and the front door both call one."""
+
+
+async def _agent_write(request: web.Request, answer_of: AgentWrite) -> web.Response:
     agent_id = _agent_id(request)
-    body = await read_model(request, PerformanceRequest)
+    service, ctx = request.app[keys.SERVICE], request[keys.CONTEXT]
+    limits = request.app[keys.SETTINGS].request
+    return json_response(await answer_of(request, service, ctx, limits, agent_id))
+
+
+async def load_answer(
+    request: web.Request,
+    service: RegistryService,
+    ctx: RequestContext,
+    limits: RequestSettings,
+    agent_id: str,
+) -> Answer:
+    body = await read_model_within(request, LoadRequest, limits)
+    data = body.model_dump(mode="json")
+    payload = {"agent_id": agent_id, "body": data}
+    return await _written(request, service, ctx, WriteKind.LOAD, payload, agent_id, data)
+
+
+async def heartbeat_answer(
+    request: web.Request,
+    service: RegistryService,
+    ctx: RequestContext,
+    limits: RequestSettings,
+    agent_id: str,
+) -> Answer:
+    body = await read_model_within(request, HeartbeatRequest, limits, allow_empty=True)
+    client = body.model_dump(mode="json", exclude_unset=True)
+    observed = body.observed_at or datetime.now(UTC)
+    payload = {"agent_id": agent_id, "observed_at": observed.isoformat()}
+    return await _written(request, service, ctx, WriteKind.HEARTBEAT, payload, agent_id, client)
+
+
+async def performance_answer(
+    request: web.Request,
+    service: RegistryService,
+    ctx: RequestContext,
+    limits: RequestSettings,
+    agent_id: str,
+) -> Answer:
+    body = await read_model_within(request, PerformanceRequest, limits)
     client = body.model_dump(mode="json")
     data = dict(client)
     if data["event_id"] is None:
         # Generated before the first attempt, so a retry or a replay counts it once.
-        data["event_id"] = request.app[keys.SERVICE].new_event_id()
+        data["event_id"] = service.new_event_id()
     payload = {"agent_id": agent_id, "body": data}
-    return await _write(request, WriteKind.PERFORMANCE, payload, agent_id, client)
+    return await _written(request, service, ctx, WriteKind.PERFORMANCE, payload, agent_id, client)
 
 
 async def delete_agent(request: web.Request) -> web.Response:

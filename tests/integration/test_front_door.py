@@ -330,3 +330,140 @@ async def test_a_registration_through_the_front_door_is_replayed_under_its_key(
     assert answers[1][:2] == (201, "true")
     assert answers[1][2] == answers[0][2]
     assert not calls
+
+
+# ---- the writes an agent sends about itself ---------------------------------------------------
+
+# What varies between the same write through the two doors: the clocks and the version.
+_WRITE_OWN = (*_OWN, "event_id", "observed_at")
+
+
+def _agent_write(
+    door: str, kind: str, case: str, tokens: Tokens
+) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, path, headers, body) of one case of a write of `kind` for the agent `AGENT`."""
+    method, suffix, body = {
+        "performance": (
+            "POST",
+            "/performance",
+            {
+                "event_id": f"ev-{case}-{door}",
+                "success": True,
+                "quality_score": 0.5,
+                "latency_ms": 120.0,
+                "task_type": "code",
+            },
+        ),
+        "heartbeat": ("POST", "/heartbeat", {}),
+        "load": (
+            "PUT",
+            "/load",
+            {"active_tasks": 1, "queued_tasks": 0, "observed_at": "2026-01-01T00:00:00Z"},
+        ),
+    }[kind]
+    headers = {"Authorization": f"Bearer {tokens.writer}", "Content-Type": "application/json"}
+    path = f"/v1/agents/{AGENT}{suffix}"
+    raw = orjson.dumps(body)
+    if case == "missing-agent":
+        path = f"/v1/agents/missing-agent{suffix}"
+    elif case == "bad-id":
+        path = f"/v1/agents/-bad{suffix}"
+    elif case == "escaped-id":
+        path = f"/v1/agents/%61gent-front{suffix}"
+    elif case == "not-json":
+        raw = b'{"success": '
+    elif case == "fields":
+        raw = orjson.dumps({"active_tasks": -1, "success": "maybe", "observed_at": "never"})
+    elif case == "empty":
+        raw = b""
+    elif case == "reader":
+        headers["Authorization"] = f"Bearer {tokens.reader}"
+    elif case == "anonymous":
+        del headers["Authorization"]
+    elif case == "bad-key":
+        headers["Idempotency-Key"] = "not a key"
+    elif case == "expect":
+        headers["Expect"] = "100-continue"
+    elif case == "query-string":
+        path += "?debug=1"
+    elif case == "trailing-slash":
+        path += "/"
+    elif case == "other-method":
+        method = "PATCH" if method == "POST" else "POST"
+    return method, path, headers, raw
+
+
+async def _sent_write(
+    client: TestClient[Any, Any], method: str, path: str, headers: dict[str, str], body: bytes
+) -> Any:
+    resp = await client.request(method, URL(path, encoded=True), headers=headers, data=body)
+    raw = await resp.read()
+    doc = orjson.loads(raw) if raw else None
+    if isinstance(doc, dict):
+        doc.pop("instance", None)
+        for key in _WRITE_OWN:
+            doc.pop(key, None)
+        if isinstance(doc.get("performance"), dict):
+            doc.pop("performance")  # the two doors' events add up on one agent
+    kept = {h: resp.headers.get(h) for h in COMPARED_HEADERS if h != "ETag"}
+    return resp.status, kept, doc, resp.headers.get("X-Request-ID")
+
+
+@pytest.mark.parametrize("kind", ["performance", "heartbeat", "load"])
+@pytest.mark.parametrize(
+    ("case", "fast"),
+    [
+        ("ok", True),
+        ("missing-agent", True),
+        ("not-json", True),
+        ("fields", True),
+        ("empty", True),
+        ("reader", True),
+        ("anonymous", True),
+        ("bad-key", True),
+        ("bad-id", False),
+        ("escaped-id", False),
+        ("expect", False),
+        ("query-string", False),
+        ("trailing-slash", False),
+        ("other-method", False),
+    ],
+)
+async def test_front_door_takes_an_agents_writes_as_the_router_does(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]],
+    tokens: Tokens,
+    kind: str,
+    case: str,
+    fast: bool,
+) -> None:
+    front, plain, calls = two_doors
+    answers = []
+    for door, client in (("front", front), ("plain", plain)):
+        answers.append(await _sent_write(client, *_agent_write(door, kind, case, tokens)))
+    via_front, via_router = answers
+    assert via_front[:3] == via_router[:3]
+    assert via_front[3] and via_router[3]
+    assert bool(calls) is not fast
+    if case == "ok":
+        assert via_front[0] in (200, 201)
+
+
+async def test_a_task_outcome_through_the_front_door_counts_once_under_its_key(
+    two_doors: tuple[TestClient[Any, Any], TestClient[Any, Any], list[str]], tokens: Tokens
+) -> None:
+    front, _, calls = two_doors
+    headers = {"Authorization": f"Bearer {tokens.writer}", "Idempotency-Key": "front-perf-1"}
+    body = {"success": True, "quality_score": 1.0, "latency_ms": 10.0, "task_type": "code"}
+    answers = []
+    for _ in range(2):
+        resp = await front.post(f"/v1/agents/{AGENT}/performance", headers=headers, json=body)
+        answers.append((resp.status, resp.headers.get("Idempotent-Replayed"), await resp.read()))
+    assert answers[0][:2] == (201, None)
+    assert answers[1][:2] == (201, "true")
+    # The same document (the replay is read back from the ledger, its keys in jsonb's order).
+    assert orjson.loads(answers[1][2]) == orjson.loads(answers[0][2])
+    resp = await front.get(
+        f"/v1/agents/{AGENT}", headers={"Authorization": f"Bearer {tokens.reader}"}
+    )
+    assert (await resp.json())["performance"]["task_count"] == 1
+    assert not calls
