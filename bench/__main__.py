@@ -12,7 +12,8 @@ load generator (``bench.loadgen``, or wrk for saturation when it is installed):
   mode over the 10,000 agents against asyncpg on that tenant;
 - ``register``: a new agent per request;
 - ``performance``: one task outcome per request, cycling over the seeded agents;
-- ``down``: get by id on both sidecars after PostgreSQL was stopped and the breaker opened.
+- ``down``: get by id on both sidecars after PostgreSQL was stopped and the breaker opened,
+  held to the replica-mode sidecar's healthy reads measured right before (``down-before``).
 
 For each (workload, target): throughput at saturation (closed loop), server CPU per request, and
 latency percentiles at a fixed open-loop rate (1,000 req/s; capability queries also at 200
@@ -181,6 +182,9 @@ async def run(plan: Plan) -> dict[str, Any]:
         # The outage comes before the write workloads, so the replica holds the same 1,000
         # agents as in the healthy get step.
         if "down" in plan.workloads:
+            # The reads the outage's are held to, measured just before it: minutes apart on a
+            # shared machine, two measurements also differ by what the machine did between.
+            results["down-before"] = await b.measure("get", ["sidecar-replica"], [], plan.rounds)
             _log("down: stopping PostgreSQL")
             before = {s.name: await status_of(s, tokens.read_tenant) for s in (db, rep)}
             await asyncio.to_thread(pg.stop, "fast")

@@ -54,7 +54,9 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
     assert doc["data"]["agents"] == 30
     assert doc["data"]["large"]["agents"] == 300
     server_bound = len(os.sched_getaffinity(0)) >= 2
-    steps = {*WORKLOADS, "query-large"} | ({"get-server-bound"} if server_bound else set())
+    steps = {*WORKLOADS, "query-large", "down-before"} | (
+        {"get-server-bound"} if server_bound else set()
+    )
     assert set(doc["results"]) == steps
 
     writes = {"bare", "asyncpg", "asyncpg-ledger", "asyncpg-ledger-1rt", "sidecar-database"}
@@ -65,6 +67,7 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         "register": writes,
         "performance": writes,
         "down": {"sidecar-database", "sidecar-replica"},
+        "down-before": {"sidecar-replica"},
     }
     if server_bound:
         targets["get-server-bound"] = {"bare", "sidecar-replica"}
@@ -79,6 +82,9 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
             assert sat["server_cpu_us_per_request"] > 0, (workload, target, sat)
             if target.startswith("sidecar"):
                 assert sat["sidecar_answers"], (workload, target)
+            if workload == "down-before":
+                assert r["open"] == {}
+                continue
             if workload == "get-server-bound":
                 assert sat["processes"] == 1 and sat["connections"] == 16, sat
                 assert sat["cores"]["generator"] != sat["cores"]["server"], sat
@@ -93,6 +99,15 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         answers = doc["results"]["down"][target]["saturation"]["sidecar_answers"]
         assert set(answers) == {"200/replica"}, answers
         assert doc["results"]["down"][target]["breaker"]["at_step_start"] == "open"
+    # Outage reads are held to the healthy replica reads measured right before the outage.
+    down_ratios = doc["ratios"]["down"]["sidecar-replica"]
+    before = doc["results"]["down-before"]["sidecar-replica"]["saturation"]["throughput_rps"]
+    down = doc["results"]["down"]["sidecar-replica"]["saturation"]["throughput_rps"]
+    assert down_ratios["throughput_vs_healthy_replica_reads"] == round(down / before, 3)
+    assert (
+        doc["acceptance"]["4a_down_sidecar-replica_throughput_vs_healthy_replica_reads"]["value"]
+        == down_ratios["throughput_vs_healthy_replica_reads"]
+    )
 
     assert {"throughput_vs_bare", "throughput_vs_asyncpg"} <= set(
         doc["ratios"]["get"]["sidecar-replica"]
