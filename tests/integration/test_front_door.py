@@ -233,10 +233,24 @@ async def test_connections_that_close_get_aiohttps_own_answer(
 _OWN = ("agent_id", "name", "registered_at", "last_heartbeat_at", "updated_at", "version")
 
 
+def _writer_headers(case: str, tokens: Tokens) -> dict[str, str]:
+    """A writer's headers, changed as the cases every write shares ask."""
+    headers = {"Authorization": f"Bearer {tokens.writer}", "Content-Type": "application/json"}
+    if case == "reader":
+        headers["Authorization"] = f"Bearer {tokens.reader}"
+    elif case == "anonymous":
+        del headers["Authorization"]
+    elif case == "bad-key":
+        headers["Idempotency-Key"] = "not a key"
+    elif case == "expect":
+        headers["Expect"] = "100-continue"
+    return headers
+
+
 def _registration(door: str, case: str, tokens: Tokens) -> tuple[str, dict[str, str], bytes]:
     """(path, headers, body) of one registration case, for the agent of `door`."""
     agent_id = f"reg-{case}-{door}"
-    headers = {"Authorization": f"Bearer {tokens.writer}", "Content-Type": "application/json"}
+    headers = _writer_headers(case, tokens)
     body = orjson.dumps(agent_body(agent_id))
     path = "/v1/agents"
     if case == "duplicate":
@@ -251,14 +265,6 @@ def _registration(door: str, case: str, tokens: Tokens) -> tuple[str, dict[str, 
         body = b'{"name": "' + b"x" * (2 << 20) + b'"}'
     elif case == "empty":
         body = b""
-    elif case == "reader":
-        headers["Authorization"] = f"Bearer {tokens.reader}"
-    elif case == "anonymous":
-        del headers["Authorization"]
-    elif case == "bad-key":
-        headers["Idempotency-Key"] = "not a key"
-    elif case == "expect":
-        headers["Expect"] = "100-continue"
     elif case == "query-string":
         path = "/v1/agents?debug=1"
     return path, headers, body
@@ -361,7 +367,7 @@ def _agent_write(
             {"active_tasks": 1, "queued_tasks": 0, "observed_at": "2026-01-01T00:00:00Z"},
         ),
     }[kind]
-    headers = {"Authorization": f"Bearer {tokens.writer}", "Content-Type": "application/json"}
+    headers = _writer_headers(case, tokens)
     path = f"/v1/agents/{AGENT}{suffix}"
     raw = orjson.dumps(body)
     if case == "missing-agent":
@@ -376,14 +382,6 @@ def _agent_write(
         raw = orjson.dumps({"active_tasks": -1, "success": "maybe", "observed_at": "never"})
     elif case == "empty":
         raw = b""
-    elif case == "reader":
-        headers["Authorization"] = f"Bearer {tokens.reader}"
-    elif case == "anonymous":
-        del headers["Authorization"]
-    elif case == "bad-key":
-        headers["Idempotency-Key"] = "not a key"
-    elif case == "expect":
-        headers["Expect"] = "100-continue"
     elif case == "query-string":
         path += "?debug=1"
     elif case == "trailing-slash":
