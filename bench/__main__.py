@@ -182,8 +182,8 @@ async def run(plan: Plan) -> dict[str, Any]:
         # The outage comes before the write workloads, so the replica holds the same 1,000
         # agents as in the healthy get step.
         if "down" in plan.workloads:
-            # The reads the outage's are held to, measured just before it: minutes apart on a
-            # shared machine, two measurements also differ by what the machine did between.
+            # Healthy replica reads again, just before the outage, to hold its reads to: on a
+            # shared machine two runs minutes apart also differ by what the machine did between.
             results["down-before"] = await b.measure("get", ["sidecar-replica"], [], plan.rounds)
             _log("down: stopping PostgreSQL")
             before = {s.name: await status_of(s, tokens.read_tenant) for s in (db, rep)}
