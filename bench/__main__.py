@@ -142,7 +142,7 @@ async def run(plan: Plan) -> dict[str, Any]:
             }
         by_name = {"bare": bare, "asyncpg": apg, "sidecar-database": db, "sidecar-replica": rep}
         by_name.update({s.name: s for s in same_work})
-        b = Bench(plan, tokens, by_name, ids, pg.pid())
+        b = Bench(plan, tokens, by_name, ids, pg.pid(), pg.dsn)
         results: dict[str, Any] = {}
         all_targets = ["bare", "asyncpg", "sidecar-database", "sidecar-replica"]
         write_targets = ["bare", "asyncpg", SAME_WORK, SAME_WORK_1RT, "sidecar-database"]

@@ -25,6 +25,7 @@ from bench import loadgen
 from bench.cpu import cpu_delta, cpu_snapshot, pin, process_tree
 from bench.dataset import LARGE_TENANT, QUERIES
 from bench.metrics import diff_counts, request_counts
+from bench.quiesce import quiesce
 from bench.reporting import logger
 from bench.servers import Server, Tokens
 from bench.status import status_of, transitions_since
@@ -44,6 +45,7 @@ ROUTE = {
 # them (one transaction) or in one round trip (one statement of CTEs).
 SAME_WORK = "asyncpg-ledger"
 SAME_WORK_1RT = "asyncpg-ledger-1rt"
+WRITE_WORKLOADS = ("register", "performance")
 
 
 @dataclass(frozen=True)
@@ -106,12 +108,15 @@ class Bench:
         servers: dict[str, Server],
         ids: list[str],
         pg_pid: int | None,
+        pg_dsn: str | None = None,
     ) -> None:
         self.plan = plan
         self.tokens = tokens
         self.servers = servers
         self.ids = ids
         self.pg_pid = pg_pid
+        # Where a write step brings the database to one state before each target.
+        self.pg_dsn = pg_dsn
         self.run_tag = datetime.now(UTC).strftime("%H%M%S")
 
     def workload(self, name: str, target: str) -> Workload:
@@ -204,6 +209,13 @@ class Bench:
         except OSError:
             return {}
 
+    async def _quiesce(self, name: str) -> dict[str, Any] | None:
+        """Before a target's run of a write workload, the database as every target finds it
+        (`bench.quiesce`); None for reads, which leave nothing behind."""
+        if name not in WRITE_WORKLOADS or self.pg_dsn is None:
+            return None
+        return await quiesce(self.pg_dsn)
+
     def _pg_pids(self) -> list[int]:
         return process_tree(self.pg_pid) if self.pg_pid else []
 
@@ -228,6 +240,7 @@ class Bench:
         for r in range(rounds):
             for t in targets:
                 server = by_name[t]
+                quiesced = await self._quiesce(name)
                 before = await self._counts(server, ROUTE[name])
                 _log(f"{label}: saturation {t} (round {r + 1}/{rounds})")
                 cpu0, pg0, wall0 = (
@@ -244,6 +257,8 @@ class Bench:
                     # are committed (201) or refused (503 overloaded), never journaled (202).
                     res["journaled"] = sum(n for k, n in answers.items() if k.startswith("202/"))
                     res["overloaded"] = sum(n for k, n in answers.items() if k.startswith("503/"))
+                if quiesced is not None:
+                    res["quiesced"] = quiesced
                 out[t]["saturation_rounds"].append(res)
                 await asyncio.sleep(self.plan.settle_s)
         for t in targets:
@@ -252,6 +267,7 @@ class Bench:
         for rate in rates:
             for t in targets:
                 server = by_name[t]
+                quiesced = await self._quiesce(name)
                 before = await self._counts(server, ROUTE[name])
                 _log(f"{name}: open loop {rate:g} req/s {t}")
                 cpu0, pg0, wall0 = (
@@ -265,6 +281,8 @@ class Bench:
                 after = await self._counts(server, ROUTE[name])
                 if before or after:
                     res["sidecar_answers"] = diff_counts(before, after)
+                if quiesced is not None:
+                    res["quiesced"] = quiesced
                 out[t]["open"][f"{rate:g}"] = res
                 await asyncio.sleep(self.plan.settle_s)
         if name != "down":
