@@ -5,9 +5,9 @@ target inherits what the one before it left: tens of thousands of dead row versi
 ``agents``, index entries still to clean, tables whose autovacuum threshold was crossed a
 moment ago. Cleaning that up (autovacuum, or the next writes themselves) falls inside the next
 target's minutes, on the same two cores, and the target measured last (the sidecar) pays for
-the others: registrations through the sidecar
-went from 2,021 to 2,478 req/s, and PostgreSQL's CPU per registration from 356 to 289 us, when
-every target started from the state this leaves (`docs/performance.md`).
+the others: registrations through the sidecar went from 2,021 to 2,478 req/s, and PostgreSQL's
+CPU per registration from 356 to 289 us, when every target started from the state this leaves
+(`docs/performance.md`).
 
 So before each target's run of a write workload, the written tables are vacuumed and analysed,
 a checkpoint is taken (so every target starts with the same share of full-page writes ahead of
