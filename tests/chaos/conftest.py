@@ -293,6 +293,31 @@ async def drive_until(api: Api, work: Workload, wanted: str, timeout: float = 15
         await work.step()
 
 
+async def database_answers(api: Api, timeout: float = 15.0) -> None:
+    """Until PostgreSQL answers on the DSN the sidecar itself uses. Through PgBouncer a healed
+    link is not enough: after a failed server login PgBouncer refuses for `server_login_retry`
+    more, and a sidecar whose breaker counts again in that window rightly opens it."""
+    url = app_of(api)[keys.SETTINGS].database_url
+    assert url is not None
+
+    async def answers() -> bool:
+        try:
+            conn = await asyncpg.connect(
+                url.get_secret_value(), timeout=1.0, statement_cache_size=0
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        try:
+            await conn.execute("SELECT 1", timeout=1.0)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        finally:
+            await conn.close()
+        return True
+
+    await eventually(answers, timeout=timeout, message="PostgreSQL answers the sidecar's DSN")
+
+
 async def healed_and_drained(api: Api, timeout: float = 30.0) -> None:
     service = app_of(api)[keys.SERVICE]
 

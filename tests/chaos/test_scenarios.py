@@ -23,6 +23,7 @@ from tests.chaos.conftest import (
     app_of,
     assert_cached_reads_never_5xx,
     assert_no_loss,
+    database_answers,
     drive_until,
     in_thread,
     proxied_dsn,
@@ -295,6 +296,9 @@ async def test_forced_open_and_disabled_overrides(
     assert state(api) == "disabled"
     assert_cached_reads_never_5xx(work)
     await in_thread(pg_proxy.enable)
+    # Back to automatic once PostgreSQL answers again: the journal's replay starts at once, and
+    # failures it met then would be counted.
+    await database_answers(api)
     status, body, _ = await admin.call("POST", "/v1/admin/breaker", {"state": "automatic"})
     assert body["state"] == "closed"
     edges = transitions(api)
