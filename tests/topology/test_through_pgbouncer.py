@@ -244,8 +244,15 @@ async def test_pgbouncer_at_max_client_conn_is_overload_not_an_outage(
             database_direct_url=SecretStr(app_role),
             database={"pooler": "transaction", "pool_min_size": 0, "idle_timeout_ms": 100},
         )
-        assert (await api.call("POST", "/v1/agents", agent_body("known")))[0] == 201
         database = app_of(api)[DATABASE]
+        # Start-up's own connections count against max_client_conn until they idle out; on a
+        # busy machine they can still be open at the first write, which is then refused.
+        await eventually(
+            lambda: database.pool is None or database.pool.get_size() == 0,
+            timeout=5,
+            message="start-up's idle connections closed",
+        )
+        assert (await api.call("POST", "/v1/agents", agent_body("known")))[0] == 201
         await eventually(
             lambda: database.pool is not None and database.pool.get_size() == 0,
             timeout=5,
