@@ -278,6 +278,7 @@ async def _replica_sync(app: web.Application) -> AsyncIterator[None]:
         full_resync_interval_s=settings.replica.full_resync_interval_s,
         connect_timeout_s=settings.database.connect_timeout_ms / 1000,
         reconnect_interval_s=settings.database.reconnect_interval_ms / 1000,
+        notify_window_s=settings.replica.notify_window_ms / 1000,
         schema_ready=app[DATABASE].ready,
     )
     app[SYNC] = sync

@@ -217,6 +217,13 @@ class ReplicaSettings(BaseModel):
         3_600.0, gt=0, description="full reload period (+/- 20%), behind the resyncs; > 0"
     )
     snapshot_interval_s: float = Field(30.0, gt=0, description="snapshot period (+/- 20%); > 0")
+    notify_window_ms: float = Field(
+        10.0,
+        ge=0,
+        le=1_000,
+        description="after a change notification, later ones are read together once this has "
+        "passed: one wake-up per window instead of one per write; 0 reads each at once; 0 to 1000",
+    )
 
 
 class JournalSettings(BaseModel):

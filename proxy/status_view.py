@@ -165,10 +165,13 @@ def _replica_lines(doc: dict[str, Any]) -> list[str]:
         parts.append(f"showing {_n(int(replica['pending_writes']), 'journaled write')}")
     lines = ["replica   " + ", ".join(parts)]
     if "resyncs" in replica:
-        lines.append(
+        heard = (
             f"          resynced {_n(replica['resyncs'], 'time')}, "
             f"{_n(replica.get('notifications', 0), 'change notification')}"
         )
+        if replica.get("notify_windows"):
+            heard += f" (read in {_n(replica['notify_windows'], 'window')})"
+        lines.append(heard)
     return lines
 
 

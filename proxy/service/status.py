@@ -132,7 +132,10 @@ class Sidecar:
         )
         if sync is not None:
             replica_stats.update(
-                resyncs=sync.resyncs, catch_ups=sync.catch_ups, notifications=sync.notifications
+                resyncs=sync.resyncs,
+                catch_ups=sync.catch_ups,
+                notifications=sync.notifications,
+                notify_windows=sync.notify_windows,
             )
         return {
             "read_mode": settings.read_mode.value,

@@ -5,6 +5,8 @@ DSN, since LISTEN hears nothing through a transaction pooler) listens on the ``r
 channel. While it lives, a short ping every fraction of the staleness bound proves the replica is
 current. When it dies, the replica ages; on reconnect (to whichever host the DSN leads to: after
 a failover, the new primary) it fetches every row changed after its watermark, then listens again.
+Notifications that follow one another closely are read together (`NotifyWindow`): one wake-up
+per window instead of one per write, for a sidecar hearing every write of a fleet.
 
 A catch-up can miss a transaction that drew its version before, but committed after, the
 watermark was taken. The periodic resync repairs that without reloading every agent: it reads
@@ -31,6 +33,7 @@ from proxy.observability.conditions import Condition
 from proxy.registry.agent import AgentRecord
 from proxy.store import repository
 from proxy.store.db import tenants_statement
+from proxy.store.notify_window import NotifyWindow
 from proxy.store.replica import Replica
 
 log = structlog.get_logger(__name__)
@@ -67,6 +70,7 @@ class ReplicaSync:
         full_resync_interval_s: float = 3_600.0,
         connect_timeout_s: float = 1.0,
         reconnect_interval_s: float = 0.5,
+        notify_window_s: float = 0.0,
         on_change: Callable[[AgentRecord], None] | None = None,
         schema_ready: asyncio.Event | None = None,
         rng: random.Random | None = None,
@@ -88,6 +92,9 @@ class ReplicaSync:
         self._on_change = on_change
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
+        self._notify_window_s = notify_window_s
+        self._window: NotifyWindow | None = None
+        self._windows_before = 0
         self._fetch_queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.synced = asyncio.Event()
         self.resyncs = 0
@@ -118,11 +125,20 @@ class ReplicaSync:
             # Reconnect so the listener's session carries the new tenant list.
             self._conn.terminate()
 
+    @property
+    def notify_windows(self) -> int:
+        """Windows opened since start: each read the notifications that came in it at once."""
+        return self._windows_before + (self._window.windows if self._window else 0)
+
     def request_resync(self) -> None:
         self._resync_now.set()
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
+        window, self._window = self._window, None
+        if window is not None:
+            window.close()
+            self._windows_before += window.windows
         self.replica.connected = False
         if conn is not None:
             with contextlib.suppress(Exception):
@@ -172,6 +188,9 @@ class ReplicaSync:
         self.synced.set()
         self._down.ended(agents=self.replica.size)
         loop = asyncio.get_running_loop()
+        window = self._window = NotifyWindow(
+            conn._transport, window_s=self._notify_window_s, loop=loop
+        )
         next_resync = loop.time() + self._jittered(self._resync_every)
         if self._full_due is None:
             self._full_due = loop.time() + self._jittered(self._full_every)
@@ -181,17 +200,18 @@ class ReplicaSync:
                     await self._resync_now.wait()
             except TimeoutError:
                 pass
-            if loop.time() >= self._full_due:
-                await self._resync(conn)
-                self._full_due = loop.time() + self._jittered(self._full_every)
-                next_resync = loop.time() + self._jittered(self._resync_every)
-            elif self._resync_now.is_set() or loop.time() >= next_resync:
-                self._resync_now.clear()
-                await self._refresh(conn)
-                next_resync = loop.time() + self._jittered(self._resync_every)
-            async with asyncio.timeout(max(self._ping_every, 0.5)):
-                await conn.execute("SELECT 1")
-            await self._fetch_pending(conn)
+            with window.querying():
+                if loop.time() >= self._full_due:
+                    await self._resync(conn)
+                    self._full_due = loop.time() + self._jittered(self._full_every)
+                    next_resync = loop.time() + self._jittered(self._resync_every)
+                elif self._resync_now.is_set() or loop.time() >= next_resync:
+                    self._resync_now.clear()
+                    await self._refresh(conn)
+                    next_resync = loop.time() + self._jittered(self._resync_every)
+                async with asyncio.timeout(max(self._ping_every, 0.5)):
+                    await conn.execute("SELECT 1")
+                await self._fetch_pending(conn)
             self.replica.touch()
 
     async def _resync(self, conn: asyncpg.Connection) -> None:
@@ -235,6 +255,8 @@ class ReplicaSync:
 
     def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
+        if self._window is not None:
+            self._window.heard()
         try:
             data = orjson.loads(payload)
             row = data.get("row")

@@ -266,3 +266,16 @@ def test_render_shows_what_an_operator_looks_for() -> None:
         "          last error: OSError: gone",
     ):
         assert expected in out, (expected, out)
+
+
+def test_render_says_how_many_windows_the_notifications_were_read_in() -> None:
+    from proxy.status_cli import render
+
+    replica = {"agents": 3, "age_seconds": 0.2, "connected": True, "warm": True, "resyncs": 2}
+    batched = {**replica, "notifications": 40, "notify_windows": 3}
+    out = render({"url": "http://x", "status": {"replica": batched}, "metrics": {}}, now=0.0)
+    assert "resynced 2 times, 40 change notifications (read in 3 windows)" in out, out
+    one_by_one = {**replica, "notifications": 40, "notify_windows": 0}
+    out = render({"url": "http://x", "status": {"replica": one_by_one}, "metrics": {}}, now=0.0)
+    assert "resynced 2 times, 40 change notifications\n" in out + "\n", out
+    assert "window" not in out, out
