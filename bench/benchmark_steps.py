@@ -219,6 +219,12 @@ class Bench:
     def _pg_pids(self) -> list[int]:
         return process_tree(self.pg_pid) if self.pg_pid else []
 
+    def _other_sidecars(self, server: Server) -> list[int]:
+        """The sidecars up beside the target: each hears every write any target makes."""
+        return [
+            s.pid for n, s in self.servers.items() if n.startswith("sidecar") and s is not server
+        ]
+
     async def measure(
         self,
         name: str,
@@ -243,13 +249,16 @@ class Bench:
                 quiesced = await self._quiesce(name)
                 before = await self._counts(server, ROUTE[name])
                 _log(f"{label}: saturation {t} (round {r + 1}/{rounds})")
-                cpu0, pg0, wall0 = (
+                others = self._other_sidecars(server)
+                cpu0, pg0, wall0, ears0 = (
                     cpu_snapshot([server.pid]),
                     cpu_snapshot(self._pg_pids()),
                     time.time(),
+                    cpu_snapshot(others),
                 )
                 res = await self._saturate(self.workload(name, t), server, f"s{r}", cores)
                 _cpu_figures(res, server, cpu0, pg0, wall0, self._pg_pids())
+                _listening_figure(res, ears0, others)
                 after = await self._counts(server, ROUTE[name])
                 if before or after:
                     res["sidecar_answers"] = answers = diff_counts(before, after)
@@ -270,14 +279,17 @@ class Bench:
                 quiesced = await self._quiesce(name)
                 before = await self._counts(server, ROUTE[name])
                 _log(f"{name}: open loop {rate:g} req/s {t}")
-                cpu0, pg0, wall0 = (
+                others = self._other_sidecars(server)
+                cpu0, pg0, wall0, ears0 = (
                     cpu_snapshot([server.pid]),
                     cpu_snapshot(self._pg_pids()),
                     time.time(),
+                    cpu_snapshot(others),
                 )
                 res = await self._open(self.workload(name, t), server, rate, f"o{rate:g}")
                 # How much of a core the target needed at this rate: near 1, it is saturated.
                 _cpu_figures(res, server, cpu0, pg0, wall0, self._pg_pids())
+                _listening_figure(res, ears0, others)
                 after = await self._counts(server, ROUTE[name])
                 if before or after:
                     res["sidecar_answers"] = diff_counts(before, after)
@@ -293,6 +305,16 @@ class Bench:
                     doc = await status_of(by_name[t], self.tokens.read_tenant)
                     out[t]["breaker_transitions"] = transitions_since(doc, step_start)
         return out
+
+
+def _listening_figure(res: dict[str, Any], cpu0: dict[int, float], pids: list[int]) -> None:
+    """For a write, the CPU the other sidecars spent per answer of the target: hearing its
+    change notifications and filing the rows in their replicas."""
+    if not pids:
+        return
+    n = res.get("answered_total") or 0
+    cpu = cpu_delta(cpu0, cpu_snapshot(pids))
+    res["listening_sidecars_cpu_us_per_request"] = round(cpu / n * 1e6, 1) if n else None
 
 
 def _cpu_figures(
