@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
@@ -29,15 +29,17 @@ async def _insert(db: asyncpg.Connection, tenant: str, agent_id: str) -> None:
     )
 
 
+Start = Callable[[float], Awaitable[ReplicaSync]]
+
+
 @pytest.fixture
-async def listening(
-    migrated_dsn: str, db: asyncpg.Connection
-) -> AsyncIterator[tuple[Callable[[float], ReplicaSync], str]]:
+async def listening(migrated_dsn: str, db: asyncpg.Connection) -> AsyncIterator[tuple[Start, str]]:
     tenant = f"nw-{uuid.uuid4().hex[:8]}"
     await _insert(db, tenant, "first")
     started: list[ReplicaSync] = []
 
-    def start(window_s: float) -> ReplicaSync:
+    async def start(window_s: float) -> ReplicaSync:
+        """A listener for the tenant, in step with PostgreSQL."""
         sync = ReplicaSync(
             Replica(),
             migrated_dsn,
@@ -47,6 +49,8 @@ async def listening(
         )
         sync.start()
         started.append(sync)
+        async with asyncio.timeout(10):
+            await sync.synced.wait()
         return sync
 
     try:
@@ -56,17 +60,11 @@ async def listening(
             await sync.stop()
 
 
-async def _synced(sync: ReplicaSync) -> None:
-    async with asyncio.timeout(10):
-        await sync.synced.wait()
-
-
 async def test_changes_committed_close_together_are_all_applied_in_few_reads(
-    listening: tuple[Callable[[float], ReplicaSync], str], db: asyncpg.Connection
+    listening: tuple[Start, str], db: asyncpg.Connection
 ) -> None:
     start, tenant = listening
-    sync = start(0.2)
-    await _synced(sync)
+    sync = await start(0.2)
     ids = [f"a{i}" for i in range(40)]
     for agent_id in ids:
         await _insert(db, tenant, agent_id)
@@ -80,11 +78,10 @@ async def test_changes_committed_close_together_are_all_applied_in_few_reads(
 
 
 async def test_without_a_window_the_socket_is_never_paused(
-    listening: tuple[Callable[[float], ReplicaSync], str], db: asyncpg.Connection
+    listening: tuple[Start, str], db: asyncpg.Connection
 ) -> None:
     start, tenant = listening
-    sync = start(0.0)
-    await _synced(sync)
+    sync = await start(0.0)
     for i in range(10):
         await _insert(db, tenant, f"b{i}")
     await eventually(lambda: sync.replica.holds(tenant, "b9", 0))
@@ -92,13 +89,12 @@ async def test_without_a_window_the_socket_is_never_paused(
 
 
 async def test_pings_and_a_resync_inside_a_window_do_not_wait_for_it(
-    listening: tuple[Callable[[float], ReplicaSync], str], db: asyncpg.Connection
+    listening: tuple[Start, str], db: asyncpg.Connection
 ) -> None:
     start, tenant = listening
     # A window far longer than the test: were a query held back by it, the ping (whose
     # timeout is a second) would fail and the listener reconnect.
-    sync = start(60.0)
-    await _synced(sync)
+    sync = await start(60.0)
     conn = sync._conn
     await _insert(db, tenant, "opens")
     await eventually(lambda: sync.replica.holds(tenant, "opens", 0))
