@@ -27,8 +27,8 @@ async def test_plain_pass_through(api: Api, echo: EchoServer, clients: list[Clie
     proxy = await api.create_proxy("p", echo.address)
     connected = [await Client.connect(port_of(proxy)) for _ in range(10)]
     clients.extend(connected)
-    times = await asyncio.gather(*(c.roundtrip(b"hello %d" % i) for i, c in enumerate(connected)))
-    assert max(times) < 0.5
+    # Each comes back whole (roundtrip checks the echo) on its own connection.
+    await asyncio.gather(*(c.roundtrip(b"hello %d" % i) for i, c in enumerate(connected)))
 
 
 async def test_disable_closes_live_connections_and_refuses_new_ones(
@@ -61,7 +61,7 @@ async def test_disable_resets_links_that_had_reset_peer_at_creation(
     await api.add_toxic("p", type="reset_peer", toxicity=0, attributes={"timeout": 0})
     client = await Client.connect(port_of(proxy))
     clients.append(client)
-    assert await client.roundtrip(b"fine") < 0.5
+    await client.roundtrip(b"fine")
     await api.set_enabled("p", False)
     assert (await client.ending())[0] == "reset"
 
@@ -72,7 +72,7 @@ async def test_delete_closes_connections_and_the_listener(
     proxy = await api.create_proxy("p", echo.address)
     client = await Client.connect(port_of(proxy))
     clients.append(client)
-    assert await client.roundtrip(b"x") < 0.5
+    await client.roundtrip(b"x")
     await api.json("DELETE", "/proxies/p", expect=204)
     assert await client.ending() == ("eof", b"")
     assert await refused(port_of(proxy))
@@ -84,7 +84,7 @@ async def test_upstream_change_drops_connections_even_when_enabled(
     proxy = await api.create_proxy("p", echo.address)
     client = await Client.connect(port_of(proxy))
     clients.append(client)
-    assert await client.roundtrip(b"x") < 0.5
+    await client.roundtrip(b"x")
     other = EchoServer()
     await other.start()
     try:
@@ -93,7 +93,7 @@ async def test_upstream_change_drops_connections_even_when_enabled(
         assert await client.ending() == ("eof", b"")
         fresh = await Client.connect(port_of(proxy))
         clients.append(fresh)
-        assert await fresh.roundtrip(b"y") < 0.5
+        await fresh.roundtrip(b"y")
         assert other.accepted == 1
     finally:
         await other.close()
@@ -147,10 +147,10 @@ async def test_populate_keeps_live_connections_of_unchanged_proxies(
     proxy = await api.create_proxy("p", echo.address)
     client = await Client.connect(port_of(proxy))
     clients.append(client)
-    assert await client.roundtrip(b"x") < 0.5
+    await client.roundtrip(b"x")
     body = [{"name": "p", "listen": proxy["listen"], "upstream": echo.address}]
     await api.json("POST", "/populate", body, expect=201)
-    assert await client.roundtrip(b"still here") < 0.5
+    await client.roundtrip(b"still here")
 
 
 async def test_proxy_metrics_count_bytes_when_links_end(
@@ -158,7 +158,7 @@ async def test_proxy_metrics_count_bytes_when_links_end(
 ) -> None:
     proxy = await api.create_proxy("p", echo.address)
     client = await Client.connect(port_of(proxy))
-    assert await client.roundtrip(b"12345") < 0.5
+    await client.roundtrip(b"12345")
     _, body, _ = await api.call("GET", "/metrics")
     assert b"toxiproxy_proxy_received_bytes_total{" not in body
     client.close()
