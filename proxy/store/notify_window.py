@@ -57,10 +57,16 @@ class NotifyWindow:
         self._timer = self._loop.call_later(self._window_s, self._reopen)
         self.windows += 1
 
-    def _reopen(self) -> None:
+    def _drop_timer(self) -> bool:
+        """Forget the window's timer; whether one was set (reading is paused exactly then)."""
         timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()  # a no-op when it is the timer that fired
+        if timer is None:
+            return False
+        timer.cancel()  # a no-op when it is the timer that fired
+        return True
+
+    def _reopen(self) -> None:
+        if self._drop_timer():
             self._transport.resume_reading()
 
     @contextmanager
@@ -75,6 +81,4 @@ class NotifyWindow:
 
     def close(self) -> None:
         """The connection is gone: drop the timer, leave the transport alone."""
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()
+        self._drop_timer()
