@@ -10,6 +10,9 @@
   the sidecar leaves for them, a ledger row and an audit row (``bench.baselines_ledger``). The
   ratio against it is what the sidecar itself costs; the ratio against the one-statement writes
   adds what its guarantees cost.
+- ``--extra-cpu-us N``: the asyncpg app's writes each spend N microseconds more CPU on the
+  request path, to measure what a server's own CPU per write does to its tail at a fixed rate
+  (``bench.cpu_tail``).
 
 All serve the sidecar's paths, so one workload definition drives all targets, and run like the
 sidecar does: uvloop, an ``AppRunner`` without access log, backlog 1024.
@@ -17,6 +20,7 @@ sidecar does: uvloop, an ``AppRunner`` without access log, backlog 1024.
     python -m bench.baselines bare --port 18001
     python -m bench.baselines asyncpg --port 18002 --dsn postgresql://... --tenant bench
     python -m bench.baselines asyncpg --port 18003 --dsn postgresql://... --writes ledger
+    python -m bench.baselines asyncpg --port 18004 --dsn ... --writes ledger-1rt --extra-cpu-us 120
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -166,8 +171,38 @@ class Writes:
     performance: Handler
 
 
+def spin(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time (not of the wall clock: time spent preempted
+    does not count)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def with_extra_cpu(writes: Writes, extra_us: float) -> Writes:
+    """The same writes, each spending ``extra_us`` more CPU on the request path: half before
+    its statements are sent, half after their answer is in, as a server's own work would."""
+    half = extra_us / 2e6
+
+    def costlier(handler: Handler) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            spin(half)
+            response = await handler(request)
+            spin(half)
+            return response
+
+        return handle
+
+    return Writes(register=costlier(writes.register), performance=costlier(writes.performance))
+
+
 def asyncpg_app(
-    dsn: str, tenant: str, write_tenant: str, writes: Writes | None = None
+    dsn: str,
+    tenant: str,
+    write_tenant: str,
+    writes: Writes | None = None,
+    *,
+    extra_cpu_us: float = 0.0,
 ) -> web.Application:
     async def get_agent(request: web.Request) -> web.Response:
         row = await request.app[PoolKey].fetchrow(
@@ -280,6 +315,8 @@ def asyncpg_app(
 
     if writes is None:
         writes = Writes(register=register, performance=post_performance)
+    if extra_cpu_us > 0:
+        writes = with_extra_cpu(writes, extra_cpu_us)
     app = web.Application()
     app.router.add_get("/v1/agents/{agent_id}", get_agent)
     app.router.add_get("/v1/agents", query_agents)
@@ -323,9 +360,17 @@ def main(argv: list[str] | None = None) -> int:
         help="asyncpg writes: the effect alone (one), or the same rows as the sidecar "
         "in a transaction (ledger) or in one statement (ledger-1rt)",
     )
+    parser.add_argument(
+        "--extra-cpu-us",
+        type=float,
+        default=0.0,
+        help="CPU each write spends besides its own work, in microseconds (bench.cpu_tail)",
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         parser.error("baselines listen on loopback only")
+    if args.extra_cpu_us < 0:
+        parser.error("--extra-cpu-us must not be negative")
     if args.kind == "bare":
         app = bare_app()
     else:
@@ -339,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             writes = ledger_writes(
                 args.tenant, args.write_tenant, one_round_trip=args.writes == "ledger-1rt"
             )
-        app = asyncpg_app(args.dsn, args.tenant, args.write_tenant, writes)
+        app = asyncpg_app(
+            args.dsn, args.tenant, args.write_tenant, writes, extra_cpu_us=args.extra_cpu_us
+        )
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux

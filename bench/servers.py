@@ -245,14 +245,18 @@ def baseline(
     dsn: str | None = None,
     writes: str = "one",
     tenant: str = READ_TENANT,
+    extra_cpu_us: float = 0.0,
 ) -> Server:
     """A baseline of `bench.baselines`; for asyncpg, `writes` picks its write handlers (the
-    effect alone, or the sidecar's rows too) and `tenant` the tenant it reads."""
+    effect alone, or the sidecar's rows too), `tenant` the tenant it reads and `extra_cpu_us`
+    the CPU each write spends besides its own work."""
     port = free_port()
     cmd = [sys.executable, "-m", "bench.baselines", kind, "--port", str(port)]
     if dsn is not None:
         cmd += ["--dsn", dsn, "--tenant", tenant, "--write-tenant", BASELINE_WRITE_TENANT]
         cmd += ["--writes", writes]
+        if extra_cpu_us:
+            cmd += ["--extra-cpu-us", str(extra_cpu_us)]
     return Server(name, cmd, port, workdir / f"{name}.log", dict(os.environ))
 
 
