@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,7 @@ from bench.dataset import seed
 from bench.loadgen import fixed_rate, saturate
 from bench.quiesce import quiesce
 from bench.reporting import logger, machine_line, opening, publish, result_path
-from bench.servers import Server, baseline, postgres_root, sidecar
+from bench.servers import Server, baseline, embedded_postgres, sidecar
 from bench.status import wait_replica
 from bench.workload import Workload
 
@@ -118,25 +116,18 @@ async def _measure(
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from proxy.store.embedded import EmbeddedPostgres
-
-    workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-cpu-tail-"))
-    pg_root, storage = postgres_root(workdir, in_memory=True)
-    pg = EmbeddedPostgres(root=pg_root)
     tokens = BenchTokens.new()
-    servers: list[Server] = []
     doc: dict[str, Any] = opening("registry-proxy cpu tail", "bench.cpu_tail", quote=True)
-    doc["plan"] = {
-        "workload": args.workload,
-        "extra_cpu_us": args.extra_cpu_us,
-        "rounds": args.rounds,
-        "rate": args.rate,
-        "duration_s": args.duration,
-        "saturate_s": args.saturate,
-        "postgres_storage": storage,
-    }
-    try:
-        await asyncio.to_thread(pg.start)
+    async with embedded_postgres("cpu-tail") as (workdir, pg, storage):
+        doc["plan"] = {
+            "workload": args.workload,
+            "extra_cpu_us": args.extra_cpu_us,
+            "rounds": args.rounds,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "saturate_s": args.saturate,
+            "postgres_storage": storage,
+        }
         db = sidecar(SIDECAR, dsn=pg.dsn, tokens=tokens, workdir=workdir)
         rep = sidecar(
             "sidecar-replica", dsn=pg.dsn, tokens=tokens, workdir=workdir, read_mode="replica"
@@ -152,33 +143,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             for i, x in enumerate(args.extra_cpu_us)
         }
-        servers = [db, rep, *same_work.values()]
-        db.start()
-        await db.wait_until("/readyz", 60)
-        for s in servers[1:]:
-            s.start()
-        await rep.wait_until("/readyz", 60)
-        for s in same_work.values():
-            await s.wait_until("/healthz", 30)
-        ids = await seed(db.url, tokens.read_tenant, args.agents)
-        for s in (db, rep):
-            await wait_replica(s, tokens.read_tenant, args.agents, 60)
-        w = _workload(args.workload, tokens, ids)
-        targets = {**same_work, SIDECAR: db}
-        rounds: list[dict[str, Any]] = []
-        for r in range(args.rounds):
-            for i, (name, server) in enumerate(targets.items()):
-                _log(f"round {r + 1}/{args.rounds}: {name}")
-                got = await _measure(w, server, pg.dsn, args, f"r{r}t{i}")
-                rounds.append({"round": r, "target": name, **got})
-        doc["rounds"] = rounds
-        doc["medians"] = medians(rounds)
-    finally:
-        for s in servers:
-            s.stop()
-        await asyncio.to_thread(pg.stop, "immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(pg_root, ignore_errors=True)
+        try:
+            db.start()
+            await db.wait_until("/readyz", 60)
+            for s in (rep, *same_work.values()):
+                s.start()
+            await rep.wait_until("/readyz", 60)
+            for s in same_work.values():
+                await s.wait_until("/healthz", 30)
+            ids = await seed(db.url, tokens.read_tenant, args.agents)
+            for s in (db, rep):
+                await wait_replica(s, tokens.read_tenant, args.agents, 60)
+            w = _workload(args.workload, tokens, ids)
+            targets = {**same_work, SIDECAR: db}
+            rounds: list[dict[str, Any]] = []
+            for r in range(args.rounds):
+                for i, (name, server) in enumerate(targets.items()):
+                    _log(f"round {r + 1}/{args.rounds}: {name}")
+                    got = await _measure(w, server, pg.dsn, args, f"r{r}t{i}")
+                    rounds.append({"round": r, "target": name, **got})
+        finally:
+            for s in (db, rep, *same_work.values()):
+                s.stop()
+    doc["rounds"] = rounds
+    doc["medians"] = medians(rounds)
     return doc
 
 

@@ -8,22 +8,28 @@ for errors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from bench.client import http
 from bench.dataset import BASELINE_WRITE_TENANT, READ_TENANT, WRITE_TENANT
+
+if TYPE_CHECKING:
+    from proxy.store.embedded import EmbeddedPostgres
 
 HOST = "127.0.0.1"
 
@@ -274,3 +280,23 @@ def postgres_root(workdir: Path, *, in_memory: bool) -> tuple[Path, str]:
     if in_memory and MEMORY_FS.is_dir() and os.access(MEMORY_FS, os.W_OK):
         return Path(tempfile.mkdtemp(prefix="registry-proxy-bench-pg-", dir=MEMORY_FS)), "memory"
     return workdir / "pg", "disk"
+
+
+@contextlib.asynccontextmanager
+async def embedded_postgres(
+    kind: str, *, in_memory: bool = True
+) -> AsyncIterator[tuple[Path, EmbeddedPostgres, str]]:
+    """A work folder and a started PostgreSQL for a run of `kind`, and where its files are (the
+    word of `postgres_root`); afterwards PostgreSQL is stopped and both folders are gone."""
+    from proxy.store.embedded import EmbeddedPostgres
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"registry-proxy-{kind}-"))
+    pg_root, storage = postgres_root(workdir, in_memory=in_memory)
+    pg = EmbeddedPostgres(root=pg_root)
+    try:
+        await asyncio.to_thread(pg.start)
+        yield workdir, pg, storage
+    finally:
+        await asyncio.to_thread(pg.stop, "immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(pg_root, ignore_errors=True)

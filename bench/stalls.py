@@ -17,24 +17,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.collector import collector_paused
 from bench.dataset import seed
 from bench.loadgen import saturate
 from bench.loadgen_loops import open_loop
 from bench.reporting import logger, machine_line, opening, publish, result_path
-from bench.servers import Server, Tokens, postgres_root, sidecar
+from bench.servers import Server, Tokens, embedded_postgres, sidecar
 from bench.status import wait_replica
 from bench.tally import summarize
 from bench.workload import Workload, request_builder
+
+if TYPE_CHECKING:
+    from proxy.store.embedded import EmbeddedPostgres
 
 _log = logger("stalls")
 WINDOW_GAP_S = 0.05
@@ -166,102 +167,104 @@ def annotate(windows: list[Window], samples: Samples) -> None:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from proxy.store.embedded import EmbeddedPostgres
-
-    workdir = Path(tempfile.mkdtemp(prefix="registry-proxy-stalls-"))
-    pg_root, storage = postgres_root(workdir, in_memory=not args.postgres_on_disk)
-    pg = EmbeddedPostgres(root=pg_root)
     tokens = Tokens.new()
-    server: Server | None = None
     doc: dict[str, Any] = opening("registry-proxy stalls", "bench.stalls", quote=True)
-    doc["plan"] = {
-        "workload": args.workload,
-        "rate": args.rate,
-        "duration_s": args.duration,
-        "saturate_s": args.saturate,
-        "slow_ms": args.slow_ms,
-        "postgres_storage": storage,
-    }
-    try:
-        await asyncio.to_thread(pg.start)
+    in_memory = not args.postgres_on_disk
+    async with embedded_postgres("stalls", in_memory=in_memory) as (workdir, pg, storage):
+        doc["plan"] = {
+            "workload": args.workload,
+            "rate": args.rate,
+            "duration_s": args.duration,
+            "saturate_s": args.saturate,
+            "slow_ms": args.slow_ms,
+            "postgres_storage": storage,
+        }
         server = sidecar("sidecar-database", dsn=pg.dsn, tokens=tokens, workdir=workdir)
-        server.start()
-        await server.wait_until("/readyz", 60)
-        if args.workload == "performance":
-            ids = await seed(server.url, tokens.read_tenant, args.agents)
-            await wait_replica(server, tokens.read_tenant, args.agents, 60)
-            w = Workload(
-                "performance",
-                "POST",
-                [f"/v1/agents/{a}/performance" for a in ids],
-                body="performance",
-                token=tokens.read_tenant,
-                expect=(201, 202),
-            )
-        else:
-            w = Workload(
-                "register",
-                "POST",
-                ["/v1/agents"],
-                body="register",
-                token=tokens.read_tenant,
-                expect=(201, 202),
-            )
-        if args.saturate > 0:
-            _log(f"saturating for {args.saturate:g} s")
-            await asyncio.to_thread(
-                saturate, w, "127.0.0.1", server.port, connections=32, warmup_s=0,
-                duration_s=args.saturate, processes=2, use_wrk=False, unique="sat",
-            )  # fmt: skip
-            await asyncio.sleep(1.0)
-        _log(f"{args.workload} at {args.rate:g}/s for {args.duration:g} s")
-        samples = Samples()
-        stop = asyncio.Event()
-        pg_pid = pg.pid()
-        groups: dict[str, list[int]] = {"sidecar": [server.pid], "generator": [os.getpid()]}
-        if pg_pid is not None:
-            groups["postgres"] = [pg_pid, *_children(pg_pid)]
-        samplers = [
-            asyncio.create_task(_sample_postgres(pg.dsn, samples, stop)),
-            asyncio.create_task(_sample_cpu(groups, samples, stop)),
-        ]
-        answers: list[Answer] = []
-
-        def keep(due: float, latency_s: float, status: int) -> None:
-            answers.append(Answer(due, latency_s, status))
-
-        build = request_builder(w, f"127.0.0.1:{server.port}", "fixed")
-        with collector_paused():
-            tally = await open_loop(
-                "127.0.0.1", server.port, build, rate=args.rate, connections=args.connections,
-                warmup_s=0.0, duration_s=args.duration, on_answer=keep,
-            )  # fmt: skip
-        stop.set()
-        await asyncio.gather(*samplers)
-        # Every time from the first answer's due time on.
-        origin = min((a.due for a in answers), default=0.0)
-        for a in answers:
-            a.due -= origin
-        samples.postgres = [(t - origin, x, y) for t, x, y in samples.postgres]
-        samples.cpu = [(t - origin, used) for t, used in samples.cpu]
-        windows = slow_windows(answers, args.slow_ms / 1000)
-        annotate(windows, samples)
-        total_cpu: dict[str, float] = {}
-        for _, used in samples.cpu:
-            for name, seconds in used.items():
-                total_cpu[name] = total_cpu.get(name, 0.0) + seconds
-        span = samples.cpu[-1][0] - samples.cpu[0][0] if len(samples.cpu) > 1 else 0.0
-        # The same summary as `make bench`'s fixed-rate steps, and the answers kept here.
-        doc["answers"] = {"count": len(answers), **summarize([tally], w.expect, "open")}
-        doc["cores_used"] = {k: round(v / span, 3) for k, v in total_cpu.items()} if span else {}
-        doc["windows"] = [w.to_json() for w in windows]
-    finally:
-        if server is not None:
+        try:
+            await _observe(args, doc, tokens, server, pg)
+        finally:
             server.stop()
-        await asyncio.to_thread(pg.stop, "immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(pg_root, ignore_errors=True)
     return doc
+
+
+async def _observe(
+    args: argparse.Namespace,
+    doc: dict[str, Any],
+    tokens: Tokens,
+    server: Server,
+    pg: EmbeddedPostgres,
+) -> None:
+    """The burst, then the fixed-rate run with its samplers; what they saw goes into `doc`."""
+    server.start()
+    await server.wait_until("/readyz", 60)
+    if args.workload == "performance":
+        ids = await seed(server.url, tokens.read_tenant, args.agents)
+        await wait_replica(server, tokens.read_tenant, args.agents, 60)
+        w = Workload(
+            "performance",
+            "POST",
+            [f"/v1/agents/{a}/performance" for a in ids],
+            body="performance",
+            token=tokens.read_tenant,
+            expect=(201, 202),
+        )
+    else:
+        w = Workload(
+            "register",
+            "POST",
+            ["/v1/agents"],
+            body="register",
+            token=tokens.read_tenant,
+            expect=(201, 202),
+        )
+    if args.saturate > 0:
+        _log(f"saturating for {args.saturate:g} s")
+        await asyncio.to_thread(
+            saturate, w, "127.0.0.1", server.port, connections=32, warmup_s=0,
+            duration_s=args.saturate, processes=2, use_wrk=False, unique="sat",
+        )  # fmt: skip
+        await asyncio.sleep(1.0)
+    _log(f"{args.workload} at {args.rate:g}/s for {args.duration:g} s")
+    samples = Samples()
+    stop = asyncio.Event()
+    pg_pid = pg.pid()
+    groups: dict[str, list[int]] = {"sidecar": [server.pid], "generator": [os.getpid()]}
+    if pg_pid is not None:
+        groups["postgres"] = [pg_pid, *_children(pg_pid)]
+    samplers = [
+        asyncio.create_task(_sample_postgres(pg.dsn, samples, stop)),
+        asyncio.create_task(_sample_cpu(groups, samples, stop)),
+    ]
+    answers: list[Answer] = []
+
+    def keep(due: float, latency_s: float, status: int) -> None:
+        answers.append(Answer(due, latency_s, status))
+
+    build = request_builder(w, f"127.0.0.1:{server.port}", "fixed")
+    with collector_paused():
+        tally = await open_loop(
+            "127.0.0.1", server.port, build, rate=args.rate, connections=args.connections,
+            warmup_s=0.0, duration_s=args.duration, on_answer=keep,
+        )  # fmt: skip
+    stop.set()
+    await asyncio.gather(*samplers)
+    # Every time from the first answer's due time on.
+    origin = min((a.due for a in answers), default=0.0)
+    for a in answers:
+        a.due -= origin
+    samples.postgres = [(t - origin, x, y) for t, x, y in samples.postgres]
+    samples.cpu = [(t - origin, used) for t, used in samples.cpu]
+    windows = slow_windows(answers, args.slow_ms / 1000)
+    annotate(windows, samples)
+    total_cpu: dict[str, float] = {}
+    for _, used in samples.cpu:
+        for name, seconds in used.items():
+            total_cpu[name] = total_cpu.get(name, 0.0) + seconds
+    span = samples.cpu[-1][0] - samples.cpu[0][0] if len(samples.cpu) > 1 else 0.0
+    # The same summary as `make bench`'s fixed-rate steps, and the answers kept here.
+    doc["answers"] = {"count": len(answers), **summarize([tally], w.expect, "open")}
+    doc["cores_used"] = {k: round(v / span, 3) for k, v in total_cpu.items()} if span else {}
+    doc["windows"] = [w.to_json() for w in windows]
 
 
 def report(doc: dict[str, Any]) -> str:
