@@ -21,10 +21,10 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.benchmark_steps import BenchTokens
-from bench.cpu import cpu_snapshot
+from bench.cpu import cpu_snapshot, process_tree
 from bench.dataset import seed
 from bench.loadgen import fixed_rate, saturate
 from bench.quiesce import quiesce
@@ -33,9 +33,20 @@ from bench.servers import Server, baseline, embedded_postgres, sidecar
 from bench.status import wait_replica
 from bench.workload import Workload
 
+if TYPE_CHECKING:
+    from proxy.store.embedded import EmbeddedPostgres
+
 _log = logger("cpu-tail")
 WORKLOADS = ("register", "performance")
 SIDECAR = "sidecar-database"
+FIGURES = (
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "server_cpu_us_per_request",
+    "postgres_cpu_us_per_request",
+    "listening_cpu_us_per_request",
+)
 
 
 def _workload(name: str, tokens: BenchTokens, ids: list[str]) -> Workload:
@@ -70,14 +81,26 @@ def medians(rounds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         mine = [r for r in rounds if r["target"] == target]
         out[target] = {
             key: round(statistics.median(r[key] for r in mine), 3)
-            for key in ("p50_ms", "p90_ms", "p99_ms", "server_cpu_us_per_request")
+            for key in FIGURES
+            if all(key in r for r in mine)
         }
     return out
 
 
+def _cpu_s(pids: list[int]) -> float:
+    return sum(cpu_snapshot(pids).values())
+
+
 async def _measure(
-    w: Workload, server: Server, dsn: str, args: argparse.Namespace, unique: str
+    w: Workload,
+    server: Server,
+    pg: EmbeddedPostgres,
+    listeners: list[Server],
+    args: argparse.Namespace,
+    unique: str,
 ) -> dict[str, Any]:
+    """One round of one target; besides its latencies, the CPU per answer of the target, of
+    PostgreSQL and of the sidecars that are not the target (each hears every write)."""
     await asyncio.to_thread(
         saturate,
         w,
@@ -90,8 +113,14 @@ async def _measure(
         use_wrk=False,
         unique=unique + "s",
     )
-    await quiesce(dsn)
-    before = sum(cpu_snapshot([server.pid]).values())
+    await quiesce(pg.dsn)
+    pg_pid = pg.pid()
+    groups = {
+        "server": [server.pid],
+        "postgres": process_tree(pg_pid) if pg_pid is not None else [],
+        "listening": [s.pid for s in listeners],
+    }
+    before = {name: _cpu_s(pids) for name, pids in groups.items()}
     res = await asyncio.to_thread(
         fixed_rate,
         w,
@@ -103,7 +132,11 @@ async def _measure(
         duration_s=args.duration,
         unique=unique + "o",
     )
-    used = sum(cpu_snapshot([server.pid]).values()) - before
+    answered = max(res["answered_total"], 1)
+    per_answer = {
+        f"{name}_cpu_us_per_request": round((_cpu_s(pids) - before[name]) / answered * 1e6, 1)
+        for name, pids in groups.items()
+    }
     lat = res["latency_ms"]
     return {
         "p50_ms": lat["p50"],
@@ -111,7 +144,7 @@ async def _measure(
         "p99_ms": lat["p99"],
         "statuses": res["statuses"],
         "errors": res["errors"],
-        "server_cpu_us_per_request": round(used / max(res["answered_total"], 1) * 1e6, 1),
+        **per_answer,
     }
 
 
@@ -160,7 +193,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 for i, (name, server) in enumerate(targets.items()):
                     _log(f"round {r + 1}/{args.rounds}: {name}")
-                    got = await _measure(w, server, pg.dsn, args, f"r{r}t{i}")
+                    others = [s for s in (db, rep) if s is not server]
+                    got = await _measure(w, server, pg, others, args, f"r{r}t{i}")
                     rounds.append({"round": r, "target": name, **got})
         finally:
             for s in (db, rep, *same_work.values()):
@@ -177,12 +211,14 @@ def report(doc: dict[str, Any]) -> str:
         f"command: {doc['command']}",
         f"{p['workload']} at {p['rate']:g}/s, {p['rounds']} rounds of {p['duration_s']:g} s;"
         " median of the rounds:",
-        f"  {'target':24s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s} {'CPU us/write':>13s}",
+        f"  {'target':24s} {'p50 ms':>7s} {'p90 ms':>7s} {'p99 ms':>7s}"
+        "   CPU us/write: server postgres listening",
     ]
     for name, m in doc["medians"].items():
         lines.append(
             f"  {name:24s} {m['p50_ms']:7.2f} {m['p90_ms']:7.2f} {m['p99_ms']:7.2f}"
-            f" {m['server_cpu_us_per_request']:13.0f}"
+            f" {m['server_cpu_us_per_request']:21.0f} {m['postgres_cpu_us_per_request']:8.0f}"
+            f" {m['listening_cpu_us_per_request']:9.0f}"
         )
     lines.append(
         "p99 of each round: " + ", ".join(f"{r['target']} {r['p99_ms']:.2f}" for r in doc["rounds"])

@@ -80,6 +80,10 @@ def test_cpu_tail_runs_end_to_end_and_the_added_cpu_shows(tmp_path: Path) -> Non
     ]
     for r in doc["rounds"]:
         assert r["statuses"] == {"201": 100} and r["errors"] == 0
+    for m in doc["medians"].values():
+        # PostgreSQL works for every write, and at least one sidecar hears each of them.
+        assert m["postgres_cpu_us_per_request"] > 0
+        assert m["listening_cpu_us_per_request"] > 0
     cpu = {t: m["server_cpu_us_per_request"] for t, m in doc["medians"].items()}
     # 5 ms more per write, 110 writes: half of it is far above what separates two runs.
     assert cpu["same-work-1rt+5000us"] - cpu["same-work-1rt+0us"] > 2_500
