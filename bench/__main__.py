@@ -80,6 +80,7 @@ async def run(plan: Plan) -> dict[str, Any]:
             "open_connections": plan.open_connections,
             "generator_processes": plan.processes,
             "rounds": plan.rounds,
+            "open_rounds_of_writes": plan.open_rounds,
             "agents": plan.agents,
             "large_agents": large,
             "server_bound_connections": plan.pinned_connections,
@@ -215,7 +216,9 @@ async def run(plan: Plan) -> dict[str, Any]:
         for write in ("register", "performance"):
             if write not in plan.workloads:
                 continue
-            results[write] = await b.measure(write, write_targets, [plan.rate], 1)
+            results[write] = await b.measure(
+                write, write_targets, [plan.rate], 1, open_rounds=plan.open_rounds
+            )
             if plan.profile_dir is not None:
                 # Where a write's time goes in the sidecar itself (PostgreSQL is on the other
                 # core with everything else).
@@ -290,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
         help="saturation rounds of 'get' (both configurations) and 'down' (best kept)",
     )
     parser.add_argument(
+        "--open-rounds",
+        type=int,
+        default=3,
+        help="open-loop windows per target of the write steps, interleaved, pooled into one run",
+    )
+    parser.add_argument(
         "--workloads",
         default=",".join(ALL_WORKLOADS),
         help=f"comma-separated subset of {','.join(ALL_WORKLOADS)}",
@@ -340,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         open_connections=args.open_connections,
         processes=args.processes,
         rounds=max(1, args.rounds),
+        open_rounds=max(1, args.open_rounds),
         workloads=workloads,
         agents=args.agents,
         use_wrk=not args.no_wrk,

@@ -121,12 +121,21 @@ def write_summary(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
                 "rate": plan.rate,
                 "p50_ms": at_rate.get("latency_ms", {}).get("p50"),
                 "p99_ms": at_rate.get("latency_ms", {}).get("p99"),
+                # The windows pooled into that p99, each on its own.
+                "p99_ms_by_window": [r["p99_ms"] for r in at_rate.get("rounds", [])],
                 "saturated_at_rate": at_rate.get("overloaded"),
                 "server_cpu_share_of_one_core": at_rate.get("server_cpu_share_of_one_core"),
                 "saturation_throughput_over_rate": round(sat / plan.rate, 2),
             },
         }
     return out
+
+
+def _by_window(at: dict[str, Any]) -> str:
+    windows = at.get("p99_ms_by_window") or []
+    if len(windows) < 2:
+        return ""
+    return f" ({len(windows)} windows pooled: {', '.join(_fmt(w) for w in windows)})"
 
 
 def _check(value: float | None, target: float, op: str) -> dict[str, Any]:
@@ -246,7 +255,7 @@ def report(doc: dict[str, Any]) -> str:
             f"{name}: sidecar {_fmt(s['vs_one_statement'], '.3f')}x one statement, "
             f"{_fmt(s['vs_same_work'], '.3f')}x same work, "
             f"{_fmt(s['vs_same_work_one_round_trip'], '.3f')}x same work in one round trip; "
-            f"at {rate} req/s p99 {_fmt(at['p99_ms'])} ms, "
+            f"at {rate} req/s p99 {_fmt(at['p99_ms'])} ms{_by_window(at)}, "
             f"{'saturated' if at['saturated_at_rate'] else 'kept up'} "
             f"({_fmt(at['server_cpu_share_of_one_core'])} of a core)"
         )

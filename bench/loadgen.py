@@ -173,6 +173,34 @@ def fixed_rate(
     unique: str = "u",
 ) -> dict[str, Any]:
     """Open-loop latency at `rate` requests per second, from one generator process."""
+    tallies = fixed_rate_tallies(
+        w,
+        host,
+        port,
+        rate=rate,
+        connections=connections,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        unique=unique,
+    )
+    out = summarize(tallies, w.expect, "open")
+    out["rate"] = rate
+    out["connections"] = connections
+    return out
+
+
+def fixed_rate_tallies(
+    w: Workload,
+    host: str,
+    port: int,
+    *,
+    rate: float,
+    connections: int,
+    warmup_s: float,
+    duration_s: float,
+    unique: str = "u",
+) -> list[Tally]:
+    """`fixed_rate`'s window unsummarized, to pool with other windows (`summarize_rounds`)."""
     spec = {
         "mode": "open",
         "workload": w.to_json(),
@@ -184,11 +212,7 @@ def fixed_rate(
         "warmup_s": warmup_s,
         "duration_s": duration_s,
     }
-    tallies = _run_workers([spec], timeout_s=warmup_s + duration_s + 60)
-    out = summarize(tallies, w.expect, "open")
-    out["rate"] = rate
-    out["connections"] = connections
-    return out
+    return _run_workers([spec], timeout_s=warmup_s + duration_s + 60)
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -98,3 +98,27 @@ def summarize(tallies: list[Tally], expect: tuple[int, ...], mode: str) -> dict[
             or span > window * 1.05 + 0.1
         )
     return out
+
+
+def summarize_rounds(rounds: list[list[Tally]], expect: tuple[int, ...]) -> dict[str, Any]:
+    """Open-loop windows of one target run one after another, as one run: every answer in one
+    latency distribution, rates over the windows' summed length, overloaded when any window
+    was. Each window's own summary is kept under "rounds"."""
+    each = [summarize(r, expect, "open") for r in rounds]
+    out = summarize([t for r in rounds for t in r], expect, "open")
+    window = sum(max((t.window_s for t in r), default=0.0) for r in rounds)
+    span = sum(max((t.span_s for t in r), default=0.0) for r in rounds)
+    out["window_s"] = round(window, 3)
+    out["throughput_rps"] = round(out["ok"] / window, 1) if window > 0 else 0.0
+    out["answer_span_s"] = round(span, 3)
+    out["achieved_rps"] = round(out["answered"] / span, 1) if span > 0 else 0.0
+    out["overloaded"] = any(e["overloaded"] for e in each)
+    out["rounds"] = [
+        {
+            "p50_ms": e["latency_ms"]["p50"],
+            "p99_ms": e["latency_ms"]["p99"],
+            "answered": e["answered"],
+        }
+        for e in each
+    ]
+    return out

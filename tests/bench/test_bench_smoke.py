@@ -34,6 +34,7 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         "--settle=0",
         "--processes=1",
         "--rounds=1",
+        "--open-rounds=2",
         "--agents=30",
         "--large-agents=300",
         "--rate=200",
@@ -99,6 +100,11 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
                     heard[workload] += run["listening_sidecars_cpu_us_per_request"]
             else:
                 assert "quiesced" not in sat, (workload, target)
+            if workload in ("register", "performance"):
+                # Two windows per target, pooled: every answer of each in the one run.
+                pooled = r["open"]["200"]
+                assert len(pooled["rounds"]) == 2, (workload, target)
+                assert pooled["answered"] == sum(w["answered"] for w in pooled["rounds"])
             lat = r["open"]["200"]["latency_ms"]
             assert {"p50", "p90", "p99"} <= set(lat), (workload, target)
             assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"], (workload, target, lat)
@@ -132,6 +138,7 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         assert summary["vs_one_statement"] and summary["vs_same_work"], summary
         assert set(summary["server_cpu_us_per_request"]) == writes
         assert summary["sidecar_at_rate"]["p99_ms"] > 0
+        assert len(summary["sidecar_at_rate"]["p99_ms_by_window"]) == 2
         assert isinstance(summary["sidecar_at_rate"]["saturated_at_rate"], bool)
     expected_checks = {
         "1_get_replica_throughput_vs_bare",
