@@ -223,6 +223,18 @@ class Bench:
     def _pg_pids(self) -> list[int]:
         return process_tree(self.pg_pid) if self.pg_pid else []
 
+    def _cpu_before(
+        self, server: Server, others: list[int]
+    ) -> tuple[dict[int, float], dict[int, float], float, dict[int, float]]:
+        """Before a run: the CPU of the target, of PostgreSQL and of the other sidecars, and
+        the wall clock (`_cpu_figures` and `_listening_figure` take them after it)."""
+        return (
+            cpu_snapshot([server.pid]),
+            cpu_snapshot(self._pg_pids()),
+            time.time(),
+            cpu_snapshot(others),
+        )
+
     def _other_sidecars(self, server: Server) -> list[int]:
         """The sidecars up beside the target: each hears every write any target makes."""
         return [
@@ -257,12 +269,7 @@ class Bench:
                 before = await self._counts(server, ROUTE[name])
                 _log(f"{label}: saturation {t} (round {r + 1}/{rounds})")
                 others = self._other_sidecars(server)
-                cpu0, pg0, wall0, ears0 = (
-                    cpu_snapshot([server.pid]),
-                    cpu_snapshot(self._pg_pids()),
-                    time.time(),
-                    cpu_snapshot(others),
-                )
+                cpu0, pg0, wall0, ears0 = self._cpu_before(server, others)
                 res = await self._saturate(self.workload(name, t), server, f"s{r}", cores)
                 _cpu_figures(res, server, cpu0, pg0, wall0, self._pg_pids())
                 _listening_figure(res, ears0, others)
@@ -291,12 +298,7 @@ class Bench:
                     of = f" (round {r + 1}/{open_rounds})" if open_rounds > 1 else ""
                     _log(f"{name}: open loop {rate:g} req/s {t}{of}")
                     others = self._other_sidecars(server)
-                    cpu0, pg0, wall0, ears0 = (
-                        cpu_snapshot([server.pid]),
-                        cpu_snapshot(self._pg_pids()),
-                        time.time(),
-                        cpu_snapshot(others),
-                    )
+                    cpu0, pg0, wall0, ears0 = self._cpu_before(server, others)
                     w = self.workload(name, t)
                     tallies = await self._open(w, server, rate, f"o{rate:g}r{r}")
                     # How much of a core the target needed at this rate: near 1, it is saturated.

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from bench.benchmark_steps import BenchTokens
 from bench.cpu import cpu_snapshot, process_tree
 from bench.dataset import seed
-from bench.loadgen import fixed_rate, saturate
+from bench.loadgen import fixed_rate_tallies, open_summary, saturate
 from bench.quiesce import quiesce
 from bench.reporting import logger, machine_line, opening, publish, result_path
 from bench.servers import Server, baseline, embedded_postgres, sidecar
@@ -121,8 +121,8 @@ async def _measure(
         "listening": [s.pid for s in listeners],
     }
     before = {name: _cpu_s(pids) for name, pids in groups.items()}
-    res = await asyncio.to_thread(
-        fixed_rate,
+    tallies = await asyncio.to_thread(
+        fixed_rate_tallies,
         w,
         "127.0.0.1",
         server.port,
@@ -132,6 +132,7 @@ async def _measure(
         duration_s=args.duration,
         unique=unique + "o",
     )
+    res = open_summary(tallies, w, rate=args.rate, connections=64)
     answered = max(res["answered_total"], 1)
     per_answer = {
         f"{name}_cpu_us_per_request": round((_cpu_s(pids) - before[name]) / answered * 1e6, 1)

@@ -161,28 +161,10 @@ def saturate(
     return out
 
 
-def fixed_rate(
-    w: Workload,
-    host: str,
-    port: int,
-    *,
-    rate: float,
-    connections: int,
-    warmup_s: float,
-    duration_s: float,
-    unique: str = "u",
+def open_summary(
+    tallies: list[Tally], w: Workload, *, rate: float, connections: int
 ) -> dict[str, Any]:
-    """Open-loop latency at `rate` requests per second, from one generator process."""
-    tallies = fixed_rate_tallies(
-        w,
-        host,
-        port,
-        rate=rate,
-        connections=connections,
-        warmup_s=warmup_s,
-        duration_s=duration_s,
-        unique=unique,
-    )
+    """Open-loop latency at `rate` requests per second: one `fixed_rate_tallies` window."""
     out = summarize(tallies, w.expect, "open")
     out["rate"] = rate
     out["connections"] = connections
@@ -200,7 +182,8 @@ def fixed_rate_tallies(
     duration_s: float,
     unique: str = "u",
 ) -> list[Tally]:
-    """`fixed_rate`'s window unsummarized, to pool with other windows (`summarize_rounds`)."""
+    """One open-loop window at `rate` requests per second, from one generator process, as its
+    tallies: `open_summary` summarizes it alone, `summarize_rounds` with other windows."""
     spec = {
         "mode": "open",
         "workload": w.to_json(),
@@ -254,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             use_wrk=False if args.no_wrk else None,
         )
     else:
-        result = fixed_rate(
+        tallies = fixed_rate_tallies(
             w,
             host,
             port,
@@ -263,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup_s=args.warmup,
             duration_s=args.duration,
         )
+        result = open_summary(tallies, w, rate=args.rate, connections=args.connections)
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
