@@ -68,6 +68,9 @@ class Replica:
         self._contact_wall: float | None = None
         # (tenant, agent) held by a replay batch in flight -> the newest row that arrived meanwhile.
         self._held: dict[tuple[str, str], AgentRecord | None] = {}
+        # While a full resync reads PostgreSQL: the newest row applied meanwhile of each agent
+        # (`begin_reload`), newer than what the read may see.
+        self._applied_during_reload: dict[tuple[str, str], AgentRecord] | None = None
         # Held agent -> the writes committed during the hold: (op id, event id).
         self._held_writes: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
         self._pending_total = 0
@@ -176,6 +179,11 @@ class Replica:
         """Apply one row from PostgreSQL; False when it is not newer than what we hold."""
         self.watermark = max(self.watermark, rec.version)
         key = (rec.tenant_id, rec.agent_id)
+        applied = self._applied_during_reload
+        if applied is not None:
+            kept = applied.get(key)
+            if kept is None or kept.version < rec.version:
+                applied[key] = rec
         if key in self._held:
             buffered = self._held[key]
             if buffered is None or buffered.version < rec.version:
@@ -204,8 +212,21 @@ class Replica:
         self._changed(t, rec.tenant_id, rec.agent_id)
         return True
 
+    def begin_reload(self) -> None:
+        """A full resync is about to read PostgreSQL. A row applied from now until its
+        `replace_all` (a commit of this sidecar, a notification) may be newer than what the
+        read sees; `replace_all` applies it again over the rows read, or the base would go back
+        to the older row, or lose a new agent, while the watermark had passed it."""
+        self._applied_during_reload = {}
+
+    def end_reload(self) -> None:
+        """The full resync failed before `replace_all`: stop keeping rows for it."""
+        self._applied_during_reload = None
+
     def replace_all(self, tenants: Iterable[str], records: Iterable[AgentRecord]) -> None:
-        """A full resync: the base becomes exactly `records`; the overlay is kept."""
+        """A full resync: the base becomes `records`, and the rows applied since
+        `begin_reload` that are newer; the overlay is kept."""
+        applied, self._applied_during_reload = self._applied_during_reload, None
         old = self._tenants
         self._tenants = {}
         self._count = 0
@@ -228,6 +249,9 @@ class Replica:
                     self._upsert(kept)
             for rec in records:
                 self.upsert(rec)
+            for rec in (applied or {}).values():
+                if rec.tenant_id in self._tenants:
+                    self.upsert(rec)
         finally:
             self._loading = False
         # A folded view stays good while its base row is the same version: a resync during a

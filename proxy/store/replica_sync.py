@@ -217,7 +217,12 @@ class ReplicaSync:
     async def _resync(self, conn: asyncpg.Connection) -> None:
         """A full reload: every agent of the tenants, the replica replaced by them."""
         self._full_next = False
-        records = await repository.fetch_all(conn, self.tenants, self.replica.max_agents + 1)
+        self.replica.begin_reload()
+        try:
+            records = await repository.fetch_all(conn, self.tenants, self.replica.max_agents + 1)
+        except BaseException:
+            self.replica.end_reload()
+            raise
         self.replica.replace_all(self.tenants, records)
         self._since = self.replica.watermark
         self.resyncs += 1
