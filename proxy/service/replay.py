@@ -207,7 +207,9 @@ class Replay:
             for entry, status, _reason, _record in results:
                 if status is OpStatus.APPLIED:
                     guard.committed(
-                        Committed(entry.op_id, entry.kind, entry.tenant, entry.key, entry.payload)
+                        Committed.of(
+                            entry.op_id, entry.kind, entry.tenant, entry.key, entry.payload
+                        )
                     )
         # Drop what PostgreSQL now holds from the overlay and show its rows, in one step with no
         # await between, so no read sees a write twice or not at all.

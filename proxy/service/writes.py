@@ -229,7 +229,7 @@ class Writes:
             # Until a standby holds it: a primary failing over before then may lose it.
             record = journal_record(ctx, payload, req_hash, now)
             guard.committed(
-                Committed(journal_id(ctx.tenant, op_id), kind, ctx.tenant, target, record)
+                Committed.of(journal_id(ctx.tenant, op_id), kind, ctx.tenant, target, record)
             )
         return self._written(outcome)
 

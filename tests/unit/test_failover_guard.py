@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +14,7 @@ from proxy.store.wal_position import WalPosition
 
 
 def write(n: int) -> Committed:
-    return Committed(f"t/op{n}", "register", "t", f"a{n}", {"payload": {"n": n}})
+    return Committed.of(f"t/op{n}", "register", "t", f"a{n}", {"payload": {"n": n}})
 
 
 def position(
@@ -193,3 +195,15 @@ async def test_with_nothing_kept_the_position_is_read_only_every_idle_s() -> Non
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_a_kept_write_is_one_untracked_object_and_reads_back_as_the_journal_would() -> None:
+    received = datetime(2026, 12, 6, 7, 0, 0, 123456, tzinfo=UTC)
+    payload = {"payload": {"body": {"caps": ["a", "b"]}, "n": 1}, "received_at": received}
+    w = Committed.of("t/op1", "register", "t", "a1", payload)
+    # Nothing for the collector to walk while the write waits for a standby.
+    assert not gc.is_tracked(w.record)
+    assert w.payload == {
+        "payload": {"body": {"caps": ["a", "b"]}, "n": 1},
+        "received_at": received.isoformat(),
+    }
