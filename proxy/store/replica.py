@@ -51,6 +51,7 @@ from proxy.resilience import SYSTEM_CLOCK, Clock
 from proxy.store.counted_events import CountedEvents
 from proxy.store.pending_write import PendingWrite
 from proxy.store.tenant_state import UNFILED_MAX, Order, TenantState
+from proxy.store.untracked import untrack
 
 
 class Replica:
@@ -207,6 +208,8 @@ class Replica:
             self.partial = True
             self._changed(t, rec.tenant_id, rec.agent_id)
             return False
+        # Held until the agent changes again: out of the collector's walks (`untracked`).
+        untrack(rec)
         t.agents[rec.agent_id] = rec
         self._count += 1
         self._changed(t, rec.tenant_id, rec.agent_id)
@@ -313,10 +316,13 @@ class Replica:
                 return rec  # PostgreSQL counts an event once
             counted.add(event_id)
         try:
-            return apply_write(w.kind, tenant, w.payload, rec, w.received_at)
+            folded = apply_write(w.kind, tenant, w.payload, rec, w.received_at)
         except errors.RegistryError:
             # PostgreSQL will reject it on replay too; the read shows what will stay.
             return rec
+        if folded is not None:
+            untrack(folded)
+        return folded
 
     def add_pending(self, tenant: str, agent_id: str, write: PendingWrite) -> None:
         """Show a journaled write. One reporting an event that an earlier write of unknown fate
