@@ -294,6 +294,7 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
     lag = LoopLag(
         threshold_s=overload.max_loop_lag_ms / 1000,
         window_s=overload.loop_lag_window_ms / 1000,
+        on_sample=app[keys.METRICS].observe_loop_lag,
     )
     app[LAG] = lag
     lag.start()

@@ -44,6 +44,10 @@ LATENCY_BUCKETS = (
     10.0,
 )
 
+# A timer fired on time is late by well under a millisecond; what matters is how often, and
+# how far, the loop was held up.
+LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 
 class _Latency:
     __slots__ = ("buckets", "count", "sum")
@@ -323,6 +327,15 @@ class Metrics:
             "How late the event loop ran its last timer",
             registry=r,
         )
+        # Every sample of the lag (one per 25 ms): a stall of the process shows here, however
+        # short, where the gauge holds only the last sample when scraped.
+        self.loop_lag_samples = PlainHistogram(
+            PREFIX + "loop_lag_sample_seconds",
+            "How late the event loop ran each of its lag timers",
+            [],
+            buckets=LOOP_LAG_BUCKETS,
+        )
+        r.register(self.loop_lag_samples)
         for reason in SHED_REASONS:
             self.shed.labels(reason)
         for state in BREAKER_STATES:
@@ -335,6 +348,9 @@ class Metrics:
             self.probes.labels(outcome)
         for state in ("in_use", "idle", "max"):
             self.pool_connections.labels(state)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag_samples.observe((), seconds)
 
     def observe_queue_wait(self, seconds: float) -> None:
         self.db_queue_wait.observe((), seconds)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from proxy.resilience._clock import SYSTEM_CLOCK, Clock
@@ -32,13 +33,16 @@ class LoopLag:
         interval_s: float = 0.025,
         window_s: float = 0.25,
         clock: Clock = SYSTEM_CLOCK,
+        on_sample: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_sample` is given every sample (seconds late), for instrumentation."""
         if threshold_s <= 0:
             raise ValueError("threshold_s must be positive")
         self.threshold_s = threshold_s
         self.interval_s = interval_s
         self.window_s = window_s
         self.clock = clock
+        self.on_sample = on_sample
         self._samples: deque[tuple[float, float]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.last_s = 0.0
@@ -50,6 +54,8 @@ class LoopLag:
     def record(self, lag_s: float) -> None:
         """One sample: the timer fired ``lag_s`` late. Public so tests can drive it exactly."""
         now = self.clock.monotonic()
+        if self.on_sample is not None:
+            self.on_sample(lag_s)
         self.last_s = lag_s
         self.max_s = max(self.max_s, lag_s)
         samples = self._samples

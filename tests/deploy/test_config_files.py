@@ -70,6 +70,9 @@ SIDECAR_SERIES = frozenset(
         "registry_proxy_db_queue_wait_seconds_count",
         "registry_proxy_shed_total",
         "registry_proxy_loop_lag_seconds",
+        "registry_proxy_loop_lag_sample_seconds_bucket",
+        "registry_proxy_loop_lag_sample_seconds_sum",
+        "registry_proxy_loop_lag_sample_seconds_count",
         "registry_proxy_failover_unconfirmed_writes",
         "registry_proxy_failover_reapplied_total",
     }

@@ -821,3 +821,29 @@ async def test_a_waiter_cancelled_before_its_turn_frees_no_slot() -> None:
     # The one slot is still taken: a caller with no time to wait is refused.
     with pytest.raises(Overloaded):
         await bulkhead.acquire(Deadline.after(0.0))
+
+
+def test_loop_lag_gives_every_sample_to_its_hook_and_the_metrics_count_them() -> None:
+    from prometheus_client import generate_latest
+
+    from proxy.observability.metrics import Metrics
+
+    metrics = Metrics()
+    seen: list[float] = []
+
+    def hook(lag_s: float) -> None:
+        seen.append(lag_s)
+        metrics.observe_loop_lag(lag_s)
+
+    clock = FakeClock()
+    lag = LoopLag(threshold_s=0.1, window_s=0.05, clock=clock, on_sample=hook)
+    for sample in (0.0002, 0.03, 0.0007, 0.2):
+        lag.record(sample)
+        clock.advance(0.025)
+    assert seen == [0.0002, 0.03, 0.0007, 0.2]
+    text = generate_latest(metrics.registry).decode()
+    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.001"} 2.0' in text
+    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.025"} 2.0' in text
+    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.05"} 3.0' in text
+    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.25"} 4.0' in text
+    assert "registry_proxy_loop_lag_sample_seconds_count 4.0" in text
