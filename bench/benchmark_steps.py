@@ -24,7 +24,7 @@ from typing import Any
 from bench import loadgen
 from bench.cpu import cpu_delta, cpu_snapshot, pin, process_tree
 from bench.dataset import LARGE_TENANT, QUERIES
-from bench.metrics import diff_counts, request_counts
+from bench.metrics import diff_counts, loop_lag_counts, loop_lag_figures, request_counts
 from bench.quiesce import quiesce
 from bench.reporting import logger
 from bench.servers import Server, Tokens
@@ -300,7 +300,10 @@ class Bench:
                     others = self._other_sidecars(server)
                     cpu0, pg0, wall0, ears0 = self._cpu_before(server, others)
                     w = self.workload(name, t)
+                    sidecar = server.name.startswith("sidecar")
+                    lag0 = await loop_lag_counts(server) if sidecar else {}
                     tallies = await self._open(w, server, rate, f"o{rate:g}r{r}")
+                    lag = loop_lag_figures(lag0, await loop_lag_counts(server)) if sidecar else None
                     # How much of a core the target needed at this rate: near 1, it is saturated.
                     fig: dict[str, Any] = {"answered_total": sum(x.answered_total for x in tallies)}
                     _cpu_figures(fig, server, cpu0, pg0, wall0, self._pg_pids())
@@ -310,6 +313,8 @@ class Bench:
                         fig["sidecar_answers"] = diff_counts(before, after)
                     if quiesced is not None:
                         fig["quiesced"] = quiesced
+                    if lag is not None:
+                        fig["loop_lag"] = lag
                     windows[t].append(tallies)
                     figures[t].append(fig)
                     await asyncio.sleep(self.plan.settle_s)
@@ -359,6 +364,10 @@ def _pooled_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             answers[k] = answers.get(k, 0) + v
     if answers:
         out["sidecar_answers"] = answers
+    lags = [f.get("loop_lag") for f in rounds]
+    if any(lags):
+        # Per window, so a slow window can be told from a stalled sidecar (or not).
+        out["loop_lag_by_window"] = lags
     quiesced = [f["quiesced"] for f in rounds if "quiesced" in f]
     if quiesced:
         out["quiesced"] = max(quiesced, key=lambda q: q.get("autovacuum_still_busy") or 0)

@@ -123,6 +123,8 @@ def write_summary(results: dict[str, Any], plan: Plan) -> dict[str, Any]:
                 "p99_ms": at_rate.get("latency_ms", {}).get("p99"),
                 # The windows pooled into that p99, each on its own.
                 "p99_ms_by_window": [r["p99_ms"] for r in at_rate.get("rounds", [])],
+                # The sidecar's own event loop in each window: how often it was held up.
+                "loop_lag_by_window": at_rate.get("loop_lag_by_window"),
                 "saturated_at_rate": at_rate.get("overloaded"),
                 "server_cpu_share_of_one_core": at_rate.get("server_cpu_share_of_one_core"),
                 "saturation_throughput_over_rate": round(sat / plan.rate, 2),
@@ -136,6 +138,20 @@ def _by_window(at: dict[str, Any]) -> str:
     if len(windows) < 2:
         return ""
     return f" ({len(windows)} windows pooled: {', '.join(_fmt(w) for w in windows)})"
+
+
+def _lag_by_window(at: dict[str, Any]) -> str:
+    lags = at.get("loop_lag_by_window") or []
+    if not any(lags):
+        return ""
+
+    def one(lag: dict[str, Any] | None) -> str:
+        if not lag:
+            return "?"
+        worst = lag.get("worst_ms_at_most")
+        return f"{lag['over_5ms']}/{lag['over_25ms']} (<= {_fmt(worst) if worst else 'more'})"
+
+    return f"; loop held up > 5 / > 25 ms, worst: {', '.join(one(x) for x in lags)}"
 
 
 def _check(value: float | None, target: float, op: str) -> dict[str, Any]:
@@ -255,7 +271,8 @@ def report(doc: dict[str, Any]) -> str:
             f"{name}: sidecar {_fmt(s['vs_one_statement'], '.3f')}x one statement, "
             f"{_fmt(s['vs_same_work'], '.3f')}x same work, "
             f"{_fmt(s['vs_same_work_one_round_trip'], '.3f')}x same work in one round trip; "
-            f"at {rate} req/s p99 {_fmt(at['p99_ms'])} ms{_by_window(at)}, "
+            f"at {rate} req/s p99 {_fmt(at['p99_ms'])} ms{_by_window(at)}"
+            f"{_lag_by_window(at)}, "
             f"{'saturated' if at['saturated_at_rate'] else 'kept up'} "
             f"({_fmt(at['server_cpu_share_of_one_core'])} of a core)"
         )

@@ -92,3 +92,41 @@ def metrics_figures(before: dict[str, float], after: dict[str, float]) -> dict[s
             round(delta.get("queue_wait:sum", 0.0) / waits * 1000, 2) if waits else None
         ),
     }
+
+
+_LAG_BUCKETS = re.compile(
+    r'^registry_proxy_loop_lag_sample_seconds_bucket\{le="([^"]+)"\} ([0-9.e+-]+)$', re.MULTILINE
+)
+
+
+async def loop_lag_counts(server: Server) -> dict[str, float]:
+    """The sidecar's event-loop lag samples so far, cumulative by bucket bound (`le`)."""
+    try:
+        status, text = await http(server.url + "/metrics", timeout_s=5.0)
+    except OSError:
+        return {}
+    if status != 200 or not isinstance(text, str):
+        return {}
+    return {le: float(n) for le, n in _LAG_BUCKETS.findall(text)}
+
+
+def loop_lag_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
+    """How often, and how far, the sidecar's event loop was held up between two readings: its
+    lag timer fires every 25 ms, so a stall of the process shows as one late sample, whatever
+    the clients saw. `worst_ms_at_most` is the bound of the worst sample's bucket."""
+    if not after or "+Inf" not in after:
+        return None
+    delta = {le: after[le] - before.get(le, 0.0) for le in after}
+    samples = delta["+Inf"]
+    bounds = sorted((float(le), n) for le, n in delta.items() if le != "+Inf")
+    worst = next((b for b, n in bounds if n >= samples), None)
+
+    def over(seconds: float) -> int:
+        return int(samples - next((n for b, n in bounds if b >= seconds), samples))
+
+    return {
+        "samples": int(samples),
+        "over_5ms": over(0.005),
+        "over_25ms": over(0.025),
+        "worst_ms_at_most": round(worst * 1000, 3) if worst is not None else None,
+    }

@@ -139,6 +139,11 @@ def test_bench_runs_end_to_end_and_writes_the_result_file(tmp_path: Path) -> Non
         assert set(summary["server_cpu_us_per_request"]) == writes
         assert summary["sidecar_at_rate"]["p99_ms"] > 0
         assert len(summary["sidecar_at_rate"]["p99_ms_by_window"]) == 2
+        # The sidecar's loop, per window: its lag timer fires every 25 ms, so each window of
+        # 0.3 s holds a few samples, none of them lost between the two readings.
+        lags = summary["sidecar_at_rate"]["loop_lag_by_window"]
+        assert len(lags) == 2 and all(lag["samples"] >= 3 for lag in lags), lags
+        assert all(0 <= lag["over_25ms"] <= lag["over_5ms"] <= lag["samples"] for lag in lags)
         assert isinstance(summary["sidecar_at_rate"]["saturated_at_rate"], bool)
     expected_checks = {
         "1_get_replica_throughput_vs_bare",
