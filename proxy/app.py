@@ -29,6 +29,7 @@ from proxy.http.routes import ROUTES
 from proxy.observability import spans
 from proxy.observability.asyncio_noise import quiet_abandoned_connects
 from proxy.observability.metrics import Metrics
+from proxy.observability.runqueue import RunQueueWait
 from proxy.resilience import (
     Bulkhead,
     BulkheadHooks,
@@ -291,10 +292,13 @@ async def _replica_sync(app: web.Application) -> AsyncIterator[None]:
 
 async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
     overload = app[keys.SETTINGS].overload
+    # Opened here, on the event loop's thread: it is that thread's wait it reads.
+    waited = RunQueueWait.open()
     lag = LoopLag(
         threshold_s=overload.max_loop_lag_ms / 1000,
         window_s=overload.loop_lag_window_ms / 1000,
         on_sample=app[keys.METRICS].observe_loop_lag,
+        waited=waited,
     )
     app[LAG] = lag
     lag.start()
@@ -302,6 +306,8 @@ async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await lag.stop()
+        if waited is not None:
+            waited.close()
 
 
 async def _service(app: web.Application) -> AsyncIterator[None]:

@@ -47,6 +47,7 @@ LATENCY_BUCKETS = (
 # A timer fired on time is late by well under a millisecond; what matters is how often, and
 # how far, the loop was held up.
 LOOP_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+LOOP_LAG_CAUSES = ("work", "cpu", "unknown")
 
 
 class _Latency:
@@ -328,14 +329,18 @@ class Metrics:
             registry=r,
         )
         # Every sample of the lag (one per 25 ms): a stall of the process shows here, however
-        # short, where the gauge holds only the last sample when scraped.
+        # short, where the gauge holds only the last sample when scraped. `cause`: "cpu" when
+        # the loop's thread spent at least half of the lag waiting for a core, "work" when it
+        # did not (it ran something long), "unknown" where the kernel does not say.
         self.loop_lag_samples = PlainHistogram(
             PREFIX + "loop_lag_sample_seconds",
-            "How late the event loop ran each of its lag timers",
-            [],
+            "How late the event loop ran each of its lag timers, by cause",
+            ["cause"],
             buckets=LOOP_LAG_BUCKETS,
         )
         r.register(self.loop_lag_samples)
+        for cause in LOOP_LAG_CAUSES:
+            self.loop_lag_samples.series((cause,))
         for reason in SHED_REASONS:
             self.shed.labels(reason)
         for state in BREAKER_STATES:
@@ -349,8 +354,12 @@ class Metrics:
         for state in ("in_use", "idle", "max"):
             self.pool_connections.labels(state)
 
-    def observe_loop_lag(self, seconds: float) -> None:
-        self.loop_lag_samples.observe((), seconds)
+    def observe_loop_lag(self, seconds: float, waited_s: float | None) -> None:
+        if waited_s is None:
+            cause = "unknown"
+        else:
+            cause = "cpu" if waited_s * 2 >= seconds and seconds > 0 else "work"
+        self.loop_lag_samples.observe((cause,), seconds)
 
     def observe_queue_wait(self, seconds: float) -> None:
         self.db_queue_wait.observe((), seconds)

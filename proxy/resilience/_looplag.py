@@ -10,6 +10,11 @@ database work until it catches up (answered ``503 overloaded`` for writes; reads
 replica), so the answers it does give stay fast and its background work gets its turn.
 
 The standing-minimum rule is the one CoDel uses for queues, applied to the loop's own queue.
+
+Given ``waited`` (how long the loop's thread has waited for a core so far), each sample also
+says how much of its interval was spent waiting for one: a loop late because it ran something
+long is the sidecar's to fix, one late because the kernel ran someone else is the node's or the
+CPU limit's.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ class LoopLag:
         interval_s: float = 0.025,
         window_s: float = 0.25,
         clock: Clock = SYSTEM_CLOCK,
-        on_sample: Callable[[float], None] | None = None,
+        on_sample: Callable[[float, float | None], None] | None = None,
+        waited: Callable[[], float | None] | None = None,
     ) -> None:
-        """`on_sample` is given every sample (seconds late), for instrumentation."""
+        """`on_sample` is given every sample, for instrumentation: seconds late, and seconds
+        of the interval the thread waited for a core (None unless `waited` tells).
+        `waited`: the thread's run-queue wait so far, in seconds, or None when unknown."""
         if threshold_s <= 0:
             raise ValueError("threshold_s must be positive")
         self.threshold_s = threshold_s
@@ -43,6 +51,7 @@ class LoopLag:
         self.window_s = window_s
         self.clock = clock
         self.on_sample = on_sample
+        self.waited = waited
         self._samples: deque[tuple[float, float]] = deque()
         self._task: asyncio.Task[None] | None = None
         self.last_s = 0.0
@@ -51,11 +60,12 @@ class LoopLag:
         self.behind_since: float | None = None
         self.episodes = 0
 
-    def record(self, lag_s: float) -> None:
-        """One sample: the timer fired ``lag_s`` late. Public so tests can drive it exactly."""
+    def record(self, lag_s: float, waited_s: float | None = None) -> None:
+        """One sample: the timer fired ``lag_s`` late, and the thread waited ``waited_s`` for
+        a core meanwhile. Public so tests can drive it exactly."""
         now = self.clock.monotonic()
         if self.on_sample is not None:
-            self.on_sample(lag_s)
+            self.on_sample(lag_s, waited_s)
         self.last_s = lag_s
         self.max_s = max(self.max_s, lag_s)
         samples = self._samples
@@ -85,10 +95,16 @@ class LoopLag:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        waited = self.waited
+        before = waited() if waited is not None else None
         while True:
             expected = loop.time() + self.interval_s
             await asyncio.sleep(self.interval_s)
-            self.record(max(0.0, loop.time() - expected))
+            lag_s = max(0.0, loop.time() - expected)
+            now = waited() if waited is not None else None
+            delta = now - before if now is not None and before is not None else None
+            before = now
+            self.record(lag_s, delta)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -829,21 +829,65 @@ def test_loop_lag_gives_every_sample_to_its_hook_and_the_metrics_count_them() ->
     from proxy.observability.metrics import Metrics
 
     metrics = Metrics()
-    seen: list[float] = []
+    seen: list[tuple[float, float | None]] = []
 
-    def hook(lag_s: float) -> None:
-        seen.append(lag_s)
-        metrics.observe_loop_lag(lag_s)
+    def hook(lag_s: float, waited_s: float | None) -> None:
+        seen.append((lag_s, waited_s))
+        metrics.observe_loop_lag(lag_s, waited_s)
 
     clock = FakeClock()
     lag = LoopLag(threshold_s=0.1, window_s=0.05, clock=clock, on_sample=hook)
-    for sample in (0.0002, 0.03, 0.0007, 0.2):
-        lag.record(sample)
+    samples = [(0.0002, 0.0), (0.03, 0.001), (0.0007, None), (0.2, 0.15), (0.02, 0.01)]
+    for sample, waited in samples:
+        lag.record(sample, waited)
         clock.advance(0.025)
-    assert seen == [0.0002, 0.03, 0.0007, 0.2]
+    assert seen == samples
     text = generate_latest(metrics.registry).decode()
-    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.001"} 2.0' in text
-    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.025"} 2.0' in text
-    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.05"} 3.0' in text
-    assert 'registry_proxy_loop_lag_sample_seconds_bucket{le="0.25"} 4.0' in text
-    assert "registry_proxy_loop_lag_sample_seconds_count 4.0" in text
+
+    def bucket(cause: str, le: str) -> str:
+        return f'registry_proxy_loop_lag_sample_seconds_bucket{{cause="{cause}",le="{le}"}}'
+
+    # Held up by its own work: less than half the lag spent waiting for a core.
+    assert f"{bucket('work', '0.001')} 1.0" in text
+    assert f"{bucket('work', '0.05')} 2.0" in text
+    # Waiting for a core for at least half of it (exactly half included).
+    assert f"{bucket('cpu', '0.025')} 1.0" in text
+    assert f"{bucket('cpu', '0.25')} 2.0" in text
+    assert f"{bucket('unknown', '0.001')} 1.0" in text
+    assert 'registry_proxy_loop_lag_sample_seconds_count{cause="cpu"} 2.0' in text
+
+
+async def test_loop_lag_gives_each_sample_the_wait_for_a_core_during_its_interval() -> None:
+    waits = iter([1.0, 1.25, 1.5, 2.5, 2.5, 2.5])
+    seen: list[float | None] = []
+    done = asyncio.Event()
+
+    def hook(_lag_s: float, waited_s: float | None) -> None:
+        seen.append(waited_s)
+        if len(seen) == 4:
+            done.set()
+
+    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook, waited=lambda: next(waits))
+    lag.start()
+    try:
+        await asyncio.wait_for(done.wait(), 5.0)
+    finally:
+        await lag.stop()
+    assert seen[:4] == [0.25, 0.25, 1.0, 0.0]
+
+
+async def test_loop_lag_without_a_wait_to_read_says_none() -> None:
+    seen: list[float | None] = []
+    done = asyncio.Event()
+
+    def hook(_lag_s: float, waited_s: float | None) -> None:
+        seen.append(waited_s)
+        done.set()
+
+    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook)
+    lag.start()
+    try:
+        await asyncio.wait_for(done.wait(), 5.0)
+    finally:
+        await lag.stop()
+    assert seen[0] is None
