@@ -149,9 +149,14 @@ def _lag_by_window(at: dict[str, Any]) -> str:
         if not lag:
             return "?"
         worst = lag.get("worst_ms_at_most")
-        return f"{lag['over_5ms']}/{lag['over_25ms']} (<= {_fmt(worst) if worst else 'more'})"
+        return (
+            f"{lag['over_5ms']}/{lag['over_25ms']} [cpu {lag.get('cpu_over_5ms', '?')}"
+            f"/{lag.get('cpu_over_25ms', '?')}] (<= {_fmt(worst) if worst else 'more'})"
+        )
 
-    return f"; loop held up > 5 / > 25 ms, worst: {', '.join(one(x) for x in lags)}"
+    return "; loop held up > 5 / > 25 ms [of which waiting for a core], worst: " + ", ".join(
+        one(x) for x in lags
+    )
 
 
 def _check(value: float | None, target: float, op: str) -> dict[str, Any]:

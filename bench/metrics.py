@@ -95,38 +95,58 @@ def metrics_figures(before: dict[str, float], after: dict[str, float]) -> dict[s
 
 
 _LAG_BUCKETS = re.compile(
-    r'^registry_proxy_loop_lag_sample_seconds_bucket\{le="([^"]+)"\} ([0-9.e+-]+)$', re.MULTILINE
+    r"^registry_proxy_loop_lag_sample_seconds_bucket\{([^}]*)\} ([0-9.e+-]+)$", re.MULTILINE
 )
 
 
-async def loop_lag_counts(server: Server) -> dict[str, float]:
-    """The sidecar's event-loop lag samples so far, cumulative by bucket bound (`le`)."""
+async def loop_lag_counts(server: Server) -> dict[tuple[str, str], float]:
+    """The sidecar's event-loop lag samples so far, cumulative by (cause, bucket bound `le`)."""
     try:
         status, text = await http(server.url + "/metrics", timeout_s=5.0)
     except OSError:
         return {}
     if status != 200 or not isinstance(text, str):
         return {}
-    return {le: float(n) for le, n in _LAG_BUCKETS.findall(text)}
+    out: dict[tuple[str, str], float] = {}
+    for labels, n in _LAG_BUCKETS.findall(text):
+        lab = dict(_LABEL.findall(labels))
+        out[(lab.get("cause", ""), lab.get("le", ""))] = float(n)
+    return out
 
 
-def loop_lag_figures(before: dict[str, float], after: dict[str, float]) -> dict[str, Any] | None:
+def _lag_of(delta: dict[str, float]) -> tuple[float, list[tuple[float, float]]]:
+    samples = delta.get("+Inf", 0.0)
+    return samples, sorted((float(le), n) for le, n in delta.items() if le != "+Inf")
+
+
+def _over(samples: float, bounds: list[tuple[float, float]], seconds: float) -> int:
+    return int(samples - next((n for b, n in bounds if b >= seconds), samples))
+
+
+def loop_lag_figures(
+    before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]
+) -> dict[str, Any] | None:
     """How often, and how far, the sidecar's event loop was held up between two readings: its
     lag timer fires every 25 ms, so a stall of the process shows as one late sample, whatever
-    the clients saw. `worst_ms_at_most` is the bound of the worst sample's bucket."""
-    if not after or "+Inf" not in after:
+    the clients saw. `worst_ms_at_most` is the bound of the worst sample's bucket; the `cpu_`
+    figures count the samples late mostly for want of a core (the kernel ran someone else)."""
+    if not any(le == "+Inf" for _, le in after):
         return None
-    delta = {le: after[le] - before.get(le, 0.0) for le in after}
-    samples = delta["+Inf"]
-    bounds = sorted((float(le), n) for le, n in delta.items() if le != "+Inf")
+    total: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for (cause, le), n in after.items():
+        d = n - before.get((cause, le), 0.0)
+        total[le] = total.get(le, 0.0) + d
+        if cause == "cpu":
+            cpu[le] = cpu.get(le, 0.0) + d
+    samples, bounds = _lag_of(total)
     worst = next((b for b, n in bounds if n >= samples), None)
-
-    def over(seconds: float) -> int:
-        return int(samples - next((n for b, n in bounds if b >= seconds), samples))
-
+    cpu_samples, cpu_bounds = _lag_of(cpu)
     return {
         "samples": int(samples),
-        "over_5ms": over(0.005),
-        "over_25ms": over(0.025),
+        "over_5ms": _over(samples, bounds, 0.005),
+        "over_25ms": _over(samples, bounds, 0.025),
         "worst_ms_at_most": round(worst * 1000, 3) if worst is not None else None,
+        "cpu_over_5ms": _over(cpu_samples, cpu_bounds, 0.005) if cpu_samples else 0,
+        "cpu_over_25ms": _over(cpu_samples, cpu_bounds, 0.025) if cpu_samples else 0,
     }
