@@ -46,16 +46,20 @@ _PHASE_COUNTERS = re.compile(
 )
 
 
+async def _scrape(server: Server) -> str:
+    """The sidecar's `/metrics` text; empty when it does not answer."""
+    try:
+        status, text = await http(server.url + "/metrics", timeout_s=5.0)
+    except OSError:
+        return ""
+    return text if status == 200 and isinstance(text, str) else ""
+
+
 async def metrics_snapshot(server: Server) -> dict[str, float]:
     """The sidecar's counters that explain a phase: refusals for lack of capacity by reason,
     database calls by operation and outcome (count and seconds), and the wait for a pooled
     connection (count and seconds). Keys like `shed:backlog`, `db:get:success:sum`."""
-    try:
-        status, text = await http(server.url + "/metrics", timeout_s=5.0)
-    except OSError:
-        return {}
-    if status != 200 or not isinstance(text, str):
-        return {}
+    text = await _scrape(server)
     out: dict[str, float] = {}
     for name, labels, value in _PHASE_COUNTERS.findall(text):
         lab = dict(_LABEL.findall(labels))
@@ -101,14 +105,8 @@ _LAG_BUCKETS = re.compile(
 
 async def loop_lag_counts(server: Server) -> dict[tuple[str, str], float]:
     """The sidecar's event-loop lag samples so far, cumulative by (cause, bucket bound `le`)."""
-    try:
-        status, text = await http(server.url + "/metrics", timeout_s=5.0)
-    except OSError:
-        return {}
-    if status != 200 or not isinstance(text, str):
-        return {}
     out: dict[tuple[str, str], float] = {}
-    for labels, n in _LAG_BUCKETS.findall(text):
+    for labels, n in _LAG_BUCKETS.findall(await _scrape(server)):
         lab = dict(_LABEL.findall(labels))
         out[(lab.get("cause", ""), lab.get("le", ""))] = float(n)
     return out
