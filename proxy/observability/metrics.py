@@ -330,8 +330,10 @@ class Metrics:
         )
         # Every sample of the lag (one per 25 ms): a stall of the process shows here, however
         # short, where the gauge holds only the last sample when scraped. `cause`: "cpu" when
-        # the loop's thread spent at least half of the lag waiting for a core, "work" when it
-        # did not (it ran something long), "unknown" where the kernel does not say.
+        # the loop's thread, over the sample's interval, waited for a core at least half as
+        # long as it was late; "work" when it did not (it ran something long); "unknown" where
+        # the kernel does not say. The wait is not timed to the late part alone, so "cpu" is
+        # the likelier cause, not a proof.
         self.loop_lag_samples = PlainHistogram(
             PREFIX + "loop_lag_sample_seconds",
             "How late the event loop ran each of its lag timers, by cause",
