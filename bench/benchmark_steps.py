@@ -24,7 +24,7 @@ from typing import Any
 from bench import loadgen
 from bench.cpu import cpu_delta, cpu_snapshot, pin, process_tree
 from bench.dataset import LARGE_TENANT, QUERIES
-from bench.metrics import diff_counts, loop_lag_counts, loop_lag_figures, request_counts
+from bench.metrics import diff_counts, loop_lag_counts, loop_lag_figures, request_counts, scrape
 from bench.quiesce import quiesce
 from bench.reporting import logger
 from bench.servers import Server, Tokens
@@ -205,13 +205,9 @@ class Bench:
             unique=unique,
         )
 
-    async def _counts(self, server: Server, route: str) -> dict[str, float]:
-        if not server.name.startswith("sidecar"):
-            return {}
-        try:
-            return await request_counts(server, route)
-        except OSError:
-            return {}
+    async def _scrape(self, server: Server) -> str:
+        """A sidecar's metrics, read outside the CPU figures of a run; "" for a baseline."""
+        return await scrape(server) if server.name.startswith("sidecar") else ""
 
     async def _quiesce(self, name: str) -> dict[str, Any] | None:
         """Before a target's run of a write workload, the database as every target finds it
@@ -266,14 +262,14 @@ class Bench:
             for t in targets:
                 server = by_name[t]
                 quiesced = await self._quiesce(name)
-                before = await self._counts(server, ROUTE[name])
+                before = request_counts(await self._scrape(server), ROUTE[name])
                 _log(f"{label}: saturation {t} (round {r + 1}/{rounds})")
                 others = self._other_sidecars(server)
                 cpu0, pg0, wall0, ears0 = self._cpu_before(server, others)
                 res = await self._saturate(self.workload(name, t), server, f"s{r}", cores)
                 _cpu_figures(res, server, cpu0, pg0, wall0, self._pg_pids())
                 _listening_figure(res, ears0, others)
-                after = await self._counts(server, ROUTE[name])
+                after = request_counts(await self._scrape(server), ROUTE[name])
                 if before or after:
                     res["sidecar_answers"] = answers = diff_counts(before, after)
                     # A healthy database at saturation is overload, not an outage: writes
@@ -294,21 +290,23 @@ class Bench:
                 for t in targets:
                     server = by_name[t]
                     quiesced = await self._quiesce(name)
-                    before = await self._counts(server, ROUTE[name])
+                    # One read of the sidecar's metrics on each side of the window gives its
+                    # answers and its loop's lag, without counting in its CPU per answer.
+                    text0 = await self._scrape(server)
+                    before = request_counts(text0, ROUTE[name])
                     of = f" (round {r + 1}/{open_rounds})" if open_rounds > 1 else ""
                     _log(f"{name}: open loop {rate:g} req/s {t}{of}")
                     others = self._other_sidecars(server)
                     cpu0, pg0, wall0, ears0 = self._cpu_before(server, others)
                     w = self.workload(name, t)
-                    sidecar = server.name.startswith("sidecar")
-                    lag0 = await loop_lag_counts(server) if sidecar else {}
                     tallies = await self._open(w, server, rate, f"o{rate:g}r{r}")
-                    lag = loop_lag_figures(lag0, await loop_lag_counts(server)) if sidecar else None
                     # How much of a core the target needed at this rate: near 1, it is saturated.
                     fig: dict[str, Any] = {"answered_total": sum(x.answered_total for x in tallies)}
                     _cpu_figures(fig, server, cpu0, pg0, wall0, self._pg_pids())
                     _listening_figure(fig, ears0, others)
-                    after = await self._counts(server, ROUTE[name])
+                    text1 = await self._scrape(server)
+                    after = request_counts(text1, ROUTE[name])
+                    lag = loop_lag_figures(loop_lag_counts(text0), loop_lag_counts(text1))
                     if before or after:
                         fig["sidecar_answers"] = diff_counts(before, after)
                     if quiesced is not None:

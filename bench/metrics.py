@@ -16,11 +16,17 @@ _REQUESTS = re.compile(r"^registry_proxy_requests_total\{([^}]*)\} ([0-9.e+]+)$"
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
-async def request_counts(server: Server, route: str) -> dict[str, float]:
-    """The sidecar's own count of answers to `route`, by "status/source"."""
-    status, text = await http(server.url + "/metrics")
-    if status != 200 or not isinstance(text, str):
-        return {}
+async def scrape(server: Server) -> str:
+    """The sidecar's `/metrics` text; empty when it does not answer."""
+    try:
+        status, text = await http(server.url + "/metrics", timeout_s=5.0)
+    except OSError:
+        return ""
+    return text if status == 200 and isinstance(text, str) else ""
+
+
+def request_counts(text: str, route: str) -> dict[str, float]:
+    """The sidecar's own count of answers to `route`, by "status/source", in a scrape."""
     out: dict[str, float] = {}
     for labels, value in _REQUESTS.findall(text):
         lab = dict(_LABEL.findall(labels))
@@ -46,20 +52,11 @@ _PHASE_COUNTERS = re.compile(
 )
 
 
-async def _scrape(server: Server) -> str:
-    """The sidecar's `/metrics` text; empty when it does not answer."""
-    try:
-        status, text = await http(server.url + "/metrics", timeout_s=5.0)
-    except OSError:
-        return ""
-    return text if status == 200 and isinstance(text, str) else ""
-
-
 async def metrics_snapshot(server: Server) -> dict[str, float]:
     """The sidecar's counters that explain a phase: refusals for lack of capacity by reason,
     database calls by operation and outcome (count and seconds), and the wait for a pooled
     connection (count and seconds). Keys like `shed:backlog`, `db:get:success:sum`."""
-    text = await _scrape(server)
+    text = await scrape(server)
     out: dict[str, float] = {}
     for name, labels, value in _PHASE_COUNTERS.findall(text):
         lab = dict(_LABEL.findall(labels))
@@ -103,10 +100,11 @@ _LAG_BUCKETS = re.compile(
 )
 
 
-async def loop_lag_counts(server: Server) -> dict[tuple[str, str], float]:
-    """The sidecar's event-loop lag samples so far, cumulative by (cause, bucket bound `le`)."""
+def loop_lag_counts(text: str) -> dict[tuple[str, str], float]:
+    """The sidecar's event-loop lag samples so far in a scrape, cumulative by (cause, bucket
+    bound `le`)."""
     out: dict[tuple[str, str], float] = {}
-    for labels, n in _LAG_BUCKETS.findall(await _scrape(server)):
+    for labels, n in _LAG_BUCKETS.findall(text):
         lab = dict(_LABEL.findall(labels))
         out[(lab.get("cause", ""), lab.get("le", ""))] = float(n)
     return out
