@@ -217,7 +217,7 @@ async def run(plan: Plan) -> dict[str, Any]:
             if write not in plan.workloads:
                 continue
             results[write] = await b.measure(
-                write, write_targets, [plan.rate], 1, open_rounds=plan.open_rounds
+                write, write_targets, [plan.rate], plan.rounds, open_rounds=plan.open_rounds
             )
             if plan.profile_dir is not None:
                 # Where a write's time goes in the sidecar itself (PostgreSQL is on the other
@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         default=2,
-        help="saturation rounds of 'get' (both configurations) and 'down' (best kept)",
+        help="saturation rounds of get (both ways), down and the writes, interleaved (best kept)",
     )
     parser.add_argument(
         "--open-rounds",
