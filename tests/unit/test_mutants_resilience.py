@@ -892,3 +892,24 @@ async def test_loop_lag_without_a_wait_to_read_says_none() -> None:
     finally:
         await lag.stop()
     assert seen[0] is None
+
+
+async def test_loop_lag_has_no_wait_for_an_interval_unread_at_either_end() -> None:
+    # The source gives None when the kernel's figures cannot be read: an interval needs a
+    # reading at both of its ends.
+    waits = iter([None, 1.0, None, 2.0, 2.5, 2.5, 2.5])
+    seen: list[float | None] = []
+    done = asyncio.Event()
+
+    def hook(_lag_s: float, waited_s: float | None) -> None:
+        seen.append(waited_s)
+        if len(seen) == 4:
+            done.set()
+
+    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook, waited=lambda: next(waits))
+    lag.start()
+    try:
+        await asyncio.wait_for(done.wait(), 5.0)
+    finally:
+        await lag.stop()
+    assert seen[:4] == [None, None, None, 0.5]
