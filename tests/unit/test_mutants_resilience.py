@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -858,58 +859,36 @@ def test_loop_lag_gives_every_sample_to_its_hook_and_the_metrics_count_them() ->
     assert 'registry_proxy_loop_lag_sample_seconds_count{cause="cpu"} 2.0' in text
 
 
-async def test_loop_lag_gives_each_sample_the_wait_for_a_core_during_its_interval() -> None:
-    waits = iter([1.0, 1.25, 1.5, 2.5, 2.5, 2.5])
+async def _first_waits(waited: Callable[[], float | None] | None, n: int) -> list[float | None]:
+    """The waits for a core the sampler gives its first `n` samples, `waited` its source."""
     seen: list[float | None] = []
     done = asyncio.Event()
 
     def hook(_lag_s: float, waited_s: float | None) -> None:
         seen.append(waited_s)
-        if len(seen) == 4:
+        if len(seen) >= n:
             done.set()
 
-    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook, waited=lambda: next(waits))
+    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook, waited=waited)
     lag.start()
     try:
         await asyncio.wait_for(done.wait(), 5.0)
     finally:
         await lag.stop()
-    assert seen[:4] == [0.25, 0.25, 1.0, 0.0]
+    return seen[:n]
+
+
+async def test_loop_lag_gives_each_sample_the_wait_for_a_core_during_its_interval() -> None:
+    waits = iter([1.0, 1.25, 1.5, 2.5, 2.5, 2.5])
+    assert await _first_waits(lambda: next(waits), 4) == [0.25, 0.25, 1.0, 0.0]
 
 
 async def test_loop_lag_without_a_wait_to_read_says_none() -> None:
-    seen: list[float | None] = []
-    done = asyncio.Event()
-
-    def hook(_lag_s: float, waited_s: float | None) -> None:
-        seen.append(waited_s)
-        done.set()
-
-    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook)
-    lag.start()
-    try:
-        await asyncio.wait_for(done.wait(), 5.0)
-    finally:
-        await lag.stop()
-    assert seen[0] is None
+    assert await _first_waits(None, 1) == [None]
 
 
 async def test_loop_lag_has_no_wait_for_an_interval_unread_at_either_end() -> None:
     # The source gives None when the kernel's figures cannot be read: an interval needs a
     # reading at both of its ends.
     waits = iter([None, 1.0, None, 2.0, 2.5, 2.5, 2.5])
-    seen: list[float | None] = []
-    done = asyncio.Event()
-
-    def hook(_lag_s: float, waited_s: float | None) -> None:
-        seen.append(waited_s)
-        if len(seen) == 4:
-            done.set()
-
-    lag = LoopLag(threshold_s=10.0, interval_s=0.001, on_sample=hook, waited=lambda: next(waits))
-    lag.start()
-    try:
-        await asyncio.wait_for(done.wait(), 5.0)
-    finally:
-        await lag.stop()
-    assert seen[:4] == [None, None, None, 0.5]
+    assert await _first_waits(lambda: next(waits), 4) == [None, None, None, 0.5]
